@@ -1,0 +1,69 @@
+"""cffi builder for pyhv's C core (out-of-line API mode).
+
+setup.py names this file in ``cffi_modules``; the declarations come from the real header
+``pyhv_core.h`` (the part between its cdef markers) and the code from the ``.c`` files beside
+it.  Constants of the kernel's KVM API that Python needs are declared as ``#define NAME ...``
+so the C compiler, not this file, supplies their values from <linux/kvm.h>.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = ["system.c", "partition.c", "vcpu.c", "run.c"]
+
+KVM_CONSTANTS = [
+    # capabilities pyhv checks or reports
+    "KVM_CAP_USER_MEMORY", "KVM_CAP_SET_TSS_ADDR", "KVM_CAP_SET_IDENTITY_MAP_ADDR",
+    "KVM_CAP_EXT_CPUID", "KVM_CAP_NR_MEMSLOTS", "KVM_CAP_NR_VCPUS", "KVM_CAP_MAX_VCPUS",
+    "KVM_CAP_MAX_VCPU_ID", "KVM_CAP_READONLY_MEM", "KVM_CAP_IMMEDIATE_EXIT",
+    "KVM_CAP_SYNC_REGS", "KVM_CAP_IRQCHIP", "KVM_CAP_SPLIT_IRQCHIP", "KVM_CAP_PIT2",
+    "KVM_CAP_COALESCED_MMIO", "KVM_CAP_COALESCED_PIO", "KVM_CAP_IOEVENTFD", "KVM_CAP_IRQFD",
+    "KVM_CAP_SET_GUEST_DEBUG", "KVM_CAP_XSAVE", "KVM_CAP_XCRS", "KVM_CAP_VCPU_EVENTS",
+    "KVM_CAP_X86_USER_SPACE_MSR", "KVM_CAP_X86_MSR_FILTER", "KVM_CAP_DIRTY_LOG_RING",
+    "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", "KVM_CAP_HYPERV", "KVM_CAP_TSC_CONTROL",
+    "KVM_CAP_X86_TRIPLE_FAULT_EVENT", "KVM_CAP_BINARY_STATS_FD",
+    # memory slot flags
+    "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY",
+    # exit details Python explains
+    "KVM_INTERNAL_ERROR_EMULATION", "KVM_INTERNAL_ERROR_SIMUL_EX",
+    "KVM_INTERNAL_ERROR_DELIVERY_EV", "KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON",
+    "KVM_SYSTEM_EVENT_SHUTDOWN", "KVM_SYSTEM_EVENT_RESET", "KVM_SYSTEM_EVENT_CRASH",
+    "KVM_API_VERSION",
+]
+
+
+def read_cdef(header: str) -> str:
+    """The declarations between the cdef markers of ``header``."""
+    with open(header, encoding="utf-8") as f:
+        text = f.read()
+    match = re.search(r"/\* cdef begin \*/(.*)/\* cdef end \*/", text, re.S)
+    if not match:
+        raise RuntimeError(f"{header}: cdef markers not found")
+    return match.group(1)
+
+
+def _relative(path: str) -> str:
+    # setuptools wants source paths relative to the project root (the build's cwd)
+    return os.path.relpath(path, os.getcwd())
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(read_cdef(os.path.join(HERE, "pyhv_core.h")))
+ffibuilder.cdef("\n".join(f"#define {name} ..." for name in KVM_CONSTANTS))
+ffibuilder.set_source(
+    "pyhv._core",
+    '#include <linux/kvm.h>\n#include "pyhv_core.h"\n',
+    sources=[_relative(os.path.join(HERE, s)) for s in SOURCES],
+    include_dirs=[_relative(HERE)],
+    depends=[_relative(os.path.join(HERE, h)) for h in ("pyhv_core.h", "internal.h")],
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+    libraries=["rt", "pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,58 @@
+/* internal.h - what the C files share and Python never sees. */
+#ifndef PYHV_INTERNAL_H
+#define PYHV_INTERNAL_H
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/types.h>
+#include <time.h>
+#include <linux/kvm.h>
+
+#include "pyhv_core.h"
+
+/* What the last exit left for Python to answer before the next run. */
+enum pyhv_pending {
+    PYHV_PENDING_NONE = 0,
+    PYHV_PENDING_IO_IN,      /* io.data_offset .. + size*count in the run area */
+    PYHV_PENDING_MMIO_READ,  /* run->mmio.data[0 .. len) */
+};
+
+struct pyhv_vcpu {
+    int fd;
+    uint32_t id;
+    struct kvm_run *run;
+    size_t run_size;
+
+    /* Registers travel through run->s.regs when the kernel offers sync regs: reading them
+       after an exit and writing them before the next entry then costs no ioctl. */
+    int sync_regs;
+    int regs_in_run;         /* run->s.regs.regs holds the vCPU's current registers */
+
+    uint32_t seq;            /* incremented by every run */
+    enum pyhv_pending pending;
+    uint32_t pending_len;
+
+    /* cancellation and deadlines (run.c) */
+    atomic_int cancel_requested;
+    pthread_mutex_t kick_lock;   /* keeps running_tid alive while another thread signals it */
+    pid_t running_tid;           /* thread inside pyhv_vcpu_run, 0 when none */
+    uint64_t deadline_ns;
+    int has_timer;
+    timer_t timer;
+    pid_t timer_tid;
+};
+
+/* ioctl that returns 0/positive or -errno, retrying nothing */
+long pyhv_ioctl(int fd, unsigned long request, void *arg);
+
+/* KVM_GET_SUPPORTED_CPUID / KVM_GET_CPUID2 into pyhv's entries (system.c) */
+int pyhv_cpuid_query(int fd, unsigned long request, struct pyhv_cpuid_entry *out, uint32_t max,
+                     uint32_t *count_out);
+
+/* the kick signal (run.c) */
+int pyhv_kick_signal_number(void);
+
+#endif

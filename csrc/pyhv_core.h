@@ -1,0 +1,172 @@
+/*
+ * pyhv_core.h - everything the Python layer sees of the C core.
+ *
+ * The part between the "cdef" markers is read verbatim by csrc/ffi_build.py and handed to
+ * cffi's cdef(), so it holds only plain declarations (no #include, no macros).  The kernel's
+ * structures, kvm_run and its exit union above all, stay inside the .c files: Python gets the
+ * small structs below, which the C code fills field by field.
+ *
+ * Every function returns 0 (or a non-negative count/value where it says so) on success and a
+ * negative errno on failure; Python turns the latter into an exception (pyhv/_errors.py).
+ */
+#ifndef PYHV_CORE_H
+#define PYHV_CORE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* cdef begin */
+
+/* Why a vCPU run returned (struct pyhv_exit.reason). */
+enum pyhv_exit_reason {
+    PYHV_EXIT_NONE = 0,
+    PYHV_EXIT_IO = 1,             /* port IO; io_in tells the direction */
+    PYHV_EXIT_MMIO = 2,           /* access to a GPA with no writable RAM behind it */
+    PYHV_EXIT_HALT = 3,
+    PYHV_EXIT_SHUTDOWN = 4,       /* triple fault */
+    PYHV_EXIT_INTERNAL_ERROR = 5,
+    PYHV_EXIT_FAIL_ENTRY = 6,
+    PYHV_EXIT_SYSTEM_EVENT = 7,
+    PYHV_EXIT_DEBUG = 8,
+    PYHV_EXIT_HYPERCALL = 9,
+    PYHV_EXIT_CANCELED = 10,      /* pyhv_vcpu_cancel() stopped the run */
+    PYHV_EXIT_TIMEOUT = 11,       /* the deadline set with pyhv_vcpu_set_deadline() passed */
+    PYHV_EXIT_INTERRUPTED = 12,   /* a signal that is not pyhv's own: let Python handle it */
+    PYHV_EXIT_UNKNOWN = 13,       /* a KVM exit pyhv does not decode; kvm_reason says which */
+    PYHV_EXIT_BAD_EXIT = 14       /* the kernel described an exit pyhv refuses to trust */
+};
+
+/* One decoded exit.  Flat on purpose: the Python run loop reads a few fields per exit. */
+struct pyhv_exit {
+    uint32_t reason;          /* enum pyhv_exit_reason */
+    uint32_t kvm_reason;      /* the raw KVM_EXIT_* value */
+    uint64_t rip;             /* guest RIP after the exit, when rip_valid */
+    uint32_t rip_valid;
+    uint32_t seq;             /* counts runs of this vCPU; completions must name the latest */
+
+    /* PYHV_EXIT_IO: size*count bytes at io_data (inside the run area, checked) */
+    uint16_t io_port;
+    uint8_t io_size;          /* 1, 2 or 4 */
+    uint8_t io_in;            /* 1 = IN (guest reads), 0 = OUT */
+    uint32_t io_count;        /* > 1 for string IO (rep ins/outs) */
+    uint8_t *io_data;
+    uint32_t io_value;        /* OUT: the first element, zero-extended (saves Python a cast) */
+
+    /* PYHV_EXIT_MMIO */
+    uint64_t mmio_gpa;
+    uint32_t mmio_len;        /* 1..8 */
+    uint8_t mmio_write;
+    uint8_t mmio_data[8];
+    uint64_t mmio_value;      /* write: mmio_data as a little-endian number */
+
+    /* INTERNAL_ERROR: suberror + data words; SYSTEM_EVENT: type + data words;
+       FAIL_ENTRY: hardware reason + cpu; DEBUG: exception, pc, dr6, dr7;
+       HYPERCALL: nr + args; UNKNOWN: hardware exit reason */
+    uint32_t code;            /* suberror, event type, debug exception, ... */
+    uint32_t ndata;           /* words valid in data[] (at most 16) */
+    uint64_t data[16];
+};
+
+struct pyhv_regs {
+    uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+    uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+    uint64_t rip, rflags;
+};
+
+struct pyhv_segment {
+    uint64_t base;
+    uint32_t limit;
+    uint16_t selector;
+    uint8_t type, present, dpl, db, s, l, g, avl, unusable;
+};
+
+struct pyhv_dtable {
+    uint64_t base;
+    uint16_t limit;
+};
+
+struct pyhv_sregs {
+    struct pyhv_segment cs, ds, es, fs, gs, ss, tr, ldt;
+    struct pyhv_dtable gdt, idt;
+    uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base;
+    uint64_t interrupt_bitmap[4];
+};
+
+struct pyhv_fpu {
+    uint8_t fpr[8][16];
+    uint16_t fcw, fsw;
+    uint8_t ftwx;
+    uint16_t last_opcode;
+    uint64_t last_ip, last_dp;
+    uint8_t xmm[16][16];
+    uint32_t mxcsr;
+};
+
+struct pyhv_cpuid_entry {
+    uint32_t function, index, flags;
+    uint32_t eax, ebx, ecx, edx;
+};
+
+/* Opaque: one per vCPU fd, owns the mmapped run area. */
+struct pyhv_vcpu;
+
+/* process-wide: install the kick signal handler (idempotent); returns the signal number */
+int pyhv_init(void);
+
+/* the KVM system handle (/dev/kvm) */
+int pyhv_system_open(const char *path, int *fd_out);
+int pyhv_close(int fd);
+int pyhv_system_api_version(int kvm_fd);                       /* >= 0: the version */
+int pyhv_check_extension(int fd, long capability);              /* >= 0: the cap's value */
+int pyhv_system_vcpu_mmap_size(int kvm_fd);                     /* >= 0: bytes */
+int pyhv_system_supported_cpuid(int kvm_fd, struct pyhv_cpuid_entry *out, uint32_t max,
+                                uint32_t *count_out);
+int pyhv_system_msr_index_list(int kvm_fd, uint32_t *out, uint32_t max, uint32_t *count_out);
+
+/* guest memory: anonymous, lazily backed host mappings */
+int pyhv_memory_alloc(uint64_t size, void **addr_out);
+int pyhv_memory_free(void *addr, uint64_t size);
+
+/* partitions (VM fds) */
+int pyhv_partition_create(int kvm_fd, unsigned long type, int *vm_fd_out);
+int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr);
+int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
+                            uint64_t size, void *host_addr);
+int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap);
+
+/* vCPUs */
+int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out);
+void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);
+int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);
+int pyhv_vcpu_get_regs(struct pyhv_vcpu *vcpu, struct pyhv_regs *out);
+int pyhv_vcpu_set_regs(struct pyhv_vcpu *vcpu, const struct pyhv_regs *in);
+int pyhv_vcpu_get_sregs(struct pyhv_vcpu *vcpu, struct pyhv_sregs *out);
+int pyhv_vcpu_set_sregs(struct pyhv_vcpu *vcpu, const struct pyhv_sregs *in);
+int pyhv_vcpu_get_fpu(struct pyhv_vcpu *vcpu, struct pyhv_fpu *out);
+int pyhv_vcpu_set_fpu(struct pyhv_vcpu *vcpu, const struct pyhv_fpu *in);
+/* MSRs: *done_out tells how many of the n were transferred before one was refused */
+int pyhv_vcpu_get_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, uint64_t *value,
+                       uint32_t n, uint32_t *done_out);
+int pyhv_vcpu_set_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, const uint64_t *value,
+                       uint32_t n, uint32_t *done_out);
+int pyhv_vcpu_set_cpuid(struct pyhv_vcpu *vcpu, const struct pyhv_cpuid_entry *entries,
+                        uint32_t n);
+int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *vcpu, struct pyhv_cpuid_entry *out, uint32_t max,
+                        uint32_t *count_out);
+
+/* running */
+int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit);
+/* data for the IN / MMIO read of the latest exit; len must match it exactly */
+int pyhv_vcpu_complete_in(struct pyhv_vcpu *vcpu, uint32_t seq, const uint8_t *data,
+                          uint32_t len);
+/* the same for a single IN/read of at most 8 bytes, given as a number (little-endian) */
+int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value);
+/* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none */
+int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);
+/* from any thread: stop the current or the next run of this vCPU */
+void pyhv_vcpu_cancel(struct pyhv_vcpu *vcpu);
+uint64_t pyhv_monotonic_ns(void);
+
+/* cdef end */
+
+#endif /* PYHV_CORE_H */

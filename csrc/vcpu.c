@@ -1,0 +1,273 @@
+/* vcpu.c - vCPU fds: creation with the run area, and register state in pyhv's own structs. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PYHV_MAX_MSRS_PER_CALL 1024u
+
+int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out)
+{
+    if (mmap_size < sizeof(struct kvm_run))
+        return -EINVAL;
+    struct pyhv_vcpu *v = calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    long fd = pyhv_ioctl(vm_fd, KVM_CREATE_VCPU, (void *)(unsigned long)id);
+    if (fd < 0) {
+        free(v);
+        return (int)fd;
+    }
+    void *run = mmap(NULL, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, (int)fd, 0);
+    if (run == MAP_FAILED) {
+        int err = -errno;
+        close((int)fd);
+        free(v);
+        return err;
+    }
+    v->fd = (int)fd;
+    v->id = id;
+    v->run = run;
+    v->run_size = mmap_size;
+    pthread_mutex_init(&v->kick_lock, NULL);
+    atomic_init(&v->cancel_requested, 0);
+    if (pyhv_check_extension(vm_fd, KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS) {
+        v->sync_regs = 1;
+        v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+    }
+    *out = v;
+    return 0;
+}
+
+void pyhv_vcpu_destroy(struct pyhv_vcpu *v)
+{
+    if (!v)
+        return;
+    if (v->has_timer)
+        timer_delete(v->timer);
+    munmap(v->run, v->run_size);
+    close(v->fd);
+    pthread_mutex_destroy(&v->kick_lock);
+    free(v);
+}
+
+int pyhv_vcpu_fd(const struct pyhv_vcpu *v)
+{
+    return v->fd;
+}
+
+/* kvm_regs and pyhv_regs list the same 18 registers in the same order. */
+_Static_assert(sizeof(struct kvm_regs) == sizeof(struct pyhv_regs), "register layouts differ");
+
+int pyhv_vcpu_get_regs(struct pyhv_vcpu *v, struct pyhv_regs *out)
+{
+    if (v->sync_regs && v->regs_in_run) {
+        memcpy(out, &v->run->s.regs.regs, sizeof(*out));
+        return 0;
+    }
+    struct kvm_regs r;
+    long rc = pyhv_ioctl(v->fd, KVM_GET_REGS, &r);
+    if (rc < 0)
+        return (int)rc;
+    if (v->sync_regs) {
+        v->run->s.regs.regs = r;
+        v->regs_in_run = 1;
+    }
+    memcpy(out, &r, sizeof(*out));
+    return 0;
+}
+
+int pyhv_vcpu_set_regs(struct pyhv_vcpu *v, const struct pyhv_regs *in)
+{
+    if (v->sync_regs) {
+        /* the kernel loads these at the next KVM_RUN: no ioctl now */
+        memcpy(&v->run->s.regs.regs, in, sizeof(*in));
+        v->run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+        v->regs_in_run = 1;
+        return 0;
+    }
+    struct kvm_regs r;
+    memcpy(&r, in, sizeof(r));
+    long rc = pyhv_ioctl(v->fd, KVM_SET_REGS, &r);
+    return rc < 0 ? (int)rc : 0;
+}
+
+static void segment_export(const struct kvm_segment *k, struct pyhv_segment *p)
+{
+    *p = (struct pyhv_segment){
+        .base = k->base, .limit = k->limit, .selector = k->selector, .type = k->type,
+        .present = k->present, .dpl = k->dpl, .db = k->db, .s = k->s, .l = k->l, .g = k->g,
+        .avl = k->avl, .unusable = k->unusable,
+    };
+}
+
+static void segment_import(const struct pyhv_segment *p, struct kvm_segment *k)
+{
+    *k = (struct kvm_segment){
+        .base = p->base, .limit = p->limit, .selector = p->selector, .type = p->type,
+        .present = p->present, .dpl = p->dpl, .db = p->db, .s = p->s, .l = p->l, .g = p->g,
+        .avl = p->avl, .unusable = p->unusable,
+    };
+}
+
+int pyhv_vcpu_get_sregs(struct pyhv_vcpu *v, struct pyhv_sregs *out)
+{
+    struct kvm_sregs s;
+    long rc = pyhv_ioctl(v->fd, KVM_GET_SREGS, &s);
+    if (rc < 0)
+        return (int)rc;
+    segment_export(&s.cs, &out->cs);
+    segment_export(&s.ds, &out->ds);
+    segment_export(&s.es, &out->es);
+    segment_export(&s.fs, &out->fs);
+    segment_export(&s.gs, &out->gs);
+    segment_export(&s.ss, &out->ss);
+    segment_export(&s.tr, &out->tr);
+    segment_export(&s.ldt, &out->ldt);
+    out->gdt = (struct pyhv_dtable){ s.gdt.base, s.gdt.limit };
+    out->idt = (struct pyhv_dtable){ s.idt.base, s.idt.limit };
+    out->cr0 = s.cr0;
+    out->cr2 = s.cr2;
+    out->cr3 = s.cr3;
+    out->cr4 = s.cr4;
+    out->cr8 = s.cr8;
+    out->efer = s.efer;
+    out->apic_base = s.apic_base;
+    memcpy(out->interrupt_bitmap, s.interrupt_bitmap, sizeof(out->interrupt_bitmap));
+    return 0;
+}
+
+int pyhv_vcpu_set_sregs(struct pyhv_vcpu *v, const struct pyhv_sregs *in)
+{
+    struct kvm_sregs s;
+    memset(&s, 0, sizeof(s));
+    segment_import(&in->cs, &s.cs);
+    segment_import(&in->ds, &s.ds);
+    segment_import(&in->es, &s.es);
+    segment_import(&in->fs, &s.fs);
+    segment_import(&in->gs, &s.gs);
+    segment_import(&in->ss, &s.ss);
+    segment_import(&in->tr, &s.tr);
+    segment_import(&in->ldt, &s.ldt);
+    s.gdt.base = in->gdt.base;
+    s.gdt.limit = in->gdt.limit;
+    s.idt.base = in->idt.base;
+    s.idt.limit = in->idt.limit;
+    s.cr0 = in->cr0;
+    s.cr2 = in->cr2;
+    s.cr3 = in->cr3;
+    s.cr4 = in->cr4;
+    s.cr8 = in->cr8;
+    s.efer = in->efer;
+    s.apic_base = in->apic_base;
+    memcpy(s.interrupt_bitmap, in->interrupt_bitmap, sizeof(s.interrupt_bitmap));
+    long rc = pyhv_ioctl(v->fd, KVM_SET_SREGS, &s);
+    return rc < 0 ? (int)rc : 0;
+}
+
+int pyhv_vcpu_get_fpu(struct pyhv_vcpu *v, struct pyhv_fpu *out)
+{
+    struct kvm_fpu f;
+    long rc = pyhv_ioctl(v->fd, KVM_GET_FPU, &f);
+    if (rc < 0)
+        return (int)rc;
+    memcpy(out->fpr, f.fpr, sizeof(out->fpr));
+    out->fcw = f.fcw;
+    out->fsw = f.fsw;
+    out->ftwx = f.ftwx;
+    out->last_opcode = f.last_opcode;
+    out->last_ip = f.last_ip;
+    out->last_dp = f.last_dp;
+    memcpy(out->xmm, f.xmm, sizeof(out->xmm));
+    out->mxcsr = f.mxcsr;
+    return 0;
+}
+
+int pyhv_vcpu_set_fpu(struct pyhv_vcpu *v, const struct pyhv_fpu *in)
+{
+    struct kvm_fpu f;
+    memset(&f, 0, sizeof(f));
+    memcpy(f.fpr, in->fpr, sizeof(f.fpr));
+    f.fcw = in->fcw;
+    f.fsw = in->fsw;
+    f.ftwx = in->ftwx;
+    f.last_opcode = in->last_opcode;
+    f.last_ip = in->last_ip;
+    f.last_dp = in->last_dp;
+    memcpy(f.xmm, in->xmm, sizeof(f.xmm));
+    f.mxcsr = in->mxcsr;
+    long rc = pyhv_ioctl(v->fd, KVM_SET_FPU, &f);
+    return rc < 0 ? (int)rc : 0;
+}
+
+/* KVM_GET_MSRS / KVM_SET_MSRS return how many entries they processed; a short count means
+   the entry after them was refused. */
+static int msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
+                         uint64_t *value, uint32_t n, uint32_t *done_out)
+{
+    *done_out = 0;
+    if (n == 0)
+        return 0;
+    if (n > PYHV_MAX_MSRS_PER_CALL)
+        return -E2BIG;
+    struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
+    if (!m)
+        return -ENOMEM;
+    m->nmsrs = n;
+    for (uint32_t i = 0; i < n; i++) {
+        m->entries[i].index = index[i];
+        m->entries[i].data = request == KVM_SET_MSRS ? value[i] : 0;
+    }
+    long rc = pyhv_ioctl(v->fd, request, m);
+    if (rc >= 0) {
+        uint32_t done = rc > (long)n ? n : (uint32_t)rc;
+        if (request == KVM_GET_MSRS)
+            for (uint32_t i = 0; i < done; i++)
+                value[i] = m->entries[i].data;
+        *done_out = done;
+        rc = done == n ? 0 : -EINVAL;
+    }
+    free(m);
+    return (int)rc;
+}
+
+int pyhv_vcpu_get_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint64_t *value, uint32_t n,
+                       uint32_t *done_out)
+{
+    return msrs_transfer(v, KVM_GET_MSRS, index, value, n, done_out);
+}
+
+int pyhv_vcpu_set_msrs(struct pyhv_vcpu *v, const uint32_t *index, const uint64_t *value,
+                       uint32_t n, uint32_t *done_out)
+{
+    return msrs_transfer(v, KVM_SET_MSRS, index, (uint64_t *)value, n, done_out);
+}
+
+int pyhv_vcpu_set_cpuid(struct pyhv_vcpu *v, const struct pyhv_cpuid_entry *entries, uint32_t n)
+{
+    if (n > 4096)
+        return -E2BIG;
+    struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
+    if (!c)
+        return -ENOMEM;
+    c->nent = n;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct pyhv_cpuid_entry *e = &entries[i];
+        c->entries[i] = (struct kvm_cpuid_entry2){
+            .function = e->function, .index = e->index, .flags = e->flags,
+            .eax = e->eax, .ebx = e->ebx, .ecx = e->ecx, .edx = e->edx,
+        };
+    }
+    long rc = pyhv_ioctl(v->fd, KVM_SET_CPUID2, c);
+    free(c);
+    return rc < 0 ? (int)rc : 0;
+}
+
+int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *v, struct pyhv_cpuid_entry *out, uint32_t max,
+                        uint32_t *count_out)
+{
+    return pyhv_cpuid_query(v->fd, KVM_GET_CPUID2, out, max, count_out);
+}

@@ -1,0 +1,38 @@
+"""pyhv: Hyper-V style partitions and virtual processors for Python, on Linux KVM.
+
+>>> import pyhv
+>>> from pyhv import exits
+>>> with pyhv.Partition(memory="16M") as part:                     # doctest: +SKIP
+...     part.memory.write(0x1000, bytes.fromhex("b0 21 e6 f8 f4"))  # mov al,'!'; out 0xf8,al; hlt
+...     cpu = part.create_vcpu(mode="long", entry=0x1000)
+...     match cpu.run():
+...         case exits.IoOut(port=0xF8, data=d): print(d)
+b'!'
+"""
+
+from __future__ import annotations
+
+from . import exits
+from .dispatch import Handler, RunResult
+from .errors import (ClosedError, GuestMemoryError, HandlerError, HypervisorError,
+                     HypervisorUnavailable, InvalidArgument, KvmError, MissingCapability,
+                     OverlapError, SlotOverlapError, StaleExitError, Timeout, UnhandledExit)
+from .memory import GuestMemory, MemorySlot, parse_size
+from .partition import Partition
+from .registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
+from .system import Capabilities, CpuidEntry, Hypervisor, check
+from .vcpu import VCpu
+
+try:
+    from ._version import version as __version__
+except ImportError:  # pragma: no cover - running from a tree that was never built
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "exits", "check", "Hypervisor", "Capabilities", "CpuidEntry", "Partition", "VCpu",
+    "GuestMemory", "MemorySlot", "parse_size", "Regs", "SpecialRegs", "Segment",
+    "DescriptorTable", "Fpu", "Handler", "RunResult",
+    "HypervisorError", "KvmError", "HypervisorUnavailable", "MissingCapability",
+    "InvalidArgument", "OverlapError", "SlotOverlapError", "GuestMemoryError", "ClosedError",
+    "StaleExitError", "HandlerError", "Timeout", "UnhandledExit", "__version__",
+]

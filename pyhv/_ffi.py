@@ -1,0 +1,17 @@
+"""Access to the compiled C core, with a clear message when it was not built."""
+
+from __future__ import annotations
+
+try:
+    from ._core import ffi, lib
+except ImportError as exc:  # pragma: no cover - only in a broken install
+    raise ImportError(
+        "pyhv's C core (pyhv._core) is not built; install pyhv with "
+        "`pip install .` (or `pip install -e .`) so that setuptools compiles csrc/"
+    ) from exc
+
+KICK_SIGNAL = lib.pyhv_init()
+if KICK_SIGNAL < 0:  # pragma: no cover
+    raise ImportError(f"pyhv could not install its vCPU kick signal (errno {-KICK_SIGNAL})")
+
+__all__ = ["ffi", "lib", "KICK_SIGNAL"]

@@ -1,0 +1,232 @@
+"""Virtual processors: one object per KVM vCPU fd.
+
+>>> cpu = part.create_vcpu(mode="long", entry=0x1000)   # doctest: +SKIP
+>>> cpu.regs.rax = 7                                    # doctest: +SKIP
+>>> ex = cpu.run(timeout=1.0)                           # exactly one exit  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+from ._ffi import ffi, lib
+from .errors import ClosedError, HypervisorError, InvalidArgument, KvmError, Timeout, check_rc
+from .exits import Exit, decode
+from .registers import (Fpu, Registers, SpecialRegisters, SpecialRegs, fpu_from_c, fpu_to_c,
+                        sregs_from_c, sregs_to_c, to_u64)
+from .system import CpuidEntry, _read_cpuid
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+_INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
+_TIMEOUT = lib.PYHV_EXIT_TIMEOUT
+
+
+def _validate_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise InvalidArgument(f"timeout must be a number of seconds > 0, not {timeout!r}")
+    return float(timeout)
+
+
+class VCpu:
+    """A virtual processor of a :class:`pyhv.Partition` (made by ``create_vcpu``).
+
+    ``regs`` and ``sregs`` are live register views; :meth:`run` runs the guest until its next
+    exit.  One thread at a time may run a vCPU; :meth:`cancel` may be called from any thread.
+    """
+
+    def __init__(self, partition: "Partition", vcpu_id: int) -> None:
+        out = ffi.new("struct pyhv_vcpu **")
+        check_rc(lib.pyhv_vcpu_create(partition._vm_fd, vcpu_id,
+                                      partition.hypervisor.vcpu_mmap_size, out),
+                 f"KVM_CREATE_VCPU {vcpu_id}")
+        self._ptr = out[0]
+        self._finalizer = weakref.finalize(self, lib.pyhv_vcpu_destroy, self._ptr)
+        self.id = vcpu_id
+        self.partition = partition
+        self.mode: str | None = None
+        self.regs = Registers(self)
+        self.sregs = SpecialRegisters(self)
+        self._exit = ffi.new("struct pyhv_exit *")
+        self._regs_c = ffi.new("struct pyhv_regs *")
+        self._sregs_c = ffi.new("struct pyhv_sregs *")
+        self._run_lock = threading.Lock()
+        self._run_thread: int | None = None
+
+    # -- lifetime -------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def _handle(self) -> Any:
+        if not self._finalizer.alive:
+            raise ClosedError(f"vCPU {self.id} is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        """Release the vCPU (idempotent).  From another thread, a running vCPU is canceled
+        and closed once its run returns."""
+        if not self._finalizer.alive:
+            return
+        if self._run_thread == threading.get_ident():
+            raise HypervisorError(f"vCPU {self.id} cannot be closed from inside its own run; "
+                                  "cancel it (or stop the partition) and close it afterwards")
+        # a run on another thread holds the lock: keep canceling until it lets go
+        while not self._run_lock.acquire(timeout=0.05):
+            lib.pyhv_vcpu_cancel(self._ptr)
+        try:
+            self._finalizer()
+        finally:
+            self._run_lock.release()
+
+    def __enter__(self) -> "VCpu":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"mode={self.mode}"
+        return f"<pyhv.VCpu {self.id} {state}>"
+
+    # -- running --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _running(self, timeout: float | None) -> Iterator[Any]:
+        ptr = self._handle()
+        if not self._run_lock.acquire(blocking=False):
+            raise HypervisorError(f"vCPU {self.id} is already running on another thread")
+        self._run_thread = threading.get_ident()
+        try:
+            if self.closed:
+                raise ClosedError(f"vCPU {self.id} is closed")
+            if timeout is not None:
+                deadline = lib.pyhv_monotonic_ns() + int(timeout * 1e9)
+                check_rc(lib.pyhv_vcpu_set_deadline(ptr, deadline), "arming the run timeout")
+            try:
+                yield ptr
+            finally:
+                if timeout is not None:
+                    lib.pyhv_vcpu_set_deadline(ptr, 0)
+        finally:
+            self._run_thread = None
+            self._run_lock.release()
+
+    def _enter(self, ptr: Any) -> Any:
+        """One KVM_RUN (repeated over foreign signals); returns the filled exit struct."""
+        c = self._exit
+        while True:
+            rc = lib.pyhv_vcpu_run(ptr, c)
+            if rc < 0:
+                raise KvmError(-rc, f"KVM_RUN on vCPU {self.id}")
+            if c.reason != _INTERRUPTED:
+                return c
+            # a signal for Python (Ctrl-C...): its handler runs here, between bytecodes
+
+    def run(self, timeout: float | None = None) -> Exit:
+        """Run the guest until its next exit and return that exit, typed.
+
+        ``timeout`` (seconds) bounds the run: past it, :class:`pyhv.Timeout` is raised with
+        the vCPU's registers.  :meth:`cancel` from another thread makes the run return
+        :class:`pyhv.exits.Canceled`.
+        """
+        timeout = _validate_timeout(timeout)
+        with self._running(timeout) as ptr:
+            c = self._enter(ptr)
+            if c.reason == _TIMEOUT:
+                raise Timeout(self, self.regs.snapshot(), timeout or 0.0)
+            return decode(c, self)
+
+    def cancel(self) -> None:
+        """Stop the current run of this vCPU, or the next one if it is not running.  Safe from
+        any thread; the run returns :class:`pyhv.exits.Canceled`."""
+        lib.pyhv_vcpu_cancel(self._handle())
+
+    # -- registers (the views in registers.py call these) ---------------------------------
+    def _load_regs(self) -> Any:
+        check_rc(lib.pyhv_vcpu_get_regs(self._handle(), self._regs_c), "KVM_GET_REGS")
+        return self._regs_c
+
+    def _store_regs(self, regs: Any) -> None:
+        check_rc(lib.pyhv_vcpu_set_regs(self._handle(), regs), "KVM_SET_REGS")
+
+    def get_sregs(self) -> SpecialRegs:
+        """The special registers as a frozen :class:`pyhv.SpecialRegs`."""
+        check_rc(lib.pyhv_vcpu_get_sregs(self._handle(), self._sregs_c), "KVM_GET_SREGS")
+        return sregs_from_c(self._sregs_c)
+
+    def set_sregs(self, sregs: SpecialRegs) -> None:
+        """Load every special register from ``sregs``."""
+        c = ffi.new("struct pyhv_sregs *")
+        sregs_to_c(sregs, c)
+        check_rc(lib.pyhv_vcpu_set_sregs(self._handle(), c), "KVM_SET_SREGS",
+                 "the kernel refused this segment/control register combination")
+
+    @property
+    def fpu(self) -> Fpu:
+        """x87/SSE state; assign an :class:`pyhv.Fpu` to load it."""
+        c = ffi.new("struct pyhv_fpu *")
+        check_rc(lib.pyhv_vcpu_get_fpu(self._handle(), c), "KVM_GET_FPU")
+        return fpu_from_c(c)
+
+    @fpu.setter
+    def fpu(self, value: Fpu) -> None:
+        c = ffi.new("struct pyhv_fpu *")
+        fpu_to_c(value, c)
+        check_rc(lib.pyhv_vcpu_set_fpu(self._handle(), c), "KVM_SET_FPU")
+
+    def get_msrs(self, indices: Iterable[int]) -> dict[int, int]:
+        """Read model-specific registers: ``{index: value}``."""
+        idx = [to_u64("MSR index", i) for i in indices]
+        if any(i > 0xFFFFFFFF for i in idx):
+            raise InvalidArgument("MSR indices are 32-bit")
+        values = ffi.new("uint64_t[]", max(len(idx), 1))
+        done = ffi.new("uint32_t *")
+        rc = lib.pyhv_vcpu_get_msrs(self._handle(), idx, values, len(idx), done)
+        self._check_msrs(rc, done[0], idx, "KVM_GET_MSRS")
+        return {i: values[n] for n, i in enumerate(idx)}
+
+    def set_msrs(self, values: Mapping[int, int]) -> None:
+        """Write model-specific registers from ``{index: value}``."""
+        idx = [to_u64("MSR index", i) for i in values]
+        if any(i > 0xFFFFFFFF for i in idx):
+            raise InvalidArgument("MSR indices are 32-bit")
+        vals = [to_u64(f"MSR {i:#x}", v) for i, v in values.items()]
+        done = ffi.new("uint32_t *")
+        rc = lib.pyhv_vcpu_set_msrs(self._handle(), idx, vals, len(idx), done)
+        self._check_msrs(rc, done[0], idx, "KVM_SET_MSRS")
+
+    @staticmethod
+    def _check_msrs(rc: int, done: int, idx: list[int], op: str) -> None:
+        if rc == -errno.EINVAL and done < len(idx):
+            raise KvmError(errno.EINVAL, op, f"KVM refused MSR {idx[done]:#x}")
+        check_rc(rc, op)
+
+    def get_msr(self, index: int) -> int:
+        return self.get_msrs([index])[index]
+
+    def set_msr(self, index: int, value: int) -> None:
+        self.set_msrs({index: value})
+
+    def get_cpuid(self) -> tuple[CpuidEntry, ...]:
+        """The CPUID table the guest sees."""
+        ptr = self._handle()
+        return _read_cpuid(lambda buf, cap, n: lib.pyhv_vcpu_get_cpuid(ptr, buf, cap, n),
+                           "KVM_GET_CPUID2")
+
+    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+        """Give the guest this CPUID table (e.g. an edited ``hypervisor.supported_cpuid()``)."""
+        entries = list(entries)
+        buf = ffi.new("struct pyhv_cpuid_entry[]", max(len(entries), 1))
+        try:
+            for i, e in enumerate(entries):
+                buf[i] = (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+        except (OverflowError, TypeError) as exc:
+            raise InvalidArgument(f"bad CPUID entry: {exc}") from None
+        check_rc(lib.pyhv_vcpu_set_cpuid(self._handle(), buf, len(entries)), "KVM_SET_CPUID2")
