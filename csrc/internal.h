@@ -29,6 +29,7 @@ struct pyhv_vcpu {
     /* Registers travel through run->s.regs when the kernel offers sync regs: reading them
        after an exit and writing them before the next entry then costs no ioctl. */
     int sync_regs;
+    int has_xsave;           /* FPU state goes through KVM_GET/SET_XSAVE (see vcpu.c) */
     int regs_in_run;         /* run->s.regs.regs holds the vCPU's current registers */
 
     uint32_t seq;            /* incremented by every run */

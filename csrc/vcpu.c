@@ -34,6 +34,7 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
     v->run_size = mmap_size;
     pthread_mutex_init(&v->kick_lock, NULL);
     atomic_init(&v->cancel_requested, 0);
+    v->has_xsave = pyhv_check_extension(vm_fd, KVM_CAP_XSAVE) > 0;
     if (pyhv_check_extension(vm_fd, KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS) {
         v->sync_regs = 1;
         v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
@@ -168,8 +169,61 @@ int pyhv_vcpu_set_sregs(struct pyhv_vcpu *v, const struct pyhv_sregs *in)
     return rc < 0 ? (int)rc : 0;
 }
 
+/*
+ * FPU state.  Where KVM keeps the guest FPU in XSAVE format, KVM_SET_FPU writes the legacy
+ * area but leaves the XSAVE header's XSTATE_BV alone, so x87/SSE state set that way can be
+ * dropped as "in its initial state" at the next entry.  With KVM_CAP_XSAVE, pyhv therefore
+ * reads and writes the FXSAVE-layout legacy area of KVM_GET/SET_XSAVE and marks x87 and SSE
+ * as present.
+ */
+#define FX_FCW 0
+#define FX_FSW 2
+#define FX_FTW 4
+#define FX_FOP 6
+#define FX_FIP 8
+#define FX_FDP 16
+#define FX_MXCSR 24
+#define FX_ST0 32
+#define FX_XMM0 160
+#define XSAVE_HEADER_XSTATE_BV 512
+#define XSTATE_X87_SSE 3ull
+
+static void fpu_from_fxsave(const uint8_t *fx, struct pyhv_fpu *out)
+{
+    memcpy(&out->fcw, fx + FX_FCW, 2);
+    memcpy(&out->fsw, fx + FX_FSW, 2);
+    out->ftwx = fx[FX_FTW];
+    memcpy(&out->last_opcode, fx + FX_FOP, 2);
+    memcpy(&out->last_ip, fx + FX_FIP, 8);
+    memcpy(&out->last_dp, fx + FX_FDP, 8);
+    memcpy(&out->mxcsr, fx + FX_MXCSR, 4);
+    memcpy(out->fpr, fx + FX_ST0, sizeof(out->fpr));
+    memcpy(out->xmm, fx + FX_XMM0, sizeof(out->xmm));
+}
+
+static void fpu_to_fxsave(const struct pyhv_fpu *in, uint8_t *fx)
+{
+    memcpy(fx + FX_FCW, &in->fcw, 2);
+    memcpy(fx + FX_FSW, &in->fsw, 2);
+    fx[FX_FTW] = in->ftwx;
+    memcpy(fx + FX_FOP, &in->last_opcode, 2);
+    memcpy(fx + FX_FIP, &in->last_ip, 8);
+    memcpy(fx + FX_FDP, &in->last_dp, 8);
+    memcpy(fx + FX_MXCSR, &in->mxcsr, 4);
+    memcpy(fx + FX_ST0, in->fpr, sizeof(in->fpr));
+    memcpy(fx + FX_XMM0, in->xmm, sizeof(in->xmm));
+}
+
 int pyhv_vcpu_get_fpu(struct pyhv_vcpu *v, struct pyhv_fpu *out)
 {
+    if (v->has_xsave) {
+        struct kvm_xsave x;
+        long rc = pyhv_ioctl(v->fd, KVM_GET_XSAVE, &x);
+        if (rc < 0)
+            return (int)rc;
+        fpu_from_fxsave((const uint8_t *)x.region, out);
+        return 0;
+    }
     struct kvm_fpu f;
     long rc = pyhv_ioctl(v->fd, KVM_GET_FPU, &f);
     if (rc < 0)
@@ -188,6 +242,20 @@ int pyhv_vcpu_get_fpu(struct pyhv_vcpu *v, struct pyhv_fpu *out)
 
 int pyhv_vcpu_set_fpu(struct pyhv_vcpu *v, const struct pyhv_fpu *in)
 {
+    if (v->has_xsave) {
+        struct kvm_xsave x;
+        long rc = pyhv_ioctl(v->fd, KVM_GET_XSAVE, &x);
+        if (rc < 0)
+            return (int)rc;
+        uint8_t *region = (uint8_t *)x.region;
+        fpu_to_fxsave(in, region);
+        uint64_t bv;
+        memcpy(&bv, region + XSAVE_HEADER_XSTATE_BV, sizeof(bv));
+        bv |= XSTATE_X87_SSE;
+        memcpy(region + XSAVE_HEADER_XSTATE_BV, &bv, sizeof(bv));
+        rc = pyhv_ioctl(v->fd, KVM_SET_XSAVE, &x);
+        return rc < 0 ? (int)rc : 0;
+    }
     struct kvm_fpu f;
     memset(&f, 0, sizeof(f));
     memcpy(f.fpr, in->fpr, sizeof(f.fpr));
