@@ -18,11 +18,13 @@ like a read from an empty bus.
 from __future__ import annotations
 
 import errno
+import functools
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ._ffi import ffi, lib
 from .errors import HandlerError, StaleExitError, check_rc
+from .system import detect_backend
 
 if TYPE_CHECKING:
     from .vcpu import VCpu
@@ -193,9 +195,7 @@ class Shutdown(Exit):
 
 
 _INTERNAL_ERRORS = {
-    1: "emulation failure: KVM could not emulate the instruction at RIP (on kvm_pvm this is "
-       "also how some instructions that should raise #UD, such as xgetbv with OSXSAVE off, "
-       "rdpru or invpcid, are reported)",
+    1: "emulation failure: KVM could not emulate the instruction at RIP",
     2: "an exception occurred while delivering another exception (simultaneous exceptions)",
     3: "event delivery failed: a fault while delivering an interrupt or exception, often a "
        "missing or broken IDT/GDT entry or an unmapped stack",
@@ -205,11 +205,16 @@ _INTERNAL_ERRORS = {
 
 @_exit
 class InternalError(Exit):
-    """KVM could not continue the guest (``KVM_EXIT_INTERNAL_ERROR``)."""
+    """KVM could not continue the guest (``KVM_EXIT_INTERNAL_ERROR``).
+
+    ``instruction`` holds the bytes of the instruction KVM failed to emulate, when the
+    kernel reports them (empty otherwise).
+    """
 
     suberror: int
     data: tuple[int, ...] = ()
     message: str = ""
+    instruction: bytes = b""
 
 
 @_exit
@@ -301,6 +306,21 @@ def _mmio(c: Any, vcpu: "VCpu") -> Exit:
     return MmioRead(c.mmio_gpa, c.mmio_len, rip=_rip(c), _vcpu=vcpu, _seq=c.seq)
 
 
+_backend = functools.lru_cache(maxsize=1)(detect_backend)
+_EMULATION_FAILURE = 1
+_FLAG_INSTRUCTION_BYTES = 1
+
+
+def _failed_instruction(words: tuple[int, ...]) -> bytes:
+    """Instruction bytes of an emulation failure: data[0] holds flags, then a size byte and
+    up to 15 instruction bytes follow (KVM's ``emulation_failure`` layout)."""
+    if len(words) < 2 or not words[0] & _FLAG_INSTRUCTION_BYTES:
+        return b""
+    raw = b"".join(w.to_bytes(8, "little") for w in words[1:3])
+    size = min(raw[0], 15)
+    return raw[1:1 + size]
+
+
 def _internal(c: Any, vcpu: "VCpu") -> Exit:
     words = _words(c)
     rip = _rip(c)
@@ -308,9 +328,15 @@ def _internal(c: Any, vcpu: "VCpu") -> Exit:
         rip = vcpu.regs.rip
     text = _INTERNAL_ERRORS.get(c.code, f"suberror {c.code}")
     message = f"KVM internal error at rip={rip:#x}: {text}"
-    if words:
+    instruction = _failed_instruction(words) if c.code == _EMULATION_FAILURE else b""
+    if instruction:
+        message += f" (bytes at rip: {instruction.hex(' ')})"
+        if _backend() == "kvm_pvm":
+            message += ("; kvm_pvm also reports this way some instructions that should raise "
+                        "#UD, such as xgetbv with CR4.OSXSAVE off, rdpru or invpcid")
+    elif words:
         message += "; data " + " ".join(f"{w:#x}" for w in words)
-    return InternalError(c.code, words, message, rip=rip)
+    return InternalError(c.code, words, message, instruction, rip=rip)
 
 
 def _unknown(c: Any, vcpu: "VCpu") -> Exit:

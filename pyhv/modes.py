@@ -104,11 +104,16 @@ def page_tables(base: int, gibs: list[int]) -> bytes:
     return b"".join(struct.pack("<512Q", *page) for page in pages)
 
 
-def write_setup_region(partition: "Partition", long_mode: bool) -> int:
-    """Write the GDT, TSS and (for long mode) page tables; returns the PML4 address."""
+def _setup_region_size(partition: "Partition", long_mode: bool) -> tuple[int, bytes]:
     base = partition.setup_base
     tables = page_tables(base + PAGE_TABLES_OFFSET, mapped_gibs(partition)) if long_mode else b""
-    size = PAGE_TABLES_OFFSET + len(tables)
+    return PAGE_TABLES_OFFSET + len(tables), tables
+
+
+def check_setup_region(partition: "Partition", long_mode: bool) -> None:
+    """Raise :class:`InvalidArgument` unless the setup region fits in writable RAM."""
+    base = partition.setup_base
+    size, _ = _setup_region_size(partition, long_mode)
     if size > SETUP_MAX_SIZE:
         raise InvalidArgument(
             f"long-mode page tables for this memory layout need {size:#x} bytes, more than "
@@ -120,11 +125,34 @@ def write_setup_region(partition: "Partition", long_mode: bool) -> int:
                 f"this mode needs writable RAM at GPA {base:#x}-{base + size:#x} for pyhv's "
                 f"GDT and page tables (the setup region); give the partition at least "
                 f"{(base + size + 0xFFFFF) >> 20} MiB of memory at GPA 0 or pass setup_base=")
+
+
+def write_setup_region(partition: "Partition", long_mode: bool) -> None:
+    """Write the GDT, TSS and (for long mode) page tables into the setup region."""
+    check_setup_region(partition, long_mode)
+    base = partition.setup_base
+    _, tables = _setup_region_size(partition, long_mode)
     partition.memory.fill(base, PAGE_TABLES_OFFSET)
     partition.memory.write(base + GDT_OFFSET, gdt_bytes(base + TSS_OFFSET))
     if long_mode:
         partition.memory.write(base + PAGE_TABLES_OFFSET, tables)
-    return base + PAGE_TABLES_OFFSET
+
+
+def check_mode(partition: "Partition", mode: str, entry: int, stack: int) -> None:
+    """Everything :func:`setup_vcpu` would refuse, checked before any vCPU is created."""
+    if mode not in MODES:
+        raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "real":
+        if not 0 <= entry < 0x100000:
+            raise InvalidArgument(f"real-mode entry {entry:#x} is not below 1 MiB")
+        if not 0 < stack <= 0x100000:
+            raise InvalidArgument(f"real-mode stack top {stack:#x} is not within the first MiB")
+        return
+    if mode == "protected" and (entry > 0xFFFFFFFF or stack > 0x100000000):
+        raise InvalidArgument("protected-mode entry and stack must lie below 4 GiB")
+    if stack < 0 or stack >= 1 << 64:
+        raise InvalidArgument(f"stack {stack:#x} is not an address")
+    check_setup_region(partition, mode == "long")
 
 
 def _flat(selector: int, code: bool, long: bool = False) -> Segment:
@@ -134,12 +162,9 @@ def _flat(selector: int, code: bool, long: bool = False) -> Segment:
 
 def setup_vcpu(vcpu: "VCpu", mode: str, entry: int, stack: int) -> None:
     """Put ``vcpu`` in ``mode`` with RIP at ``entry`` and the stack pointer at ``stack``."""
+    check_mode(vcpu.partition, mode, entry, stack)
     sregs = vcpu.get_sregs()
     if mode == "real":
-        if not 0 <= entry < 0x100000:
-            raise InvalidArgument(f"real-mode entry {entry:#x} is not below 1 MiB")
-        if not 0 < stack <= 0x100000:
-            raise InvalidArgument(f"real-mode stack top {stack:#x} is not within the first MiB")
         cs_base = entry & 0xF0000
         ss_base = (stack - 1) & 0xF0000
         cs = Segment(base=cs_base, selector=cs_base >> 4, type=0xB)
@@ -166,8 +191,6 @@ def setup_vcpu(vcpu: "VCpu", mode: str, entry: int, stack: int) -> None:
         cr0 |= CR0_PG | CR0_WP
         cr4 |= CR4_PAE
         efer = EFER_LME | EFER_LMA
-    elif entry > 0xFFFFFFFF or stack > 0x100000000:
-        raise InvalidArgument("protected-mode entry and stack must lie below 4 GiB")
     new = dataclasses.replace(sregs, cs=code, ds=data, es=data, fs=data, gs=data, ss=data, tr=tr,
                    gdt=DescriptorTable(base + GDT_OFFSET, 6 * 8 - 1),
                    idt=DescriptorTable(0, 0),

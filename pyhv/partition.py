@@ -21,7 +21,7 @@ from .errors import (ClosedError, GuestMemoryError, HypervisorError, InvalidArgu
                      MissingCapability, SlotOverlapError, check_rc)
 from .memory import (PAGE_SIZE, GuestMemory, MemorySlot, allocate_host_memory, free_host_memory,
                      parse_size)
-from .modes import (DEFAULT_SETUP_BASE, MODES, PAGE_TABLES_OFFSET, setup_vcpu,
+from .modes import (DEFAULT_SETUP_BASE, MODES, PAGE_TABLES_OFFSET, check_mode, setup_vcpu,
                     write_setup_region)
 from .system import CpuidEntry
 from .vcpu import VCpu, _validate_timeout
@@ -31,6 +31,8 @@ from .vcpu import VCpu, _validate_timeout
 KVM_TSS_ADDR = 0xFFFBD000
 KVM_IDENTITY_MAP_ADDR = 0xFFFBC000
 KVM_RESERVED = (KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR + 3 * PAGE_SIZE)
+# RAM given as Partition(memory=...) fills GPA 0 up to here; the rest starts at 4 GiB
+LOW_MEMORY_LIMIT = 3 << 30
 
 
 class _Resources:
@@ -58,8 +60,9 @@ def _as_int(name: str, value: Any) -> int:
 class Partition:
     """A partition (KVM VM): guest-physical memory, vCPUs, and port/MMIO handlers.
 
-    ``memory`` (bytes, or a string like ``"16M"``) becomes a RAM slot at GPA 0; more slots
-    come from :meth:`map_memory`.  Use it as a context manager, or call :meth:`close`.
+    ``memory`` (bytes, or a string like ``"16M"``) becomes a RAM slot at GPA 0 (beyond 3 GiB,
+    the rest goes at GPA 4 GiB, leaving the PC's MMIO hole free); more slots come from
+    :meth:`map_memory`.  ``setup_base`` places pyhv's GDT and page tables (:mod:`pyhv.modes`).  Use it as a context manager, or call :meth:`close`.
 
     Example::
 
@@ -84,6 +87,7 @@ class Partition:
         self.setup_base = setup_base
         self.memory = GuestMemory()
         self._vcpus: list[VCpu] = []
+        self._next_vcpu_id = 0
         self._io = AddressSpace("io", 0x10000, cached=True)
         self._mmio = AddressSpace("mmio", 1 << 64, cached=False)
         self._setup_written: str | None = None
@@ -101,7 +105,10 @@ class Partition:
                                                   KVM_IDENTITY_MAP_ADDR),
                      "KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR")
             if size is not None:
-                self.map_memory(0, size)
+                low = min(size, LOW_MEMORY_LIMIT)
+                self.map_memory(0, low)
+                if size > low:   # above 3 GiB, as on a PC: the hole below 4 GiB is for MMIO
+                    self.map_memory(1 << 32, size - low)
         except BaseException:
             self.close()
             raise
@@ -248,12 +255,15 @@ class Partition:
         if self.memory.slot_at(entry) is None:
             raise GuestMemoryError(entry, 1, "the entry point must lie in a memory slot")
         stack = self._default_stack(entry) if stack is None else _as_int("stack", stack)
-        vcpu_id = len(self._vcpus)
+        check_mode(self, mode, entry, stack)
+        # KVM cannot destroy a vCPU without its VM: a failure below burns this id
+        vcpu_id = self._next_vcpu_id
         limit = self.hypervisor.capability("KVM_CAP_MAX_VCPUS") or 1
         if vcpu_id >= limit:
             raise InvalidArgument(f"KVM allows {limit} vCPUs per partition")
         table = list(self.hypervisor.supported_cpuid() if cpuid is None else cpuid)
         vcpu = VCpu(self, vcpu_id)
+        self._next_vcpu_id += 1
         try:
             vcpu.set_cpuid(_with_apic_id(table, vcpu_id) if cpuid is None else table)
             setup_vcpu(vcpu, mode, entry, stack)

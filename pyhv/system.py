@@ -115,7 +115,9 @@ class Hypervisor:
         self._finalizer = weakref.finalize(self, lib.pyhv_close, self.fd)
         try:
             version = lib.pyhv_system_api_version(self.fd)
-            check_rc(version, "KVM_GET_API_VERSION")
+            if version < 0:
+                raise HypervisorUnavailable(-version, f"KVM_GET_API_VERSION on {path}",
+                                            "not a KVM device")
             if version != KVM_API_VERSION:
                 raise HypervisorUnavailable(
                     errno.EPROTO, f"KVM API version {version}",

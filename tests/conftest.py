@@ -1,0 +1,58 @@
+"""Shared fixtures: real partitions on the real /dev/kvm, and guests assembled from tests/guests.
+
+Without a usable /dev/kvm the KVM tests are skipped with the reason, except on CI (the CI
+environment variable set), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import pyhv
+from pyhv.testing import assemble_file, kvm_usable
+
+GUESTS = Path(__file__).parent / "guests"
+ORIGIN = 0x1000
+BITS = {"real": 16, "protected": 32, "long": 64}
+
+
+def pytest_collection_modifyitems(config, items):
+    usable, why = kvm_usable()
+    if usable:
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"CI needs a usable /dev/kvm: {why}")
+    skip = pytest.mark.skip(reason=f"KVM not usable here: {why}")
+    for item in items:
+        if "kvm" in item.fixturenames or item.get_closest_marker("kvm"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def kvm() -> None:
+    """Marks a test as needing /dev/kvm."""
+
+
+@pytest.fixture
+def part(kvm):
+    """A 16 MiB partition, closed after the test."""
+    with pyhv.Partition(memory="16M") as p:
+        yield p
+
+
+def guest_code(name: str, mode: str = "long", origin: int = ORIGIN) -> bytes:
+    """tests/guests/<name>.S assembled for ``mode`` at ``origin``."""
+    return assemble_file(GUESTS / f"{name}.S", bits=BITS[mode], origin=origin)
+
+
+def boot(part: pyhv.Partition, name: str, mode: str = "long", **kwargs) -> pyhv.VCpu:
+    """Load guest ``name`` at 0x1000 and create a vCPU entering it in ``mode``."""
+    part.memory.write(ORIGIN, guest_code(name, mode))
+    return part.create_vcpu(mode=mode, entry=ORIGIN, **kwargs)
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))

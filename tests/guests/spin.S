@@ -1,0 +1,4 @@
+/* Any mode: spin forever. */
+    .globl _start
+_start:
+    jmp _start

@@ -1,0 +1,224 @@
+"""Handler-driven runs: port and MMIO handlers, errors in handlers, timeouts and stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import pyhv
+from pyhv import exits
+
+from .conftest import boot
+
+GENEROUS = 5.0   # an upper bound that only a hang would cross; not a speed target
+
+
+def test_port_handlers_serve_a_guest_to_halt(part):
+    cpu = boot(part, "io_in")
+    seen = []
+    part.add_io_handler(0x60, read=lambda port, size: 0x21)
+    part.add_io_handler(range(0x61, 0x62), read=lambda port, size: {2: 0x100, 4: 0x2}[size])
+    part.add_io_handler(0xE9, write=lambda port, size, value: seen.append((size, value)))
+    result = part.run(timeout=10)
+    assert result.halted and result.exit == exits.Halt(rip=result.exit.rip)
+    assert seen == [(1, 0x42), (4, 0x102)]
+    assert result.exits_handled == 5 and result.vcpu is cpu
+    assert result.check() is result
+
+
+def test_string_io_calls_handlers_per_element(part):
+    boot(part, "string_io")
+    written = bytearray()
+    feed = iter(range(10, 18))
+    part.add_io_handler(0xE9, write=lambda port, size, value: written.append(value & 0xFF)
+                        if size == 1 else written.extend(value.to_bytes(4, "little")))
+    part.add_io_handler(0x60, read=lambda port, size: next(feed))
+    assert part.run(timeout=10).halted
+    assert bytes(written[:12]) == b"hello, world"
+    assert int.from_bytes(written[12:16], "little") == sum(range(10, 18))
+
+
+def test_mmio_handlers(part):
+    boot(part, "mmio")
+    writes = []
+
+    def read(gpa, size):
+        return {0xD0000000: 99, 0xD0000010: 0x1122334455667788}[gpa]
+
+    part.add_mmio_handler(0xD0000000, 0x1000, read=read,
+                          write=lambda gpa, size, value: writes.append((gpa, size, value)))
+    assert part.run(timeout=10).halted
+    assert writes == [(0xD0000008, 4, 100)]
+    assert part.memory.read_u64(0x3000) == 0x1122334455667788
+
+
+def test_unhandled_exit_ends_the_run_with_that_exit(part):
+    boot(part, "io_in")
+    result = part.run(timeout=10)
+    assert isinstance(result.exit, exits.IoIn) and result.exit.port == 0x60
+    assert not result.halted and result.exits_handled == 0
+    with pytest.raises(pyhv.UnhandledExit):
+        result.check()
+    result.exit.complete(1)           # the caller may answer it and carry on
+    part.add_io_handler(0xE9, write=lambda *a: None)
+    part.add_io_handler(range(0x60, 0x62), read=lambda port, size: 0)
+    assert part.run(timeout=10).halted
+
+
+def test_write_only_handler_does_not_claim_reads(part):
+    boot(part, "io_in")
+    part.add_io_handler(0x60, write=lambda *a: None)
+    assert isinstance(part.run(timeout=10).exit, exits.IoIn)
+
+
+def test_exception_in_a_handler_stops_the_run_and_propagates(part):
+    cpu = boot(part, "io_in")
+
+    class DeviceBroke(Exception):
+        pass
+
+    def broken(port, size):
+        raise DeviceBroke(f"port {port:#x}")
+
+    part.add_io_handler(0x60, read=broken)
+    with pytest.raises(DeviceBroke, match="port 0x60") as info:
+        part.run(timeout=10)
+    assert any(entry.name == "broken" for entry in info.traceback)
+    # the vCPU is free again and still usable
+    assert isinstance(cpu.run(timeout=10), exits.IoOut)
+
+
+@pytest.mark.parametrize("answer", [None, 256, -1, b"\x01\x02", "a"])
+def test_bad_handler_answers_raise_handler_error(part, answer):
+    boot(part, "io_in")
+    part.add_io_handler(0x60, read=lambda port, size: answer)
+    with pytest.raises(pyhv.HandlerError, match="port 0x60"):
+        part.run(timeout=10)
+
+
+def test_handler_registration_errors(part):
+    part.add_io_handler(range(0x3F8, 0x400), read=lambda p, s: 0)
+    with pytest.raises(pyhv.OverlapError):
+        part.add_io_handler(0x3FF, read=lambda p, s: 0)
+    with pytest.raises(pyhv.OverlapError):
+        part.add_io_handler(range(0x3F0, 0x3F9), read=lambda p, s: 0)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_io_handler(0x10000, read=lambda p, s: 0)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_io_handler(range(0, 10, 2), read=lambda p, s: 0)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_io_handler(0x80)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_io_handler(0x80, read=42)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_mmio_handler(0xD0000000, 0, read=lambda a, s: 0)
+    mmio = part.add_mmio_handler(0xD0000000, 0x1000, read=lambda a, s: 0)
+    with pytest.raises(pyhv.OverlapError):
+        part.add_mmio_handler(0xD0000FFF, 2, read=lambda a, s: 0)
+    part.remove_handler(mmio)
+    part.add_mmio_handler(0xD0000FFF, 2, read=lambda a, s: 0)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.remove_handler(mmio)
+
+
+def test_removed_handler_no_longer_serves(part):
+    boot(part, "io_in")
+    handler = part.add_io_handler(0x60, read=lambda p, s: 1)
+    part.remove_handler(handler)
+    assert isinstance(part.run(timeout=10).exit, exits.IoIn)
+
+
+@pytest.mark.parametrize("mode", ["real", "protected", "long"])
+def test_timeout_stops_a_spinning_guest(kvm, mode):
+    with pyhv.Partition(memory="16M") as part:
+        boot(part, "spin", mode=mode)
+        started = time.monotonic()
+        with pytest.raises(pyhv.Timeout) as info:
+            part.run(timeout=0.2)
+        took = time.monotonic() - started
+        assert 0.2 <= took < GENEROUS
+        assert info.value.regs.rip == info.value.vcpu.regs.rip == 0x1000
+        assert isinstance(info.value, TimeoutError)
+        # the timer is disarmed: a later run without timeout can be canceled normally
+        threading.Timer(0.1, part.stop).start()
+        assert isinstance(part.run().exit, exits.Canceled)
+
+
+def test_vcpu_run_timeout(part):
+    cpu = boot(part, "spin")
+    with pytest.raises(pyhv.Timeout):
+        cpu.run(timeout=0.1)
+    with pytest.raises(pyhv.InvalidArgument):
+        cpu.run(timeout=0)
+    with pytest.raises(pyhv.InvalidArgument):
+        cpu.run(timeout="1")
+
+
+def test_stop_from_another_thread(part):
+    boot(part, "spin")
+    threading.Timer(0.1, part.stop).start()
+    started = time.monotonic()
+    result = part.run(timeout=30)
+    assert isinstance(result.exit, exits.Canceled)
+    assert time.monotonic() - started < GENEROUS
+
+
+def test_cancel_before_run_stops_the_next_run(part):
+    cpu = boot(part, "io_in")
+    cpu.cancel()
+    assert isinstance(cpu.run(timeout=10), exits.Canceled)
+    assert isinstance(cpu.run(timeout=10), exits.IoIn)    # the cancel was consumed
+
+
+def test_ctrl_c_reaches_python_during_a_guest_run(part):
+    boot(part, "spin")
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        part.run(timeout=30)
+    timer.join()
+
+
+def test_one_thread_at_a_time_per_vcpu(part):
+    cpu = boot(part, "spin")
+    errors = []
+
+    def second():
+        try:
+            cpu.run(timeout=5)
+        except pyhv.HypervisorError as exc:
+            errors.append(exc)
+
+    started = threading.Event()
+
+    def first():
+        started.set()
+        try:
+            cpu.run(timeout=0.5)
+        except pyhv.Timeout:
+            pass
+
+    t1 = threading.Thread(target=first)
+    t1.start()
+    started.wait()
+    time.sleep(0.1)
+    second()
+    t1.join()
+    assert errors and "already running" in str(errors[0])
+
+
+def test_run_needs_a_vcpu(part):
+    with pytest.raises(pyhv.HypervisorError, match="create_vcpu"):
+        part.run()
+
+
+def test_run_refuses_a_vcpu_of_another_partition(part, kvm):
+    with pyhv.Partition(memory="1M") as other:
+        other.memory.write(0x1000, b"\xf4")
+        foreign = other.create_vcpu(mode="real", entry=0x1000)
+        with pytest.raises(pyhv.InvalidArgument):
+            part.run(vcpu=foreign)
