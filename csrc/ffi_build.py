@@ -41,7 +41,7 @@ def read_cdef(header: str) -> str:
     """The declarations between the cdef markers of ``header``."""
     with open(header, encoding="utf-8") as f:
         text = f.read()
-    match = re.search(r"/\* cdef begin \*/(.*)/\* cdef end \*/", text, re.S)
+    match = re.search(r"/\* cdef begin \*/(.*)/\* cdef end \*/", text, re.DOTALL)
     if not match:
         raise RuntimeError(f"{header}: cdef markers not found")
     return match.group(1)
@@ -61,7 +61,8 @@ ffibuilder.set_source(
     sources=[_relative(os.path.join(HERE, s)) for s in SOURCES],
     include_dirs=[_relative(HERE)],
     depends=[_relative(os.path.join(HERE, h)) for h in ("pyhv_core.h", "internal.h")],
-    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra",
+                        "-Werror=implicit-function-declaration"],
     libraries=["rt", "pthread"],
 )
 

@@ -14,9 +14,21 @@ from __future__ import annotations
 
 from . import exits
 from .dispatch import Handler, RunResult
-from .errors import (ClosedError, GuestMemoryError, HandlerError, HypervisorError,
-                     HypervisorUnavailable, InvalidArgument, KvmError, MissingCapability,
-                     OverlapError, SlotOverlapError, StaleExitError, Timeout, UnhandledExit)
+from .errors import (
+    ClosedError,
+    GuestMemoryError,
+    HandlerError,
+    HypervisorError,
+    HypervisorUnavailable,
+    InvalidArgument,
+    KvmError,
+    MissingCapability,
+    OverlapError,
+    SlotOverlapError,
+    StaleExitError,
+    Timeout,
+    UnhandledExit,
+)
 from .memory import GuestMemory, MemorySlot, parse_size
 from .partition import Partition
 from .registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
@@ -29,10 +41,35 @@ except ImportError:  # pragma: no cover - running from a tree that was never bui
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "exits", "check", "Hypervisor", "Capabilities", "CpuidEntry", "Partition", "VCpu",
-    "GuestMemory", "MemorySlot", "parse_size", "Regs", "SpecialRegs", "Segment",
-    "DescriptorTable", "Fpu", "Handler", "RunResult",
-    "HypervisorError", "KvmError", "HypervisorUnavailable", "MissingCapability",
-    "InvalidArgument", "OverlapError", "SlotOverlapError", "GuestMemoryError", "ClosedError",
-    "StaleExitError", "HandlerError", "Timeout", "UnhandledExit", "__version__",
+    "Capabilities",
+    "ClosedError",
+    "CpuidEntry",
+    "DescriptorTable",
+    "Fpu",
+    "GuestMemory",
+    "GuestMemoryError",
+    "Handler",
+    "HandlerError",
+    "Hypervisor",
+    "HypervisorError",
+    "HypervisorUnavailable",
+    "InvalidArgument",
+    "KvmError",
+    "MemorySlot",
+    "MissingCapability",
+    "OverlapError",
+    "Partition",
+    "Regs",
+    "RunResult",
+    "Segment",
+    "SlotOverlapError",
+    "SpecialRegs",
+    "StaleExitError",
+    "Timeout",
+    "UnhandledExit",
+    "VCpu",
+    "__version__",
+    "check",
+    "exits",
+    "parse_size",
 ]

@@ -14,4 +14,4 @@ KICK_SIGNAL = lib.pyhv_init()
 if KICK_SIGNAL < 0:  # pragma: no cover
     raise ImportError(f"pyhv could not install its vCPU kick signal (errno {-KICK_SIGNAL})")
 
-__all__ = ["ffi", "lib", "KICK_SIGNAL"]
+__all__ = ["KICK_SIGNAL", "ffi", "lib"]

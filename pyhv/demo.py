@@ -7,9 +7,9 @@ the two in step), so the demo needs no toolchain.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable
 
 from .dispatch import RunResult
 from .partition import Partition

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import InvalidArgument, KvmError, OverlapError, StaleExitError, Timeout, UnhandledExit
@@ -23,7 +24,7 @@ from .exits import Exit, Halt, decode, encode_answer
 if TYPE_CHECKING:
     from .vcpu import VCpu
 
-ReadHandler = Callable[[int, int], Union[int, bytes]]
+ReadHandler = Callable[[int, int], int | bytes]
 WriteHandler = Callable[[int, int, int], None]
 
 
@@ -116,7 +117,7 @@ class RunResult:
     def halted(self) -> bool:
         return isinstance(self.exit, Halt)
 
-    def check(self, *expected: type[Exit]) -> "RunResult":
+    def check(self, *expected: type[Exit]) -> RunResult:
         """Return self if the run ended on one of ``expected`` (default: Halt), else raise
         :class:`pyhv.UnhandledExit`."""
         if not isinstance(self.exit, expected or (Halt,)):
@@ -147,6 +148,7 @@ def _serve_io(h: Handler, c: Any, ptr: Any) -> bool:
     if c.io_in:
         if h.read is None:
             return False
+        value: Any
         if count == 1:
             value = h.read(port, size)
         else:
@@ -179,7 +181,7 @@ def _serve_mmio(h: Handler, c: Any, ptr: Any) -> bool:
     return True
 
 
-def run_with_handlers(vcpu: "VCpu", io: AddressSpace, mmio: AddressSpace,
+def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
                       timeout: float | None) -> RunResult:
     """Run ``vcpu``, serving port/MMIO exits with the handlers, until an exit nobody handles
     (halt, shutdown, an unclaimed port...), a cancel, or ``timeout``."""

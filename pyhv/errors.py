@@ -92,7 +92,7 @@ class Timeout(HypervisorError, TimeoutError):
     ``exits_handled`` (exits handled before the timeout, for handler-driven runs).
     """
 
-    def __init__(self, vcpu: Any, regs: "Regs", timeout: float, exits_handled: int = 0) -> None:
+    def __init__(self, vcpu: Any, regs: Regs, timeout: float, exits_handled: int = 0) -> None:
         super().__init__(
             f"vCPU {vcpu.id} still running after {timeout:g} s "
             f"(rip={regs.rip:#x}, {exits_handled} exits handled)"
@@ -106,7 +106,7 @@ class Timeout(HypervisorError, TimeoutError):
 class UnhandledExit(HypervisorError):
     """Raised by :meth:`pyhv.RunResult.check` when a run ended on an exit nobody handled."""
 
-    def __init__(self, exit: "Exit") -> None:
+    def __init__(self, exit: Exit) -> None:
         super().__init__(f"run ended on an unhandled exit: {exit!r}")
         self.exit = exit
 

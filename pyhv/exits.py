@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import errno
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import HandlerError, StaleExitError, check_rc
@@ -46,7 +47,6 @@ def kvm_exit_name(reason: int) -> str:
     return f"KVM_EXIT_{reason}"
 
 
-_exit = dataclass(frozen=True, slots=True, repr=False)
 
 
 def encode_answer(value: Any, size: int, count: int, what: str) -> bytes:
@@ -97,7 +97,7 @@ class Exit:
         return f"{type(self).__name__}({', '.join(parts)})"
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class _Completable(Exit):
     _vcpu: Any = field(default=None, kw_only=True, repr=False, compare=False)
     _seq: int = field(default=0, kw_only=True, repr=False, compare=False)
@@ -118,7 +118,7 @@ class _Completable(Exit):
         check_rc(rc, what)
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class IoOut(Exit):
     """The guest wrote ``data`` to ``port`` (``count`` elements of ``size`` bytes: count > 1
     for string IO such as ``rep outsb``)."""
@@ -141,7 +141,7 @@ class IoOut(Exit):
                      for i in range(0, len(self.data), s))
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class IoIn(_Completable):
     """The guest reads ``count`` elements of ``size`` bytes from ``port``; answer with
     :meth:`complete` before the next run."""
@@ -156,7 +156,7 @@ class IoIn(_Completable):
         self._answer(value, self.size, self.count, f"IN from port {self.port:#x}")
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class MmioRead(_Completable):
     """The guest reads ``size`` bytes at ``gpa``, where no RAM is mapped; answer with
     :meth:`complete`."""
@@ -170,7 +170,7 @@ class MmioRead(_Completable):
         self._answer(value, self.size, 1, f"MMIO read at {self.gpa:#x}")
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class MmioWrite(Exit):
     """The guest wrote ``data`` (``size`` bytes) to ``gpa``: no RAM there, or a read-only
     slot."""
@@ -184,12 +184,12 @@ class MmioWrite(Exit):
         return int.from_bytes(self.data, "little")
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class Halt(Exit):
     """The guest executed ``hlt`` (with no in-kernel interrupt controller to wait on)."""
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class Shutdown(Exit):
     """The guest triple-faulted (or otherwise asked the CPU to shut down)."""
 
@@ -203,7 +203,7 @@ _INTERNAL_ERRORS = {
 }
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class InternalError(Exit):
     """KVM could not continue the guest (``KVM_EXIT_INTERNAL_ERROR``).
 
@@ -217,7 +217,7 @@ class InternalError(Exit):
     instruction: bytes = b""
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class FailEntry(Exit):
     """The hardware refused to enter the guest (invalid guest state)."""
 
@@ -228,7 +228,7 @@ class FailEntry(Exit):
 _SYSTEM_EVENTS = {1: "shutdown", 2: "reset", 3: "crash", 4: "wakeup", 5: "suspend", 6: "sev_term"}
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class SystemEvent(Exit):
     """A platform event (``KVM_EXIT_SYSTEM_EVENT``): ``kind`` is "shutdown", "reset", ..."""
 
@@ -240,7 +240,7 @@ class SystemEvent(Exit):
         return _SYSTEM_EVENTS.get(self.type, f"event {self.type}")
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class Debug(Exit):
     """A guest-debug exit (breakpoint, single step) when guest debugging is enabled."""
 
@@ -250,7 +250,7 @@ class Debug(Exit):
     dr7: int
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class Hypercall(Exit):
     """A hypercall that KVM hands to user space."""
 
@@ -258,12 +258,12 @@ class Hypercall(Exit):
     args: tuple[int, ...]
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class Canceled(Exit):
     """The run was stopped by :meth:`pyhv.VCpu.cancel` / :meth:`pyhv.Partition.stop`."""
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class InvalidExit(Exit):
     """The kernel described an exit whose sizes or offsets pyhv refuses to trust."""
 
@@ -272,7 +272,7 @@ class InvalidExit(Exit):
     message: str
 
 
-@_exit
+@dataclass(frozen=True, slots=True, repr=False)
 class Unknown(Exit):
     """An exit pyhv does not decode; ``reason`` is the raw ``KVM_EXIT_*`` value."""
 
@@ -293,14 +293,14 @@ def _rip(c: Any) -> int | None:
     return c.rip if c.rip_valid else None
 
 
-def _io(c: Any, vcpu: "VCpu") -> Exit:
+def _io(c: Any, vcpu: VCpu) -> Exit:
     if c.io_in:
         return IoIn(c.io_port, c.io_size, c.io_count, rip=_rip(c), _vcpu=vcpu, _seq=c.seq)
     data = ffi.buffer(c.io_data, c.io_size * c.io_count)[:]
     return IoOut(c.io_port, c.io_size, data, c.io_count, rip=_rip(c))
 
 
-def _mmio(c: Any, vcpu: "VCpu") -> Exit:
+def _mmio(c: Any, vcpu: VCpu) -> Exit:
     if c.mmio_write:
         return MmioWrite(c.mmio_gpa, c.mmio_len, bytes(c.mmio_data)[: c.mmio_len], rip=_rip(c))
     return MmioRead(c.mmio_gpa, c.mmio_len, rip=_rip(c), _vcpu=vcpu, _seq=c.seq)
@@ -321,7 +321,7 @@ def _failed_instruction(words: tuple[int, ...]) -> bytes:
     return raw[1:1 + size]
 
 
-def _internal(c: Any, vcpu: "VCpu") -> Exit:
+def _internal(c: Any, vcpu: VCpu) -> Exit:
     words = _words(c)
     rip = _rip(c)
     if rip is None:
@@ -339,18 +339,18 @@ def _internal(c: Any, vcpu: "VCpu") -> Exit:
     return InternalError(c.code, words, message, instruction, rip=rip)
 
 
-def _unknown(c: Any, vcpu: "VCpu") -> Exit:
+def _unknown(c: Any, vcpu: VCpu) -> Exit:
     return Unknown(c.kvm_reason, kvm_exit_name(c.kvm_reason), _words(c), rip=_rip(c))
 
 
-def _invalid(c: Any, vcpu: "VCpu") -> Exit:
+def _invalid(c: Any, vcpu: VCpu) -> Exit:
     words = _words(c)
     return InvalidExit(c.kvm_reason, words,
                        f"{kvm_exit_name(c.kvm_reason)} with implausible fields {words}",
                        rip=_rip(c))
 
 
-_BUILDERS: dict[int, Callable[[Any, "VCpu"], Exit]] = {
+_BUILDERS: dict[int, Callable[[Any, VCpu], Exit]] = {
     lib.PYHV_EXIT_IO: _io,
     lib.PYHV_EXIT_MMIO: _mmio,
     lib.PYHV_EXIT_HALT: lambda c, v: Halt(rip=_rip(c)),
@@ -367,13 +367,27 @@ _BUILDERS: dict[int, Callable[[Any, "VCpu"], Exit]] = {
 }
 
 
-def decode(c: Any, vcpu: "VCpu") -> Exit:
+def decode(c: Any, vcpu: VCpu) -> Exit:
     """Build the typed exit for the C core's ``struct pyhv_exit`` ``c``."""
     return _BUILDERS.get(c.reason, _unknown)(c, vcpu)
 
 
 __all__ = [
-    "Exit", "IoOut", "IoIn", "MmioRead", "MmioWrite", "Halt", "Shutdown", "InternalError",
-    "FailEntry", "SystemEvent", "Debug", "Hypercall", "Canceled", "InvalidExit", "Unknown",
-    "kvm_exit_name", "encode_answer",
+    "Canceled",
+    "Debug",
+    "Exit",
+    "FailEntry",
+    "Halt",
+    "Hypercall",
+    "InternalError",
+    "InvalidExit",
+    "IoIn",
+    "IoOut",
+    "MmioRead",
+    "MmioWrite",
+    "Shutdown",
+    "SystemEvent",
+    "Unknown",
+    "encode_answer",
+    "kvm_exit_name",
 ]

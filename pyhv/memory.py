@@ -11,15 +11,16 @@ from __future__ import annotations
 import bisect
 import re
 import struct
+from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ._ffi import ffi, lib
 from .errors import GuestMemoryError, InvalidArgument
 
 PAGE_SIZE = 4096
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.I)
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -53,7 +54,7 @@ class MemorySlot:
     readonly: bool
     dirty_log: bool
     host_address: int = field(repr=False)
-    _pointer: object = field(repr=False, compare=False, default=None)
+    _pointer: Any = field(repr=False, compare=False, default=None)
 
     @property
     def end(self) -> int:
@@ -188,7 +189,7 @@ class GuestMemory:
         self._pack("<Q", gpa, value)
 
 
-def allocate_host_memory(size: int) -> object:
+def allocate_host_memory(size: int) -> Any:
     """Map ``size`` bytes of lazily backed anonymous host memory; returns a cffi pointer."""
     out = ffi.new("void **")
     rc = lib.pyhv_memory_alloc(size, out)
@@ -198,5 +199,5 @@ def allocate_host_memory(size: int) -> object:
     return ffi.cast("uint8_t *", out[0])
 
 
-def free_host_memory(pointer: object, size: int) -> None:
+def free_host_memory(pointer: Any, size: int) -> None:
     lib.pyhv_memory_free(pointer, size)

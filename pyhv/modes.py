@@ -74,7 +74,7 @@ def gdt_bytes(tss_base: int) -> bytes:
     return struct.pack(f"<{len(entries)}Q", *entries)
 
 
-def mapped_gibs(partition: "Partition") -> list[int]:
+def mapped_gibs(partition: Partition) -> list[int]:
     """1-GiB regions the long-mode identity map covers: the first 4 and any with a slot."""
     gibs = set(range(4))
     for slot in partition.memory:
@@ -104,13 +104,13 @@ def page_tables(base: int, gibs: list[int]) -> bytes:
     return b"".join(struct.pack("<512Q", *page) for page in pages)
 
 
-def _setup_region_size(partition: "Partition", long_mode: bool) -> tuple[int, bytes]:
+def _setup_region_size(partition: Partition, long_mode: bool) -> tuple[int, bytes]:
     base = partition.setup_base
     tables = page_tables(base + PAGE_TABLES_OFFSET, mapped_gibs(partition)) if long_mode else b""
     return PAGE_TABLES_OFFSET + len(tables), tables
 
 
-def check_setup_region(partition: "Partition", long_mode: bool) -> None:
+def check_setup_region(partition: Partition, long_mode: bool) -> None:
     """Raise :class:`InvalidArgument` unless the setup region fits in writable RAM."""
     base = partition.setup_base
     size, _ = _setup_region_size(partition, long_mode)
@@ -127,7 +127,7 @@ def check_setup_region(partition: "Partition", long_mode: bool) -> None:
                 f"{(base + size + 0xFFFFF) >> 20} MiB of memory at GPA 0 or pass setup_base=")
 
 
-def write_setup_region(partition: "Partition", long_mode: bool) -> None:
+def write_setup_region(partition: Partition, long_mode: bool) -> None:
     """Write the GDT, TSS and (for long mode) page tables into the setup region."""
     check_setup_region(partition, long_mode)
     base = partition.setup_base
@@ -138,7 +138,7 @@ def write_setup_region(partition: "Partition", long_mode: bool) -> None:
         partition.memory.write(base + PAGE_TABLES_OFFSET, tables)
 
 
-def check_mode(partition: "Partition", mode: str, entry: int, stack: int) -> None:
+def check_mode(partition: Partition, mode: str, entry: int, stack: int) -> None:
     """Everything :func:`setup_vcpu` would refuse, checked before any vCPU is created."""
     if mode not in MODES:
         raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -160,7 +160,7 @@ def _flat(selector: int, code: bool, long: bool = False) -> Segment:
                    present=1, s=1, g=1, db=0 if long else 1, l=1 if long else 0)
 
 
-def setup_vcpu(vcpu: "VCpu", mode: str, entry: int, stack: int) -> None:
+def setup_vcpu(vcpu: VCpu, mode: str, entry: int, stack: int) -> None:
     """Put ``vcpu`` in ``mode`` with RIP at ``entry`` and the stack pointer at ``stack``."""
     check_mode(vcpu.partition, mode, entry, stack)
     sregs = vcpu.get_sregs()

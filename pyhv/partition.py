@@ -12,17 +12,37 @@ from __future__ import annotations
 import dataclasses
 import threading
 import weakref
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import system
 from ._ffi import ffi, lib
 from .dispatch import AddressSpace, Handler, ReadHandler, RunResult, WriteHandler, run_with_handlers
-from .errors import (ClosedError, GuestMemoryError, HypervisorError, InvalidArgument,
-                     MissingCapability, SlotOverlapError, check_rc)
-from .memory import (PAGE_SIZE, GuestMemory, MemorySlot, allocate_host_memory, free_host_memory,
-                     parse_size)
-from .modes import (DEFAULT_SETUP_BASE, MODES, PAGE_TABLES_OFFSET, check_mode, setup_vcpu,
-                    write_setup_region)
+from .errors import (
+    ClosedError,
+    GuestMemoryError,
+    HypervisorError,
+    InvalidArgument,
+    MissingCapability,
+    SlotOverlapError,
+    check_rc,
+)
+from .memory import (
+    PAGE_SIZE,
+    GuestMemory,
+    MemorySlot,
+    allocate_host_memory,
+    free_host_memory,
+    parse_size,
+)
+from .modes import (
+    DEFAULT_SETUP_BASE,
+    MODES,
+    PAGE_TABLES_OFFSET,
+    check_mode,
+    setup_vcpu,
+    write_setup_region,
+)
 from .system import CpuidEntry
 from .vcpu import VCpu, _validate_timeout
 
@@ -62,7 +82,8 @@ class Partition:
 
     ``memory`` (bytes, or a string like ``"16M"``) becomes a RAM slot at GPA 0 (beyond 3 GiB,
     the rest goes at GPA 4 GiB, leaving the PC's MMIO hole free); more slots come from
-    :meth:`map_memory`.  ``setup_base`` places pyhv's GDT and page tables (:mod:`pyhv.modes`).  Use it as a context manager, or call :meth:`close`.
+    :meth:`map_memory`.  ``setup_base`` places pyhv's GDT and page tables (:mod:`pyhv.modes`).
+    Use it as a context manager, or call :meth:`close`.
 
     Example::
 
@@ -135,7 +156,7 @@ class Partition:
             self.memory._remove(slot)
         self._finalizer()
 
-    def __enter__(self) -> "Partition":
+    def __enter__(self) -> Partition:
         return self
 
     def __exit__(self, *exc: object) -> None:

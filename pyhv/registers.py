@@ -71,11 +71,12 @@ class Registers:
     __slots__ = ("_vcpu",)
 
     if TYPE_CHECKING:
-        rax: int; rbx: int; rcx: int; rdx: int; rsi: int; rdi: int; rsp: int; rbp: int  # noqa: E702
-        r8: int; r9: int; r10: int; r11: int; r12: int; r13: int; r14: int; r15: int  # noqa: E702
-        rip: int; rflags: int  # noqa: E702
+        _vcpu: VCpu
+        rax: int; rbx: int; rcx: int; rdx: int; rsi: int; rdi: int; rsp: int; rbp: int
+        r8: int; r9: int; r10: int; r11: int; r12: int; r13: int; r14: int; r15: int
+        rip: int; rflags: int
 
-    def __init__(self, vcpu: "VCpu") -> None:
+    def __init__(self, vcpu: VCpu) -> None:
         object.__setattr__(self, "_vcpu", vcpu)
 
     def __getattr__(self, name: str) -> int:
@@ -215,11 +216,12 @@ class SpecialRegisters:
     __slots__ = ("_vcpu",)
 
     if TYPE_CHECKING:
-        cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment  # noqa: E702
-        tr: Segment; ldt: Segment; gdt: DescriptorTable; idt: DescriptorTable  # noqa: E702
-        cr0: int; cr2: int; cr3: int; cr4: int; cr8: int; efer: int; apic_base: int  # noqa: E702
+        _vcpu: VCpu
+        cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment
+        tr: Segment; ldt: Segment; gdt: DescriptorTable; idt: DescriptorTable
+        cr0: int; cr2: int; cr3: int; cr4: int; cr8: int; efer: int; apic_base: int
 
-    def __init__(self, vcpu: "VCpu") -> None:
+    def __init__(self, vcpu: VCpu) -> None:
         object.__setattr__(self, "_vcpu", vcpu)
 
     def snapshot(self) -> SpecialRegs:

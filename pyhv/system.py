@@ -12,8 +12,8 @@ import errno
 import os
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from ._ffi import ffi, lib
 from .errors import HypervisorUnavailable, KvmError, MissingCapability, check_rc
@@ -139,7 +139,7 @@ class Hypervisor:
     def closed(self) -> bool:
         return not self._finalizer.alive
 
-    def __enter__(self) -> "Hypervisor":
+    def __enter__(self) -> Hypervisor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,7 +154,7 @@ class Hypervisor:
         """The value of a ``KVM_CAP_*`` capability (0 when absent), by name or number."""
         number = getattr(lib, name) if isinstance(name, str) else name
         rc = lib.pyhv_check_extension(self.fd, number)
-        return 0 if rc < 0 else rc
+        return max(rc, 0)
 
     def require(self, name: str, needed_for: str) -> int:
         """Like :meth:`capability`, but raise :class:`MissingCapability` when absent."""
@@ -186,7 +186,7 @@ class Hypervisor:
                 return (e.eax & 0xFF) or 36
         return 36
 
-    def info(self) -> "Capabilities":
+    def info(self) -> Capabilities:
         """Everything :func:`check` reports, for this handle."""
         backend = detect_backend()
         description, hardware = _BACKENDS.get(backend, ("an unrecognised KVM backend", True))
@@ -304,5 +304,12 @@ def check(path: str | None = None) -> Capabilities:
         return hv.info()
 
 
-__all__ = ["Hypervisor", "Capabilities", "CpuidEntry", "check", "default", "detect_backend",
-           "KvmError"]
+__all__ = [
+    "Capabilities",
+    "CpuidEntry",
+    "Hypervisor",
+    "KvmError",
+    "check",
+    "default",
+    "detect_backend",
+]

@@ -18,7 +18,7 @@ import tempfile
 
 from .errors import HypervisorError
 
-__all__ = ["assemble", "assemble_file", "ToolchainError", "kvm_usable"]
+__all__ = ["ToolchainError", "assemble", "assemble_file", "kvm_usable"]
 
 
 class ToolchainError(HypervisorError, RuntimeError):

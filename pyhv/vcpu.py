@@ -11,13 +11,23 @@ import contextlib
 import errno
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import ClosedError, HypervisorError, InvalidArgument, KvmError, Timeout, check_rc
 from .exits import Exit, decode
-from .registers import (Fpu, Registers, SpecialRegisters, SpecialRegs, fpu_from_c, fpu_to_c,
-                        sregs_from_c, sregs_to_c, to_u64)
+from .registers import (
+    Fpu,
+    Registers,
+    SpecialRegisters,
+    SpecialRegs,
+    fpu_from_c,
+    fpu_to_c,
+    sregs_from_c,
+    sregs_to_c,
+    to_u64,
+)
 from .system import CpuidEntry, _read_cpuid
 
 if TYPE_CHECKING:
@@ -42,7 +52,7 @@ class VCpu:
     exit.  One thread at a time may run a vCPU; :meth:`cancel` may be called from any thread.
     """
 
-    def __init__(self, partition: "Partition", vcpu_id: int) -> None:
+    def __init__(self, partition: Partition, vcpu_id: int) -> None:
         out = ffi.new("struct pyhv_vcpu **")
         check_rc(lib.pyhv_vcpu_create(partition._vm_fd, vcpu_id,
                                       partition.hypervisor.vcpu_mmap_size, out),
@@ -86,7 +96,7 @@ class VCpu:
         finally:
             self._run_lock.release()
 
-    def __enter__(self) -> "VCpu":
+    def __enter__(self) -> VCpu:
         return self
 
     def __exit__(self, *exc: object) -> None:

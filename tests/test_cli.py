@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from pyhv.demo import demo_image
 from pyhv.testing import assemble_file
 
