@@ -12,8 +12,8 @@ import bisect
 import re
 import struct
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._ffi import ffi, lib
 from .errors import GuestMemoryError, InvalidArgument
