@@ -20,6 +20,14 @@ enum pyhv_pending {
     PYHV_PENDING_MMIO_READ,  /* run->mmio.data[0 .. len) */
 };
 
+struct pyhv_fast_port {
+    uint16_t port;
+    uint32_t kind;           /* enum pyhv_port_kind; NONE = free entry */
+    uint32_t value;          /* CONSTANT: the answer */
+    uint32_t fill;           /* BUFFERED: bytes in buffer */
+    uint8_t *buffer;         /* BUFFERED: PYHV_OUTPUT_BUFFER bytes */
+};
+
 struct pyhv_vcpu {
     int fd;
     uint32_t id;
@@ -35,6 +43,13 @@ struct pyhv_vcpu {
     uint32_t seq;            /* incremented by every run */
     enum pyhv_pending pending;
     uint32_t pending_len;
+
+    /* fast paths (run.c) */
+    struct pyhv_fast_port fast[PYHV_MAX_FAST_PORTS];
+    uint32_t nfast;          /* entries in use at the front of fast[] */
+    struct kvm_coalesced_mmio_ring *ring;   /* NULL when KVM has no coalesced MMIO */
+    uint32_t ring_max;       /* entries the ring page holds */
+    struct pyhv_stats stats;
 
     /* cancellation and deadlines (run.c) */
     atomic_int cancel_requested;

@@ -1,6 +1,7 @@
 /* partition.c - VM fds: creation, x86 setup, memory slots, dirty logging. */
 #include "internal.h"
 
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -45,4 +46,61 @@ int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
     struct kvm_dirty_log log = { .slot = slot, .dirty_bitmap = bitmap };
     long r = pyhv_ioctl(vm_fd, KVM_GET_DIRTY_LOG, &log);
     return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio, int add)
+{
+    struct kvm_coalesced_mmio_zone zone = { .addr = address, .size = size, .pio = pio ? 1 : 0 };
+    long r = pyhv_ioctl(vm_fd, add ? KVM_REGISTER_COALESCED_MMIO : KVM_UNREGISTER_COALESCED_MMIO,
+                        &zone);
+    return r < 0 ? (int)r : 0;
+}
+
+static long ioeventfd_call(int vm_fd, uint64_t address, uint32_t len, int pio, int match,
+                           uint64_t datamatch, int fd, int remove)
+{
+    struct kvm_ioeventfd io = {
+        .datamatch = datamatch,
+        .addr = address,
+        .len = len,
+        .fd = fd,
+        .flags = (pio ? KVM_IOEVENTFD_FLAG_PIO : 0) | (match ? KVM_IOEVENTFD_FLAG_DATAMATCH : 0) |
+                 (remove ? KVM_IOEVENTFD_FLAG_DEASSIGN : 0),
+    };
+    return pyhv_ioctl(vm_fd, KVM_IOEVENTFD, &io);
+}
+
+int pyhv_partition_ioeventfd(int vm_fd, uint64_t address, uint32_t len, int pio, int match,
+                             uint64_t datamatch, int *fd_out)
+{
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    long r = ioeventfd_call(vm_fd, address, len, pio, match, datamatch, fd, 0);
+    if (r < 0) {
+        close(fd);
+        return (int)r;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+int pyhv_partition_ioeventfd_remove(int vm_fd, uint64_t address, uint32_t len, int pio,
+                                    int match, uint64_t datamatch, int fd)
+{
+    long r = ioeventfd_call(vm_fd, address, len, pio, match, datamatch, fd, 1);
+    close(fd);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_eventfd_take(int fd, uint64_t *count_out)
+{
+    uint64_t count;
+    ssize_t n = read(fd, &count, sizeof(count));
+    if (n < 0)
+        return -errno;
+    if (n != sizeof(count))
+        return -EIO;
+    *count_out = count;
+    return 0;
 }

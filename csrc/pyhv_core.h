@@ -33,7 +33,41 @@ enum pyhv_exit_reason {
     PYHV_EXIT_TIMEOUT = 11,       /* the deadline set with pyhv_vcpu_set_deadline() passed */
     PYHV_EXIT_INTERRUPTED = 12,   /* a signal that is not pyhv's own: let Python handle it */
     PYHV_EXIT_UNKNOWN = 13,       /* a KVM exit pyhv does not decode; kvm_reason says which */
-    PYHV_EXIT_BAD_EXIT = 14       /* the kernel described an exit pyhv refuses to trust */
+    PYHV_EXIT_BAD_EXIT = 14,      /* the kernel described an exit pyhv refuses to trust */
+    PYHV_EXIT_DEBUG_EXIT = 15,    /* the guest wrote V to a debug-exit port: code = (V<<1)|1 */
+    PYHV_EXIT_OUTPUT_FULL = 16    /* a buffered port's buffer needs emptying; then run again */
+};
+
+/* Ports the C run loop completes by itself, without returning to Python. */
+enum pyhv_port_kind {
+    PYHV_PORT_NONE = 0,
+    PYHV_PORT_BUFFERED = 1,       /* OUT: bytes collected, handed to Python in bulk */
+    PYHV_PORT_CONSTANT = 2,       /* IN: answered with a fixed value (e.g. "transmitter ready") */
+    PYHV_PORT_DEBUG_EXIT = 3      /* OUT of V: the run ends with exit code (V << 1) | 1 */
+};
+
+enum pyhv_limits {
+    PYHV_MAX_FAST_PORTS = 16,
+    PYHV_OUTPUT_BUFFER = 8192,    /* per buffered port; Python empties it past half full */
+    PYHV_STAT_REASONS = 64
+};
+
+/* Per-vCPU counters, kept by the C run loop. */
+struct pyhv_stats {
+    uint64_t runs;                /* KVM_RUN calls */
+    uint64_t exits_in_c;          /* exits completed by the C core (fast ports) */
+    uint64_t exits_to_python;     /* runs that returned an exit to Python */
+    uint64_t guest_ns;            /* time spent inside KVM_RUN */
+    uint64_t io_in, io_out, mmio_read, mmio_write;
+    uint64_t by_kvm_reason[64];   /* indexed by KVM_EXIT_* (reasons >= 63 count in [63]) */
+};
+
+/* One write the kernel collected in its coalesced MMIO/PIO ring. */
+struct pyhv_coalesced_write {
+    uint64_t address;
+    uint32_t len;
+    uint32_t pio;
+    uint8_t data[8];
 };
 
 /* One decoded exit.  Flat on purpose: the Python run loop reads a few fields per exit. */
@@ -43,6 +77,8 @@ struct pyhv_exit {
     uint64_t rip;             /* guest RIP after the exit, when rip_valid */
     uint32_t rip_valid;
     uint32_t seq;             /* counts runs of this vCPU; completions must name the latest */
+    uint32_t output_pending;  /* a buffered port holds bytes for Python */
+    uint32_t coalesced_pending; /* the kernel's coalesced ring holds writes for Python */
 
     /* PYHV_EXIT_IO: size*count bytes at io_data (inside the run area, checked) */
     uint16_t io_port;
@@ -133,6 +169,15 @@ int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map
 int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
                             uint64_t size, void *host_addr);
 int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap);
+/* a zone whose guest writes the kernel queues in the coalesced ring instead of exiting */
+int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio,
+                                  int add);
+/* an eventfd the kernel signals on guest writes to [address, +len) (optionally = datamatch) */
+int pyhv_partition_ioeventfd(int vm_fd, uint64_t address, uint32_t len, int pio,
+                             int match, uint64_t datamatch, int *fd_out);
+int pyhv_partition_ioeventfd_remove(int vm_fd, uint64_t address, uint32_t len, int pio,
+                                    int match, uint64_t datamatch, int fd);
+int pyhv_eventfd_take(int fd, uint64_t *count_out);   /* 0 and count, or -EAGAIN if none */
 
 /* vCPUs */
 int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out);
@@ -153,6 +198,17 @@ int pyhv_vcpu_set_cpuid(struct pyhv_vcpu *vcpu, const struct pyhv_cpuid_entry *e
                         uint32_t n);
 int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *vcpu, struct pyhv_cpuid_entry *out, uint32_t max,
                         uint32_t *count_out);
+
+/* C fast paths: kind PYHV_PORT_NONE removes the port */
+int pyhv_vcpu_set_fast_port(struct pyhv_vcpu *vcpu, uint16_t port, uint32_t kind,
+                            uint32_t value);
+/* move what a buffered port collected into out (at most max bytes); returns the count */
+int pyhv_vcpu_take_output(struct pyhv_vcpu *vcpu, uint16_t port, uint8_t *out, uint32_t max);
+/* move queued coalesced writes into out; returns the count */
+int pyhv_vcpu_drain_coalesced(struct pyhv_vcpu *vcpu, struct pyhv_coalesced_write *out,
+                              uint32_t max);
+int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);
+void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
 
 /* running */
 int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit);

@@ -10,6 +10,7 @@
  */
 #include "internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -143,6 +144,10 @@ static void decode_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     ex->io_in = run->io.direction == KVM_EXIT_IO_IN;
     ex->io_data = (uint8_t *)run + offset;
     ex->io_value = 0;
+    if (ex->io_in)
+        v->stats.io_in++;
+    else
+        v->stats.io_out++;
     if (!ex->io_in) {
         memcpy(&ex->io_value, ex->io_data, size);   /* x86 is little-endian */
     } else {
@@ -169,6 +174,10 @@ static void decode_mmio(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     ex->mmio_len = len;
     ex->mmio_write = run->mmio.is_write;
     ex->mmio_value = 0;
+    if (ex->mmio_write)
+        v->stats.mmio_write++;
+    else
+        v->stats.mmio_read++;
     if (ex->mmio_write) {
         memcpy(ex->mmio_data, run->mmio.data, len);
         memcpy(&ex->mmio_value, run->mmio.data, len);
@@ -191,6 +200,8 @@ static void decode(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;
     ex->kvm_reason = run->exit_reason;
+    v->stats.by_kvm_reason[run->exit_reason < PYHV_STAT_REASONS ? run->exit_reason
+                                                                 : PYHV_STAT_REASONS - 1]++;
     if (v->sync_regs) {
         v->regs_in_run = 1;   /* the kernel stored the registers on the way out */
         ex->rip = run->s.regs.regs.rip;
@@ -251,6 +262,148 @@ static void decode(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     }
 }
 
+/* ---- C fast paths ---------------------------------------------------------------------- */
+
+enum fast_action { FAST_NOT_MINE, FAST_DONE, FAST_END_RUN };
+
+static struct pyhv_fast_port *fast_port(struct pyhv_vcpu *v, uint16_t port)
+{
+    for (uint32_t i = 0; i < v->nfast; i++)
+        if (v->fast[i].port == port)
+            return &v->fast[i];
+    return NULL;
+}
+
+/* Complete an IO exit in C when its port has a fast path (the exit is already decoded). */
+static enum fast_action fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
+{
+    struct pyhv_fast_port *f = fast_port(v, ex->io_port);
+    if (!f)
+        return FAST_NOT_MINE;
+    uint32_t len = (uint32_t)ex->io_size * ex->io_count;   /* <= one page, checked by decode */
+    switch (f->kind) {
+    case PYHV_PORT_CONSTANT:
+        if (!ex->io_in)
+            return FAST_NOT_MINE;
+        for (uint32_t i = 0; i < len; i += ex->io_size)
+            memcpy(ex->io_data + i, &f->value, ex->io_size);
+        v->pending = PYHV_PENDING_NONE;
+        return FAST_DONE;
+    case PYHV_PORT_BUFFERED:
+        if (ex->io_in)
+            return FAST_NOT_MINE;
+        /* the buffer holds two pages and is emptied past one, so a page always fits */
+        memcpy(f->buffer + f->fill, ex->io_data, len);
+        f->fill += len;
+        if (f->fill > PYHV_OUTPUT_BUFFER / 2) {
+            ex->reason = PYHV_EXIT_OUTPUT_FULL;
+            return FAST_END_RUN;
+        }
+        return FAST_DONE;
+    case PYHV_PORT_DEBUG_EXIT:
+        if (ex->io_in)
+            return FAST_NOT_MINE;
+        ex->reason = PYHV_EXIT_DEBUG_EXIT;
+        ex->data[0] = ex->io_value;
+        ex->data[1] = ex->io_port;
+        ex->ndata = 2;
+        ex->code = (ex->io_value << 1) | 1;
+        return FAST_END_RUN;
+    default:
+        return FAST_NOT_MINE;
+    }
+}
+
+int pyhv_vcpu_set_fast_port(struct pyhv_vcpu *v, uint16_t port, uint32_t kind, uint32_t value)
+{
+    struct pyhv_fast_port *f = fast_port(v, port);
+    if (kind == PYHV_PORT_NONE) {
+        if (!f)
+            return -ENOENT;
+        if (f->fill)
+            return -EBUSY;   /* take its output first */
+        free(f->buffer);
+        *f = v->fast[--v->nfast];          /* keep the used entries at the front */
+        memset(&v->fast[v->nfast], 0, sizeof(v->fast[0]));
+        return 0;
+    }
+    if (kind > PYHV_PORT_DEBUG_EXIT)
+        return -EINVAL;
+    if (f)
+        return -EEXIST;
+    if (v->nfast == PYHV_MAX_FAST_PORTS)
+        return -ENOSPC;
+    uint8_t *buffer = NULL;
+    if (kind == PYHV_PORT_BUFFERED && !(buffer = malloc(PYHV_OUTPUT_BUFFER)))
+        return -ENOMEM;
+    v->fast[v->nfast++] = (struct pyhv_fast_port){ .port = port, .kind = kind, .value = value,
+                                                    .buffer = buffer };
+    return 0;
+}
+
+int pyhv_vcpu_take_output(struct pyhv_vcpu *v, uint16_t port, uint8_t *out, uint32_t max)
+{
+    struct pyhv_fast_port *f = fast_port(v, port);
+    if (!f || f->kind != PYHV_PORT_BUFFERED)
+        return -ENOENT;
+    uint32_t n = f->fill < max ? f->fill : max;
+    memcpy(out, f->buffer, n);
+    memmove(f->buffer, f->buffer + n, f->fill - n);
+    f->fill -= n;
+    return (int)n;
+}
+
+static int output_pending(const struct pyhv_vcpu *v)
+{
+    for (uint32_t i = 0; i < v->nfast; i++)
+        if (v->fast[i].fill)
+            return 1;
+    return 0;
+}
+
+static int ring_pending(const struct pyhv_vcpu *v)
+{
+    return v->ring && __atomic_load_n(&v->ring->first, __ATOMIC_ACQUIRE) !=
+                          __atomic_load_n(&v->ring->last, __ATOMIC_ACQUIRE);
+}
+
+int pyhv_vcpu_drain_coalesced(struct pyhv_vcpu *v, struct pyhv_coalesced_write *out,
+                              uint32_t max)
+{
+    if (!v->ring)
+        return -ENODEV;
+    struct kvm_coalesced_mmio_ring *ring = v->ring;
+    uint32_t n = 0;
+    uint32_t last = __atomic_load_n(&ring->last, __ATOMIC_ACQUIRE);
+    while (n < max && ring->first != last) {
+        uint32_t first = ring->first;
+        if (first >= v->ring_max || last >= v->ring_max)
+            return -EIO;   /* indices the ring cannot hold: never index with them */
+        const struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[first];
+        uint32_t len = e->len <= sizeof(out[n].data) ? e->len : sizeof(out[n].data);
+        out[n].address = e->phys_addr;
+        out[n].len = len;
+        out[n].pio = e->pio;
+        memcpy(out[n].data, e->data, len);
+        n++;
+        __atomic_store_n(&ring->first, (first + 1) % v->ring_max, __ATOMIC_RELEASE);
+    }
+    return (int)n;
+}
+
+int pyhv_vcpu_get_stats(struct pyhv_vcpu *v, struct pyhv_stats *out)
+{
+    *out = v->stats;
+    return 0;
+}
+
+void pyhv_vcpu_reset_stats(struct pyhv_vcpu *v)
+{
+    memset(&v->stats, 0, sizeof(v->stats));
+}
+
+/* ---- the run loop ---------------------------------------------------------------------- */
+
 int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;
@@ -280,12 +433,30 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             ex->reason = PYHV_EXIT_TIMEOUT;
             break;
         }
-        if (ioctl(v->fd, KVM_RUN, 0) == 0) {
+        uint64_t entered_at = pyhv_monotonic_ns();
+        int r = ioctl(v->fd, KVM_RUN, 0);
+        int err = errno;
+        v->stats.guest_ns += pyhv_monotonic_ns() - entered_at;
+        v->stats.runs++;
+        if (r == 0) {
+            entered = 1;
             decode(v, ex);
+            if (ex->reason == PYHV_EXIT_IO && v->nfast) {
+                enum fast_action act = fast_io(v, ex);
+                if (act == FAST_DONE) {
+                    v->stats.exits_in_c++;
+                    continue;
+                }
+                if (act == FAST_END_RUN) {
+                    v->stats.exits_in_c++;
+                    break;
+                }
+            }
+            v->stats.exits_to_python++;
             break;
         }
-        if (errno != EINTR) {
-            rc = -errno;
+        if (err != EINTR) {
+            rc = -err;
             break;
         }
         entered = 1;
@@ -297,6 +468,8 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         /* our kick: the checks at the top decide whether it meant anything */
     }
 
+    ex->output_pending = v->nfast ? (uint32_t)output_pending(v) : 0;
+    ex->coalesced_pending = (uint32_t)ring_pending(v);
     tls_run = NULL;
     pthread_mutex_lock(&v->kick_lock);
     v->running_tid = 0;

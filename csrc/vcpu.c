@@ -35,6 +35,14 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
     pthread_mutex_init(&v->kick_lock, NULL);
     atomic_init(&v->cancel_requested, 0);
     v->has_xsave = pyhv_check_extension(vm_fd, KVM_CAP_XSAVE) > 0;
+    /* the coalesced MMIO/PIO ring is a page of the vCPU mapping, shared by the whole VM */
+    long page = sysconf(_SC_PAGESIZE);
+    int ring_page = pyhv_check_extension(vm_fd, KVM_CAP_COALESCED_MMIO);
+    if (ring_page > 0 && (size_t)(ring_page + 1) * (size_t)page <= mmap_size) {
+        v->ring = (struct kvm_coalesced_mmio_ring *)((uint8_t *)run + (size_t)ring_page * page);
+        v->ring_max = (uint32_t)((page - sizeof(struct kvm_coalesced_mmio_ring)) /
+                                 sizeof(struct kvm_coalesced_mmio));
+    }
     if (pyhv_check_extension(vm_fd, KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS) {
         v->sync_regs = 1;
         v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
@@ -49,6 +57,8 @@ void pyhv_vcpu_destroy(struct pyhv_vcpu *v)
         return;
     if (v->has_timer)
         timer_delete(v->timer);
+    for (uint32_t i = 0; i < PYHV_MAX_FAST_PORTS; i++)
+        free(v->fast[i].buffer);
     munmap(v->run, v->run_size);
     close(v->fd);
     pthread_mutex_destroy(&v->kick_lock);

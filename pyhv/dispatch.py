@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import InvalidArgument, KvmError, OverlapError, StaleExitError, Timeout, UnhandledExit
-from .exits import Exit, Halt, decode, encode_answer
+from .exits import Exit, Halt, Syscall, decode, encode_answer
 
 if TYPE_CHECKING:
     from .vcpu import VCpu
 
 ReadHandler = Callable[[int, int], int | bytes]
 WriteHandler = Callable[[int, int, int], None]
+OutputSink = Callable[[bytes], Any]
+SyscallHandler = Callable[[int, tuple[int, ...]], int | None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +129,9 @@ class RunResult:
 
 _IO = lib.PYHV_EXIT_IO
 _MMIO = lib.PYHV_EXIT_MMIO
+_HALT = lib.PYHV_EXIT_HALT
 _INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
+_OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
 _TIMEOUT = lib.PYHV_EXIT_TIMEOUT
 _LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32, 8: 1 << 64}
 
@@ -181,12 +185,26 @@ def _serve_mmio(h: Handler, c: Any, ptr: Any) -> bool:
     return True
 
 
+def _serve_syscall(vcpu: VCpu, c: Any, handler: SyscallHandler | None) -> Exit | None:
+    """A halt in pyhv's stubs: serve a syscall with ``handler``; else the exit to return."""
+    ex = vcpu._halt_exit(c)
+    if handler is None or not isinstance(ex, Syscall):
+        return ex
+    result = handler(ex.nr, ex.args)
+    if result is None:
+        return ex
+    ex.complete(result)
+    return None
+
+
 def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
-                      timeout: float | None) -> RunResult:
-    """Run ``vcpu``, serving port/MMIO exits with the handlers, until an exit nobody handles
-    (halt, shutdown, an unclaimed port...), a cancel, or ``timeout``."""
+                      timeout: float | None,
+                      syscall: SyscallHandler | None = None) -> RunResult:
+    """Run ``vcpu``, serving port/MMIO exits (and user-mode syscalls) with the handlers, until
+    an exit nobody handles (halt, shutdown, an unclaimed port...), a cancel, or ``timeout``."""
     handled = 0
     started = time.perf_counter()
+    bulk = vcpu.partition._deliver_bulk
     with vcpu._running(timeout) as ptr:
         c = vcpu._exit
         run = lib.pyhv_vcpu_run
@@ -195,6 +213,8 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
             rc = run(ptr, c)
             if rc < 0:
                 raise KvmError(-rc, f"KVM_RUN on vCPU {vcpu.id}")
+            if c.output_pending or c.coalesced_pending:
+                bulk(vcpu, c)
             reason = c.reason
             if reason == _IO:
                 h = find_port(c.io_port)
@@ -206,7 +226,13 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
                 if h is not None and _serve_mmio(h, c, ptr):
                     handled += 1
                     continue
-            elif reason == _INTERRUPTED:
+            elif reason == _HALT and vcpu._stubs:
+                final = _serve_syscall(vcpu, c, syscall)
+                if final is None:
+                    handled += 1
+                    continue
+                break
+            elif reason == _INTERRUPTED or reason == _OUTPUT_FULL:
                 continue   # Python runs its signal handlers (Ctrl-C...) here
             elif reason == _TIMEOUT:
                 raise Timeout(vcpu, vcpu.regs.snapshot(), timeout or 0.0, handled)

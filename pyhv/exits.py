@@ -75,7 +75,8 @@ def encode_answer(value: Any, size: int, count: int, what: str) -> bytes:
     raise HandlerError(f"{what}: answer must be an int or bytes, not {type(value).__name__}")
 
 
-_HEX_FIELDS = frozenset({"rip", "port", "gpa", "pc", "dr6", "dr7", "hardware_reason"})
+_HEX_FIELDS = frozenset({"rip", "port", "gpa", "pc", "dr6", "dr7", "hardware_reason", "cr2",
+                         "error_code"})
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -264,6 +265,76 @@ class Canceled(Exit):
 
 
 @dataclass(frozen=True, slots=True, repr=False)
+class DebugExit(Exit):
+    """The guest wrote ``value`` to a debug-exit port (QEMU's isa-debug-exit): the run ended
+    with exit status ``code`` = ``(value << 1) | 1``."""
+
+    code: int
+    value: int
+    port: int
+
+
+_EXCEPTION_NAMES = {
+    0: "#DE divide error", 1: "#DB debug", 2: "NMI", 3: "#BP breakpoint", 4: "#OF overflow",
+    5: "#BR bound range", 6: "#UD invalid opcode", 7: "#NM device not available",
+    8: "#DF double fault", 10: "#TS invalid TSS", 11: "#NP segment not present",
+    12: "#SS stack fault", 13: "#GP general protection", 14: "#PF page fault",
+    16: "#MF x87 error", 17: "#AC alignment check", 18: "#MC machine check",
+    19: "#XM SIMD error", 20: "#VE virtualization", 21: "#CP control protection",
+}
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class GuestException(Exit):
+    """The guest raised CPU exception ``vector`` (user mode, or ``exceptions=True``).
+
+    ``rip`` is where it happened (the faulting instruction for faults, the next one for traps
+    such as ``int3``), ``error_code`` is None for vectors without one, ``cr2`` is the faulting
+    address of a page fault, ``user`` tells whether the guest was at CPL3.  Running the vCPU
+    again returns to ``rip`` (re-executing a fault) unless :meth:`resume_at` moves it.
+    """
+
+    vector: int
+    error_code: int | None
+    cr2: int | None = None
+    user: bool = False
+    _vcpu: Any = field(default=None, kw_only=True, repr=False, compare=False)
+    _frame: int = field(default=0, kw_only=True, repr=False, compare=False)
+    _width: int = field(default=64, kw_only=True, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return _EXCEPTION_NAMES.get(self.vector, f"vector {self.vector}")
+
+    def resume_at(self, rip: int) -> None:
+        """Return from the exception to ``rip`` instead (e.g. past a faulting instruction)."""
+        if self._vcpu is None:
+            raise StaleExitError("this exception does not belong to a vCPU")
+        size = self._width // 8
+        if not 0 <= rip < 1 << self._width:
+            raise HandlerError(f"rip {rip:#x} does not fit {self._width}-bit code")
+        self._vcpu.partition.memory.write(self._frame, rip.to_bytes(size, "little"))
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Syscall(Exit):
+    """The user-mode payload executed ``syscall``: ``nr`` (RAX) and six ``args`` (RDI, RSI,
+    RDX, R10, R8, R9).  :meth:`complete` sets the result (RAX); running the vCPU again
+    returns to the payload after the ``syscall``, at ``rip``."""
+
+    nr: int
+    args: tuple[int, ...]
+    _vcpu: Any = field(default=None, kw_only=True, repr=False, compare=False)
+    _seq: int = field(default=0, kw_only=True, repr=False, compare=False)
+
+    def complete(self, result: int) -> None:
+        """Return ``result`` to the payload in RAX (negative values wrap, as -errno does)."""
+        if self._vcpu is None or self._vcpu._exit.seq != self._seq:
+            raise StaleExitError("the vCPU has run since this syscall; complete it first")
+        self._vcpu.regs.rax = result
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class InvalidExit(Exit):
     """The kernel described an exit whose sizes or offsets pyhv refuses to trust."""
 
@@ -333,7 +404,8 @@ def _internal(c: Any, vcpu: VCpu) -> Exit:
         message += f" (bytes at rip: {instruction.hex(' ')})"
         if _backend() == "kvm_pvm":
             message += ("; kvm_pvm also reports this way some instructions that should raise "
-                        "#UD, such as xgetbv with CR4.OSXSAVE off, rdpru or invpcid")
+                        "#UD or #BP at ring 0, such as xgetbv with CR4.OSXSAVE off, rdpru, "
+                        "invpcid or int3")
     elif words:
         message += "; data " + " ".join(f"{w:#x}" for w in words)
     return InternalError(c.code, words, message, instruction, rip=rip)
@@ -353,7 +425,7 @@ def _invalid(c: Any, vcpu: VCpu) -> Exit:
 _BUILDERS: dict[int, Callable[[Any, VCpu], Exit]] = {
     lib.PYHV_EXIT_IO: _io,
     lib.PYHV_EXIT_MMIO: _mmio,
-    lib.PYHV_EXIT_HALT: lambda c, v: Halt(rip=_rip(c)),
+    lib.PYHV_EXIT_HALT: lambda c, v: v._halt_exit(c),
     lib.PYHV_EXIT_SHUTDOWN: lambda c, v: Shutdown(rip=_rip(c)),
     lib.PYHV_EXIT_INTERNAL_ERROR: _internal,
     lib.PYHV_EXIT_FAIL_ENTRY: lambda c, v: FailEntry(c.data[0], c.data[1], rip=_rip(c)),
@@ -363,6 +435,7 @@ _BUILDERS: dict[int, Callable[[Any, VCpu], Exit]] = {
     lib.PYHV_EXIT_HYPERCALL: lambda c, v: Hypercall(c.data[0], _words(c)[1:], rip=_rip(c)),
     lib.PYHV_EXIT_CANCELED: lambda c, v: Canceled(),
     lib.PYHV_EXIT_UNKNOWN: _unknown,
+    lib.PYHV_EXIT_DEBUG_EXIT: lambda c, v: DebugExit(c.code, c.data[0], c.data[1], rip=_rip(c)),
     lib.PYHV_EXIT_BAD_EXIT: _invalid,
 }
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import threading
 import weakref
 from collections.abc import Iterable
@@ -17,13 +18,23 @@ from typing import Any
 
 from . import system
 from ._ffi import ffi, lib
-from .dispatch import AddressSpace, Handler, ReadHandler, RunResult, WriteHandler, run_with_handlers
+from .dispatch import (
+    AddressSpace,
+    Handler,
+    OutputSink,
+    ReadHandler,
+    RunResult,
+    SyscallHandler,
+    WriteHandler,
+    run_with_handlers,
+)
 from .errors import (
     ClosedError,
     GuestMemoryError,
     HypervisorError,
     InvalidArgument,
     MissingCapability,
+    OverlapError,
     SlotOverlapError,
     check_rc,
 )
@@ -112,6 +123,12 @@ class Partition:
         self._io = AddressSpace("io", 0x10000, cached=True)
         self._mmio = AddressSpace("mmio", 1 << 64, cached=False)
         self._setup_written: str | None = None
+        self._fast_ports: dict[int, tuple[int, int]] = {}       # port -> (kind, value)
+        self._outputs: dict[int, OutputSink] = {}                # buffered port -> sink
+        self._coalesced: list[tuple[int, int, bool, WriteHandler]] = []
+        self._ring_lock = threading.Lock()
+        self._doorbells: list[Doorbell] = []
+        self._syscall_handler: SyscallHandler | None = None
         self._lock = threading.Lock()
         self._max_slots = self.hypervisor.capability("KVM_CAP_NR_MEMSLOTS") or 32
         self._phys_limit = 1 << self.hypervisor.guest_phys_bits()
@@ -152,6 +169,8 @@ class Partition:
         for vcpu in self._vcpus:
             vcpu.close()
         self._vcpus.clear()
+        for bell in list(self._doorbells):
+            bell.close()
         for slot in self.memory.slots:
             self.memory._remove(slot)
         self._finalizer()
@@ -263,12 +282,16 @@ class Partition:
         return tuple(self._vcpus)
 
     def create_vcpu(self, mode: str = "long", entry: int = 0x1000, stack: int | None = None,
-                    *, cpuid: Iterable[CpuidEntry] | None = None) -> VCpu:
-        """Add a vCPU ready to run at ``entry`` in ``mode`` ("real", "protected", "long").
+                    *, cpuid: Iterable[CpuidEntry] | None = None, exceptions: bool = False,
+                    allow_port_io: bool = False) -> VCpu:
+        """Add a vCPU ready to run at ``entry`` in ``mode``: "real", "protected", "long", or
+        "user" (long mode at CPL3 under pyhv's ring-0 stub).
 
         ``stack`` is the initial stack pointer (default: ``setup_base``, or the end of RAM
-        below it).  ``cpuid`` replaces the CPUID table (default: all KVM supports).  See
-        :mod:`pyhv.modes` for the machine state of each mode.
+        below it).  ``cpuid`` replaces the CPUID table (default: all KVM supports).
+        ``exceptions=True`` reports guest exceptions as :class:`pyhv.exits.GuestException`
+        (always on in user mode).  ``allow_port_io=True`` sets IOPL 3, so a user-mode payload
+        may use ``in``/``out`` directly.  See :mod:`pyhv.modes` for each mode's machine state.
         """
         if mode not in MODES:
             raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -276,9 +299,9 @@ class Partition:
         if self.memory.slot_at(entry) is None:
             raise GuestMemoryError(entry, 1, "the entry point must lie in a memory slot")
         stack = self._default_stack(entry) if stack is None else _as_int("stack", stack)
-        check_mode(self, mode, entry, stack)
         # KVM cannot destroy a vCPU without its VM: a failure below burns this id
         vcpu_id = self._next_vcpu_id
+        check_mode(self, mode, entry, stack, exceptions, vcpu_id)
         limit = self.hypervisor.capability("KVM_CAP_MAX_VCPUS") or 1
         if vcpu_id >= limit:
             raise InvalidArgument(f"KVM allows {limit} vCPUs per partition")
@@ -287,8 +310,13 @@ class Partition:
         self._next_vcpu_id += 1
         try:
             vcpu.set_cpuid(_with_apic_id(table, vcpu_id) if cpuid is None else table)
-            setup_vcpu(vcpu, mode, entry, stack)
+            setup_vcpu(vcpu, mode, entry, stack, exceptions, allow_port_io)
             vcpu.mode = mode
+            if mode == "user" or exceptions:
+                vcpu._enable_stubs()
+            for port, (kind, value) in self._fast_ports.items():
+                check_rc(lib.pyhv_vcpu_set_fast_port(vcpu._handle(), port, kind, value),
+                         f"fast path for port {port:#x}")
         except BaseException:
             vcpu.close()
             raise
@@ -320,11 +348,11 @@ class Partition:
 
         ``read(port, size) -> int`` answers IN; ``write(port, size, value)`` takes OUT.
         """
-        if isinstance(ports, range):
-            if ports.step != 1 or not ports:
-                raise InvalidArgument(f"port range {ports} must be non-empty with step 1")
-            return self._io.add(ports.start, len(ports), read, write)
-        return self._io.add(ports, 1, read, write)
+        start, size = _port_span(ports)
+        for fast in self._fast_ports:
+            if start <= fast < start + size:
+                raise OverlapError(f"port {fast:#x} already has a handler")
+        return self._io.add(start, size, read, write)
 
     def add_mmio_handler(self, gpa: int, size: int, read: ReadHandler | None = None,
                          write: WriteHandler | None = None) -> Handler:
@@ -336,11 +364,164 @@ class Partition:
         return self._mmio.add(gpa, size, read, write)
 
     def remove_handler(self, handler: Handler) -> None:
-        """Unregister a handler returned by ``add_io_handler`` / ``add_mmio_handler``."""
+        """Unregister a handler returned by one of the ``add_*`` methods."""
+        if handler.space == "io-fast":
+            if self._fast_ports.get(handler.start) is None:
+                raise InvalidArgument(f"{handler!r} is not registered here")
+            for vcpu in self._vcpus:
+                if handler.start in self._outputs and not vcpu.closed:
+                    self._deliver_bulk(vcpu, _OutputOnly)
+                check_rc(lib.pyhv_vcpu_set_fast_port(vcpu._handle(), handler.start,
+                                                     lib.PYHV_PORT_NONE, 0), "fast path")
+            del self._fast_ports[handler.start]
+            self._outputs.pop(handler.start, None)
+            return
+        for i, (start, _end, pio, _write) in enumerate(self._coalesced):
+            if start == handler.start and pio == (handler.space == "io"):
+                check_rc(lib.pyhv_partition_coalesced_zone(self._vm_fd, start,
+                                                           handler.end - start, pio, 0),
+                         "KVM_UNREGISTER_COALESCED_MMIO")
+                del self._coalesced[i]
+                break
         try:
             (self._io if handler.space == "io" else self._mmio).remove(handler)
         except ValueError:
             raise InvalidArgument(f"{handler!r} is not registered here") from None
+
+    # -- exits the C core or the kernel complete without Python ------------------------------
+    def _add_fast_port(self, port: int, kind: int, value: int = 0) -> Handler:
+        port = _as_int("port", port)
+        if not 0 <= port <= 0xFFFF:
+            raise InvalidArgument(f"port {port:#x} is not a 16-bit port")
+        clash = self._io.find(port)
+        if port in self._fast_ports or clash is not None:
+            raise OverlapError(f"port {port:#x} already has a handler")
+        if len(self._fast_ports) >= lib.PYHV_MAX_FAST_PORTS:
+            raise InvalidArgument(f"at most {lib.PYHV_MAX_FAST_PORTS} fast-path ports")
+        for vcpu in self._vcpus:
+            check_rc(lib.pyhv_vcpu_set_fast_port(vcpu._handle(), port, kind, value),
+                     f"fast path for port {port:#x}")
+        self._fast_ports[port] = (kind, value)
+        return Handler("io-fast", port, port + 1, None, None)
+
+    def add_buffered_port(self, port: int, sink: OutputSink) -> Handler:
+        """Collect the guest's OUTs to ``port`` in C and hand them to ``sink`` in bulk.
+
+        ``sink`` is a callable taking ``bytes`` or a binary stream (anything with
+        ``write``).  It gets the bytes when the buffer fills, before any exit Python sees,
+        and when the run ends: a serial transmit register costs no Python call per byte.
+        """
+        write = sink.write if hasattr(sink, "write") else sink
+        if not callable(write):
+            raise InvalidArgument(f"sink {sink!r} is neither callable nor a stream")
+        handler = self._add_fast_port(port, lib.PYHV_PORT_BUFFERED)
+        self._outputs[port] = write
+        return handler
+
+    def add_constant_port(self, port: int, value: int) -> Handler:
+        """Answer the guest's INs from ``port`` with ``value`` in C (e.g. a UART's line
+        status "transmitter empty", which polling guests read before every byte)."""
+        value = _as_int("value", value)
+        if not 0 <= value <= 0xFFFFFFFF:
+            raise InvalidArgument(f"constant {value:#x} does not fit 32 bits")
+        return self._add_fast_port(port, lib.PYHV_PORT_CONSTANT, value)
+
+    def add_debug_exit(self, port: int = 0xF4) -> Handler:
+        """QEMU's isa-debug-exit: a guest OUT of V to ``port`` ends the run with a
+        :class:`pyhv.exits.DebugExit` whose ``code`` is ``(V << 1) | 1``."""
+        return self._add_fast_port(port, lib.PYHV_PORT_DEBUG_EXIT)
+
+    def add_coalesced_mmio(self, gpa: int, size: int, write: WriteHandler,
+                           read: ReadHandler | None = None) -> Handler:
+        """Let the kernel queue guest writes to ``[gpa, gpa+size)`` in its coalesced ring
+        (no exit per write); ``write(gpa, size, value)`` gets them in bulk, in order, before
+        any exit Python sees (writes that do exit, e.g. when the ring is full, reach it too,
+        in order).  Reads still exit, to ``read`` if given."""
+        return self._add_coalesced(gpa, size, write, read, pio=False)
+
+    def add_coalesced_io(self, ports: int | range, write: WriteHandler,
+                         read: ReadHandler | None = None) -> Handler:
+        """The port-IO twin of :meth:`add_coalesced_mmio` (``KVM_CAP_COALESCED_PIO``).  Some
+        backends (kvm_pvm) exit on these writes anyway; ``write`` then gets them one by one."""
+        start, size = _port_span(ports)
+        return self._add_coalesced(start, size, write, read, pio=True)
+
+    def _add_coalesced(self, start: int, size: int, write: WriteHandler,
+                       read: ReadHandler | None, pio: bool) -> Handler:
+        cap = "KVM_CAP_COALESCED_PIO" if pio else "KVM_CAP_COALESCED_MMIO"
+        self.hypervisor.require(cap, "coalesced writes")
+        if not callable(write):
+            raise InvalidArgument(f"write handler {write!r} is not callable")
+        space = self._io if pio else self._mmio
+        # Writes the kernel does not queue (ring full, or a backend that exits anyway) reach
+        # the same handler as ordinary exits, after the queued ones: the order holds.
+        handler = space.add(start, size, read, write)
+        for fast in self._fast_ports:
+            if pio and start <= fast < start + size:
+                space.remove(handler)
+                raise OverlapError(f"port {fast:#x} already has a handler")
+        rc = lib.pyhv_partition_coalesced_zone(self._vm_fd, start, size, pio, 1)
+        if rc < 0:
+            space.remove(handler)
+            check_rc(rc, "KVM_REGISTER_COALESCED_MMIO")
+        self._coalesced.append((start, start + size, pio, write))
+        return handler
+
+    def add_doorbell(self, address: int, size: int = 4, *, io: bool = False,
+                     value: int | None = None) -> Doorbell:
+        """An eventfd the kernel signals when the guest writes ``size`` bytes at ``address``
+        (a port with ``io=True``), optionally only when it writes ``value``: the write costs
+        no exit at all.  See :class:`Doorbell`."""
+        address, size = _as_int("address", address), _as_int("size", size)
+        if size not in (1, 2, 4, 8) or (io and (size == 8 or address > 0xFFFF)) or address < 0:
+            raise InvalidArgument(f"bad doorbell {'port' if io else 'address'} {address:#x} "
+                                  f"size {size}")
+        self.hypervisor.require("KVM_CAP_IOEVENTFD", "doorbells")
+        match = value is not None
+        datamatch = _as_int("value", value) if match else 0
+        if match and not 0 <= datamatch < 1 << (8 * size):
+            raise InvalidArgument(f"doorbell value {datamatch:#x} does not fit {size} bytes")
+        fd = ffi.new("int *")
+        check_rc(lib.pyhv_partition_ioeventfd(self._vm_fd, address, size, io, match, datamatch,
+                                              fd), "KVM_IOEVENTFD")
+        bell = Doorbell(self, fd[0], address, size, io, value)
+        self._doorbells.append(bell)
+        return bell
+
+    def _deliver_bulk(self, vcpu: VCpu, c: Any) -> None:
+        """Hand buffered-port output and coalesced writes to their sinks (in guest order)."""
+        if c.coalesced_pending and self._coalesced:
+            self._drain_coalesced(vcpu)
+        if c.output_pending:
+            buf = vcpu._output_buffer
+            for port, write in self._outputs.items():
+                n = lib.pyhv_vcpu_take_output(vcpu._handle(), port, buf, len(buf))
+                if n > 0:
+                    write(ffi.buffer(buf, n)[:])
+
+    def _drain_coalesced(self, vcpu: VCpu) -> None:
+        entries = vcpu._coalesced_buffer
+        with self._ring_lock:                  # one ring per VM, shared by its vCPUs
+            while True:
+                n = lib.pyhv_vcpu_drain_coalesced(vcpu._handle(), entries, len(entries))
+                check_rc(n, "draining the coalesced ring")
+                for i in range(n):
+                    e = entries[i]
+                    for start, end, pio, write in self._coalesced:
+                        if start <= e.address < end and bool(e.pio) == pio:
+                            value = int.from_bytes(bytes(e.data)[: e.len], "little")
+                            write(e.address, e.len, value)
+                            break
+                if n < len(entries):
+                    return
+
+    def set_syscall_handler(self, handler: SyscallHandler | None) -> None:
+        """Serve user-mode ``syscall``s during :meth:`run`: ``handler(nr, args)`` returns the
+        result (RAX) to resume the payload, or None to end the run on that
+        :class:`pyhv.exits.Syscall`."""
+        if handler is not None and not callable(handler):
+            raise InvalidArgument(f"syscall handler {handler!r} is not callable")
+        self._syscall_handler = handler
 
     def run(self, timeout: float | None = None, *, vcpu: VCpu | None = None) -> RunResult:
         """Run a vCPU (default: the first) serving exits with the registered handlers, until
@@ -358,13 +539,108 @@ class Partition:
             vcpu = self._vcpus[0]
         elif vcpu.partition is not self:
             raise InvalidArgument(f"{vcpu!r} belongs to another partition")
-        return run_with_handlers(vcpu, self._io, self._mmio, timeout)
+        return run_with_handlers(vcpu, self._io, self._mmio, timeout, self._syscall_handler)
+
+    def run_all(self, timeout: float | None = None) -> list[RunResult]:
+        """Run every vCPU on a thread of its own, serving exits with the handlers, until each
+        one ends (see :meth:`run`); returns their results in vCPU order.
+
+        Handlers may then be called from several threads at once.  If a handler raises, or a
+        vCPU times out, the other vCPUs are stopped and the first such exception propagates.
+        """
+        timeout = _validate_timeout(timeout)
+        vcpus = list(self._vcpus)
+        if not vcpus:
+            raise HypervisorError("the partition has no vCPU: call create_vcpu() first")
+        results: list[RunResult | None] = [None] * len(vcpus)
+        errors: list[BaseException] = []
+
+        def run_one(i: int, vcpu: VCpu) -> None:
+            try:
+                results[i] = self.run(timeout, vcpu=vcpu)
+            except BaseException as exc:       # handed to the caller's thread below
+                errors.append(exc)
+                self.stop()
+
+        threads = [threading.Thread(target=run_one, args=(i, v), name=f"pyhv-vcpu-{v.id}")
+                   for i, v in enumerate(vcpus)]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:                  # Ctrl-C while waiting: stop the guests
+            self.stop()
+            for t in threads:
+                t.join()
+            raise
+        if errors:
+            raise errors[0]
+        return [r for r in results if r is not None]
 
     def stop(self) -> None:
         """Cancel the runs of every vCPU (from any thread); they return ``Canceled``."""
         for vcpu in list(self._vcpus):
             if not vcpu.closed:
                 vcpu.cancel()
+
+
+def _port_span(ports: int | range) -> tuple[int, int]:
+    if isinstance(ports, range):
+        if ports.step != 1 or not ports:
+            raise InvalidArgument(f"port range {ports} must be non-empty with step 1")
+        return ports.start, len(ports)
+    return _as_int("port", ports), 1
+
+
+class _OutputOnly:
+    """Stands in for an exit struct when only buffered output needs delivering."""
+
+    output_pending = 1
+    coalesced_pending = 0
+
+
+class Doorbell:
+    """An eventfd that the kernel signals on guest writes (see
+    :meth:`Partition.add_doorbell`).  :meth:`take` returns how many writes happened since the
+    last call; :meth:`fileno` lets ``select``/``selectors`` wait for one."""
+
+    def __init__(self, partition: Partition, fd: int, address: int, size: int, io: bool,
+                 value: int | None) -> None:
+        self.partition = partition
+        self.address, self.size, self.io, self.value = address, size, io, value
+        self._fd = fd
+
+    def fileno(self) -> int:
+        if self._fd < 0:
+            raise ClosedError("doorbell is closed")
+        return self._fd
+
+    def take(self) -> int:
+        """Writes since the last call (0 if none); never blocks."""
+        count = ffi.new("uint64_t *")
+        rc = lib.pyhv_eventfd_take(self.fileno(), count)
+        if rc == -errno.EAGAIN:
+            return 0
+        check_rc(rc, "reading the doorbell eventfd")
+        return int(count[0])
+
+    def close(self) -> None:
+        """Detach the doorbell from the guest and close its eventfd (idempotent)."""
+        if self._fd < 0:
+            return
+        fd, self._fd = self._fd, -1
+        self.partition._doorbells.remove(self)
+        if not self.partition.closed:
+            lib.pyhv_partition_ioeventfd_remove(
+                self.partition._vm_fd, self.address, self.size, self.io,
+                self.value is not None, self.value or 0, fd)
+        else:
+            lib.pyhv_close(fd)
+
+    def __repr__(self) -> str:
+        where = f"port {self.address:#x}" if self.io else f"GPA {self.address:#x}"
+        return f"<pyhv.Doorbell {where} size={self.size}>"
 
 
 def _with_apic_id(table: list[CpuidEntry], vcpu_id: int) -> list[CpuidEntry]:

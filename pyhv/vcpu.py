@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import ClosedError, HypervisorError, InvalidArgument, KvmError, Timeout, check_rc
-from .exits import Exit, decode
+from .exits import Exit, GuestException, Halt, Syscall, decode, kvm_exit_name
+from .modes import ERROR_CODE_VECTORS, SYSCALL_STUB, decode_stub_halt, stub_range
 from .registers import (
     Fpu,
     Registers,
@@ -35,6 +38,30 @@ if TYPE_CHECKING:
 
 _INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
 _TIMEOUT = lib.PYHV_EXIT_TIMEOUT
+_OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class VCpuStats:
+    """What a vCPU's runs did: exits by kind, where they were handled, where time went.
+
+    ``exits_in_c`` were completed by the C core (buffered and constant ports, debug-exit)
+    without reaching Python; ``exits_to_python`` were handed to Python.  ``guest_seconds`` is
+    the time inside KVM_RUN; ``host_seconds`` the rest of the time inside ``run`` calls
+    (C and Python handling, handlers included).
+    """
+
+    runs: int
+    exits: Mapping[str, int]
+    exits_in_c: int
+    exits_to_python: int
+    io_in: int
+    io_out: int
+    mmio_read: int
+    mmio_write: int
+    guest_seconds: float
+    host_seconds: float
 
 
 def _validate_timeout(timeout: float | None) -> float | None:
@@ -69,6 +96,13 @@ class VCpu:
         self._sregs_c = ffi.new("struct pyhv_sregs *")
         self._run_lock = threading.Lock()
         self._run_thread: int | None = None
+        self._stats_c = ffi.new("struct pyhv_stats *")
+        self._output_buffer = ffi.new("uint8_t[]", lib.PYHV_OUTPUT_BUFFER)
+        self._coalesced_buffer = ffi.new("struct pyhv_coalesced_write[]", 256)
+        self._run_seconds = 0.0
+        # pyhv's exception/syscall stubs (user mode, exceptions=True): halts in their page
+        self._stubs = False
+        self._stub_lo, self._stub_hi = partition.setup_base, partition.setup_base
 
     # -- lifetime -------------------------------------------------------------------------
     @property
@@ -119,9 +153,11 @@ class VCpu:
             if timeout is not None:
                 deadline = lib.pyhv_monotonic_ns() + int(timeout * 1e9)
                 check_rc(lib.pyhv_vcpu_set_deadline(ptr, deadline), "arming the run timeout")
+            started = time.perf_counter()
             try:
                 yield ptr
             finally:
+                self._run_seconds += time.perf_counter() - started
                 if timeout is not None:
                     lib.pyhv_vcpu_set_deadline(ptr, 0)
         finally:
@@ -129,15 +165,21 @@ class VCpu:
             self._run_lock.release()
 
     def _enter(self, ptr: Any) -> Any:
-        """One KVM_RUN (repeated over foreign signals); returns the filled exit struct."""
+        """Run to the next exit Python must see; returns the filled exit struct.
+
+        Output collected by buffered ports and writes queued in the coalesced ring are handed
+        to their sinks first, so Python sees them in the order the guest made them."""
         c = self._exit
         while True:
             rc = lib.pyhv_vcpu_run(ptr, c)
             if rc < 0:
                 raise KvmError(-rc, f"KVM_RUN on vCPU {self.id}")
-            if c.reason != _INTERRUPTED:
+            if c.output_pending or c.coalesced_pending:
+                self.partition._deliver_bulk(self, c)
+            reason = c.reason
+            if reason != _INTERRUPTED and reason != _OUTPUT_FULL:
                 return c
-            # a signal for Python (Ctrl-C...): its handler runs here, between bytecodes
+            # a signal for Python (Ctrl-C...) has its handler run here, between bytecodes
 
     def run(self, timeout: float | None = None) -> Exit:
         """Run the guest until its next exit and return that exit, typed.
@@ -152,6 +194,68 @@ class VCpu:
             if c.reason == _TIMEOUT:
                 raise Timeout(self, self.regs.snapshot(), timeout or 0.0)
             return decode(c, self)
+
+    def _halt_exit(self, c: Any) -> Exit:
+        """A halt, or, in pyhv's stub page, the guest exception or syscall it stands for."""
+        rip = c.rip if c.rip_valid else self.regs.rip
+        if self._stubs:
+            linear = rip
+            if not self._stub_lo < rip <= self._stub_hi and rip <= 0xFFFF:
+                linear = self.get_sregs().cs.base + rip          # real mode
+            if self._stub_lo < linear <= self._stub_hi:
+                meaning = decode_stub_halt(self.partition.setup_base, linear)
+                if meaning is not None:
+                    return self._stub_exit(meaning, c.seq)
+        return Halt(rip=rip)
+
+    def _stub_exit(self, meaning: tuple[str, int], seq: int) -> Exit:
+        kind, vector = meaning
+        regs = self._load_regs()
+        if kind == "syscall":
+            args = (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9)
+            return Syscall(regs.rax, args, rip=regs.rcx, _vcpu=self, _seq=seq)
+        width = int(kind[len("exception"):])
+        size = width // 8
+        memory = self.partition.memory
+        sregs = self.get_sregs()
+        frame = (sregs.ss.base + (regs.rsp & 0xFFFF)) if width == 16 else regs.rsp
+        error_code = None
+        if width != 16 and vector in ERROR_CODE_VECTORS:
+            error_code = int.from_bytes(memory.read(frame, size), "little")
+            frame += size
+        words = memory.read(frame, 3 * size)
+        rip, cs = (int.from_bytes(words[i:i + size], "little") for i in (0, size))
+        if width == 16:
+            rip += cs << 4
+        syscall_entry = self.partition.setup_base + SYSCALL_STUB
+        if vector == 14 and cs & 3 and rip == syscall_entry and sregs.cr2 == syscall_entry:
+            # kvm_pvm runs a CPL3 `syscall` to LSTAR without entering ring 0, where fetching
+            # the supervisor-only stub faults.  Finish it as sysret would: the stub's iretq
+            # returns to RCX with RFLAGS from R11.
+            memory.write(frame, regs.rcx.to_bytes(8, "little"))
+            memory.write(frame + 16, regs.r11.to_bytes(8, "little"))
+            return self._stub_exit(("syscall", 0), seq)
+        return GuestException(vector, error_code, sregs.cr2 if vector == 14 else None,
+                              bool(cs & 3), rip=rip, _vcpu=self, _frame=frame, _width=width)
+
+    def _enable_stubs(self) -> None:
+        self._stubs = True
+        self._stub_lo, self._stub_hi = stub_range(self.partition.setup_base)
+
+    @property
+    def stats(self) -> VCpuStats:
+        """Counters of this vCPU's runs (see :class:`VCpuStats`)."""
+        check_rc(lib.pyhv_vcpu_get_stats(self._handle(), self._stats_c), "stats")
+        s = self._stats_c
+        exits = {kvm_exit_name(i): s.by_kvm_reason[i] for i in range(lib.PYHV_STAT_REASONS)
+                 if s.by_kvm_reason[i]}
+        guest = s.guest_ns / 1e9
+        return VCpuStats(s.runs, exits, s.exits_in_c, s.exits_to_python, s.io_in, s.io_out,
+                         s.mmio_read, s.mmio_write, guest, max(self._run_seconds - guest, 0.0))
+
+    def reset_stats(self) -> None:
+        lib.pyhv_vcpu_reset_stats(self._handle())
+        self._run_seconds = 0.0
 
     def cancel(self) -> None:
         """Stop the current run of this vCPU, or the next one if it is not running.  Safe from

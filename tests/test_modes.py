@@ -6,7 +6,7 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.modes import CODE32_SELECTOR, CODE64_SELECTOR, DEFAULT_SETUP_BASE
+from pyhv.modes import CODE32_SELECTOR, CODE64_SELECTOR, DEFAULT_SETUP_BASE, PAGE_TABLES_OFFSET
 
 from .conftest import boot
 
@@ -73,7 +73,7 @@ def test_each_mode_sets_the_documented_machine_state(part):
     assert p.gdt.base == DEFAULT_SETUP_BASE
     s = long.get_sregs()
     assert s.cr0 & 0x80000001 == 0x80000001 and s.efer & 0x500 == 0x500 and s.cs.l == 1
-    assert s.cr3 == DEFAULT_SETUP_BASE + 0x3000
+    assert s.cr3 == DEFAULT_SETUP_BASE + PAGE_TABLES_OFFSET
     assert long.regs.rsp == 0x9000 and long.regs.rip == 0x1000
     assert [c.id for c in part.vcpus] == [0, 1, 2]
     for cpu in part.vcpus:

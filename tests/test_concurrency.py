@@ -1,0 +1,116 @@
+"""Several vCPUs on several threads, the GIL released while guests run, and cancel races."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+import pyhv
+from pyhv import exits
+
+from .conftest import guest_code
+
+GENEROUS = 10.0   # bounds that only a hang would cross; not speed targets
+
+
+def test_two_spinning_vcpus_and_a_python_thread_all_make_progress(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x100000, guest_code("spin_count", origin=0x100000))
+        cpus = [part.create_vcpu(mode="user", entry=0x100000, stack=0x70000 - i * 0x1000)
+                for i in range(2)]
+        for i, cpu in enumerate(cpus):
+            cpu.regs.rdi = 0x200000 + 64 * i
+        timeouts = []
+
+        def run(cpu):
+            try:
+                cpu.run(timeout=1.0)
+            except pyhv.Timeout as exc:
+                timeouts.append(exc)
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in cpus]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        python_counter = 0
+        while any(t.is_alive() for t in threads):
+            python_counter += 1
+        for t in threads:
+            t.join()
+        assert time.monotonic() - started < GENEROUS
+        assert len(timeouts) == 2
+        guest_counters = [part.memory.read_u64(0x200000 + 64 * i) for i in range(2)]
+        # both guests counted (natively, at CPL3) while this thread counted in Python
+        assert min(guest_counters) > 1000, guest_counters
+        assert python_counter > 1000, python_counter
+
+
+def test_run_all_runs_each_vcpu_on_its_own_thread(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, guest_code("io_in", origin=0x1000))
+        part.memory.write(0x2000, guest_code("io_in", origin=0x2000))
+        a = part.create_vcpu(mode="long", entry=0x1000, stack=0x70000)
+        b = part.create_vcpu(mode="real", entry=0x2000, stack=0x60000)
+        threads = set()
+
+        def read(port, size):
+            threads.add(threading.get_ident())
+            return 1
+
+        part.add_io_handler(range(0x60, 0x62), read=read)
+        part.add_io_handler(0xE9, write=lambda *args: None)
+        results = part.run_all(timeout=30)
+        assert [r.vcpu for r in results] == [a, b]
+        assert all(r.halted and r.exits_handled == 5 for r in results)
+        assert len(threads) == 2 and threading.get_ident() not in threads
+
+
+def test_run_all_stops_everyone_when_a_handler_raises(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, guest_code("io_in", origin=0x1000))
+        part.memory.write(0x2000, guest_code("spin", origin=0x2000))
+        part.create_vcpu(mode="long", entry=0x1000, stack=0x70000)
+        part.create_vcpu(mode="long", entry=0x2000, stack=0x60000)
+
+        def broken(port, size):
+            time.sleep(0.2)                # let the other vCPU get going
+            raise RuntimeError("device on fire")
+
+        part.add_io_handler(0x60, read=broken)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="device on fire"):
+            part.run_all(timeout=60)
+        assert time.monotonic() - started < GENEROUS
+
+
+def test_a_thousand_cancel_races_lose_no_exit(part):
+    part.memory.write(0x1000, guest_code("counter"))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    done = threading.Event()
+
+    def canceller():
+        rng = random.Random(2026)
+        for _ in range(1000):
+            time.sleep(rng.random() * 0.0004)
+            cpu.cancel()
+        done.set()
+
+    thread = threading.Thread(target=canceller)
+    thread.start()
+    values, canceled = [], 0
+    while not done.is_set():
+        ex = cpu.run(timeout=GENEROUS)
+        if isinstance(ex, exits.Canceled):
+            canceled += 1
+        else:
+            assert isinstance(ex, exits.IoOut) and ex.port == 0x510
+            values.append(ex.value)
+    thread.join()
+    while not isinstance(ex := cpu.run(timeout=GENEROUS), exits.IoOut):   # a last cancel
+        canceled += 1
+    values.append(ex.value)
+    assert values == list(range(len(values)))              # every OUT, once, in order
+    assert 1 <= canceled <= 1000 and len(values) > canceled

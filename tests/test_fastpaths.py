@@ -1,0 +1,137 @@
+"""Exits that never reach Python: buffered and constant ports, debug-exit, the kernel's
+coalesced ring and ioeventfd doorbells; and the per-vCPU statistics that show it."""
+
+from __future__ import annotations
+
+import io
+import select
+
+import pytest
+
+import pyhv
+from pyhv import exits
+
+from .conftest import boot
+
+
+@pytest.mark.parametrize("mode", ["real", "protected", "long"])
+def test_serial_output_and_debug_exit_handled_in_c(kvm, mode):
+    with pyhv.Partition(memory="16M") as part:
+        cpu = boot(part, "serial_exit", mode=mode)
+        out = io.BytesIO()
+        part.add_buffered_port(0x3F8, out)
+        part.add_constant_port(0x3FD, 0x60)
+        part.add_debug_exit(0xF4)
+        result = part.run(timeout=30)
+        assert out.getvalue() == b"serial says hi\n"
+        assert result.exit == exits.DebugExit(code=0x43, value=0x21, port=0xF4,
+                                              rip=result.exit.rip)
+        assert result.exits_handled == 0                  # Python handled nothing
+        stats = cpu.stats
+        assert stats.exits_in_c == 2 * 15 + 1 and stats.exits_to_python == 0
+        assert stats.io_out == 16 and stats.io_in == 15
+        assert stats.exits["KVM_EXIT_IO"] == 31 and stats.guest_seconds > 0
+
+
+def test_vcpu_run_delivers_buffered_output_before_the_exit(part):
+    cpu = boot(part, "serial_exit")
+    chunks = []
+    part.add_buffered_port(0x3F8, chunks.append)
+    part.add_constant_port(0x3FD, 0x20)
+    ex = cpu.run(timeout=30)                  # no debug-exit port: the OUT to 0xF4 returns
+    assert isinstance(ex, exits.IoOut) and ex.port == 0xF4 and b"".join(chunks) == \
+        b"serial says hi\n"
+
+
+def test_large_output_is_delivered_in_chunks_in_order(part):
+    part.memory.write(0x1000, pyhv.testing.assemble(
+        "mov $0x3f8, %dx\nmov $20000, %ecx\nxor %eax, %eax\n"
+        "1: out %al, %dx\ninc %eax\nloop 1b\nhlt"))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    chunks = []
+    part.add_buffered_port(0x3F8, chunks.append)
+    assert part.run(timeout=120).halted
+    data = b"".join(chunks)
+    assert data == bytes(i & 0xFF for i in range(20000)) and len(chunks) > 1
+    assert cpu.stats.exits_in_c == 20000
+
+
+def test_fast_port_conflicts_and_removal(part):
+    cpu = boot(part, "serial_exit")
+    part.add_io_handler(range(0x3F8, 0x3FD), write=lambda *a: None)
+    with pytest.raises(pyhv.OverlapError):
+        part.add_buffered_port(0x3F8, print)
+    status = part.add_constant_port(0x3FD, 0x20)
+    with pytest.raises(pyhv.OverlapError):
+        part.add_debug_exit(0x3FD)
+    with pytest.raises(pyhv.OverlapError):
+        part.add_io_handler(0x3FD, read=lambda p, s: 0)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_buffered_port(0x3F0, 42)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_constant_port(0x3F0, 2**32)
+    part.remove_handler(status)
+    ex = cpu.run(timeout=30)
+    assert isinstance(ex, exits.IoIn) and ex.port == 0x3FD     # no longer answered in C
+
+
+def test_fast_ports_apply_to_vcpus_created_later(part):
+    out = []
+    part.add_buffered_port(0x3F8, out.append)
+    part.add_constant_port(0x3FD, 0x20)
+    part.add_debug_exit()
+    boot(part, "serial_exit")
+    assert isinstance(part.run(timeout=30).exit, exits.DebugExit)
+    assert b"".join(out) == b"serial says hi\n"
+
+
+def test_coalesced_mmio_and_pio_writes_arrive_in_bulk_and_in_order(part):
+    cpu = boot(part, "coalesced")
+    events = []
+    part.add_coalesced_mmio(0xD0000000, 0x2000,
+                            write=lambda gpa, size, value: events.append(("mmio", gpa, value)),
+                            read=lambda gpa, size: events.append(("read", gpa, 0)) or 0)
+    part.add_coalesced_io(0x500, write=lambda port, size, value: events.append(("pio", port,
+                                                                                  value)))
+    result = part.run(timeout=60)
+    assert result.halted
+    expected = [("mmio", 0xD0000000 + 4 * i, i) for i in range(100)]
+    expected.append(("read", 0xD0001000, 0))
+    expected += [("pio", 0x500, v) for v in (1, 2, 3)]
+    assert events == expected
+    # the MMIO writes never left the kernel: the one MMIO exit is the read
+    assert cpu.stats.mmio_write == 0 and cpu.stats.mmio_read == 1
+
+
+def test_doorbell_counts_writes_without_exits(part):
+    cpu = boot(part, "doorbell")
+    bell = part.add_doorbell(0x600, 4, io=True, value=7)
+    other = part.add_doorbell(0x600, 4, io=True, value=9)
+    assert bell.take() == 0
+    assert part.run(timeout=60).halted
+    assert select.select([bell], [], [], 0)[0] == [bell]
+    assert bell.take() == 50 and other.take() == 1 and bell.take() == 0
+    assert cpu.stats.io_out == 0                          # no OUT reached user space
+    bell.close()
+    bell.close()
+    with pytest.raises(pyhv.ClosedError):
+        bell.take()
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_doorbell(0x10000, 4, io=True)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_doorbell(0x600, 3, io=True)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.add_doorbell(0x600, 1, io=True, value=256)
+
+
+def test_stats_reset_and_python_exits(part):
+    cpu = boot(part, "io_in")
+    part.add_io_handler(range(0x60, 0x62), read=lambda p, s: 0)
+    part.add_io_handler(0xE9, write=lambda *a: None)
+    part.run(timeout=10)
+    stats = cpu.stats
+    assert stats.exits_to_python == 6 and stats.exits_in_c == 0 and stats.runs == 6
+    assert stats.exits == {"KVM_EXIT_IO": 5, "KVM_EXIT_HLT": 1}
+    assert stats.host_seconds >= 0
+    cpu.reset_stats()
+    assert cpu.stats.runs == 0
