@@ -55,10 +55,7 @@ struct pyhv_vcpu {
     atomic_int cancel_requested;
     pthread_mutex_t kick_lock;   /* keeps running_tid alive while another thread signals it */
     pid_t running_tid;           /* thread inside pyhv_vcpu_run, 0 when none */
-    uint64_t deadline_ns;
-    int has_timer;
-    timer_t timer;
-    pid_t timer_tid;
+    uint64_t deadline_ns;    /* the thread's timer (run.c) kicks the run at this time */
 };
 
 /* ioctl that returns 0/positive or -errno, retrying nothing */

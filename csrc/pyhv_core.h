@@ -57,7 +57,7 @@ struct pyhv_stats {
     uint64_t runs;                /* KVM_RUN calls */
     uint64_t exits_in_c;          /* exits completed by the C core (fast ports) */
     uint64_t exits_to_python;     /* runs that returned an exit to Python */
-    uint64_t guest_ns;            /* time spent inside KVM_RUN */
+    uint64_t guest_ns;            /* time in the C run loop: KVM_RUN and C-completed exits */
     uint64_t io_in, io_out, mmio_read, mmio_write;
     uint64_t by_kvm_reason[64];   /* indexed by KVM_EXIT_* (reasons >= 63 count in [63]) */
 };
@@ -79,6 +79,7 @@ struct pyhv_exit {
     uint32_t seq;             /* counts runs of this vCPU; completions must name the latest */
     uint32_t output_pending;  /* a buffered port holds bytes for Python */
     uint32_t coalesced_pending; /* the kernel's coalesced ring holds writes for Python */
+    uint32_t bulk_pending;    /* either of the two: one field for the hot loop to test */
 
     /* PYHV_EXIT_IO: size*count bytes at io_data (inside the run area, checked) */
     uint16_t io_port;
@@ -210,7 +211,11 @@ int pyhv_vcpu_drain_coalesced(struct pyhv_vcpu *vcpu, struct pyhv_coalesced_writ
 int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);
 void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
 
-/* running */
+/* running: -errno, or a summary of the exit: its reason | the PYHV_RUN_* flags that apply */
+enum pyhv_run_flags {
+    PYHV_RUN_BULK = 0x100,        /* bulk_pending is set */
+    PYHV_RUN_SINGLE_OUT = 0x200   /* an IO exit: an OUT of one element (io_count == 1) */
+};
 int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit);
 /* data for the IN / MMIO read of the latest exit; len must match it exactly */
 int pyhv_vcpu_complete_in(struct pyhv_vcpu *vcpu, uint32_t seq, const uint8_t *data,

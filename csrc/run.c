@@ -25,6 +25,14 @@
 
 static PYHV_TLS struct kvm_run *volatile tls_run;        /* the run area of this thread's vCPU */
 static PYHV_TLS volatile sig_atomic_t tls_kicked;        /* our signal arrived during the run */
+static PYHV_TLS pid_t tls_tid;                           /* gettid() is a syscall: ask once */
+
+static pid_t current_tid(void)
+{
+    if (!tls_tid)
+        tls_tid = gettid();
+    return tls_tid;
+}
 
 static int kick_signal;
 
@@ -72,40 +80,69 @@ uint64_t pyhv_monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* One POSIX timer per thread that runs vCPUs, made on its first timed run and deleted when the
+   thread exits: creating a timer per vCPU would cost every short-lived guest a syscall pair. */
+struct thread_timer {
+    timer_t id;
+};
+static PYHV_TLS struct thread_timer *tls_timer;
+static pthread_key_t timer_key;
+static pthread_once_t timer_key_once = PTHREAD_ONCE_INIT;
+
+static void thread_timer_delete(void *p)
+{
+    struct thread_timer *t = p;
+    timer_delete(t->id);
+    free(t);
+}
+
+static void timer_key_create(void)
+{
+    pthread_key_create(&timer_key, thread_timer_delete);
+}
+
+static struct thread_timer *thread_timer(void)
+{
+    if (tls_timer)
+        return tls_timer;
+    pthread_once(&timer_key_once, timer_key_create);
+    struct thread_timer *t = malloc(sizeof(*t));
+    if (!t)
+        return NULL;
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = kick_signal;
+    sev.sigev_notify_thread_id = current_tid();
+    if (timer_create(CLOCK_MONOTONIC, &sev, &t->id) < 0) {
+        int err = errno;
+        free(t);
+        errno = err;
+        return NULL;
+    }
+    pthread_setspecific(timer_key, t);
+    return tls_timer = t;
+}
+
 int pyhv_vcpu_set_deadline(struct pyhv_vcpu *v, uint64_t deadline_ns)
 {
     v->deadline_ns = deadline_ns;
+    struct itimerspec at;
+    memset(&at, 0, sizeof(at));
     if (deadline_ns == 0) {
-        if (v->has_timer) {
-            struct itimerspec off;
-            memset(&off, 0, sizeof(off));
-            timer_settime(v->timer, 0, &off, NULL);
-        }
+        if (tls_timer)
+            timer_settime(tls_timer->id, 0, &at, NULL);   /* disarm */
         return 0;
     }
     if (!kick_signal)
         return -ENOSYS;   /* pyhv_init() was not called */
-    pid_t tid = gettid();
-    if (v->has_timer && v->timer_tid != tid) {
-        timer_delete(v->timer);   /* the vCPU moved to another thread */
-        v->has_timer = 0;
-    }
-    if (!v->has_timer) {
-        struct sigevent sev;
-        memset(&sev, 0, sizeof(sev));
-        sev.sigev_notify = SIGEV_THREAD_ID;
-        sev.sigev_signo = kick_signal;
-        sev.sigev_notify_thread_id = tid;
-        if (timer_create(CLOCK_MONOTONIC, &sev, &v->timer) < 0)
-            return -errno;
-        v->has_timer = 1;
-        v->timer_tid = tid;
-    }
-    struct itimerspec at;
-    memset(&at, 0, sizeof(at));
+    struct thread_timer *t = thread_timer();
+    if (!t)
+        return -errno;
+    /* a late expiry only kicks this thread: the run loop checks the clock before acting */
     at.it_value.tv_sec = (time_t)(deadline_ns / 1000000000ull);
     at.it_value.tv_nsec = (long)(deadline_ns % 1000000000ull);
-    if (timer_settime(v->timer, TIMER_ABSTIME, &at, NULL) < 0)
+    if (timer_settime(t->id, TIMER_ABSTIME, &at, NULL) < 0)
         return -errno;
     return 0;
 }
@@ -418,14 +455,16 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     v->pending = PYHV_PENDING_NONE;
 
     pthread_mutex_lock(&v->kick_lock);
-    v->running_tid = gettid();
+    v->running_tid = current_tid();
     pthread_mutex_unlock(&v->kick_lock);
     tls_run = run;
+    /* timed per call, not per exit: C-completed exits count as guest time */
+    uint64_t started = pyhv_monotonic_ns();
 
     for (;;) {
         tls_kicked = 0;
         __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
-        if (atomic_exchange(&v->cancel_requested, 0)) {
+        if (atomic_load(&v->cancel_requested) && atomic_exchange(&v->cancel_requested, 0)) {
             ex->reason = PYHV_EXIT_CANCELED;
             break;
         }
@@ -433,10 +472,8 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             ex->reason = PYHV_EXIT_TIMEOUT;
             break;
         }
-        uint64_t entered_at = pyhv_monotonic_ns();
         int r = ioctl(v->fd, KVM_RUN, 0);
         int err = errno;
-        v->stats.guest_ns += pyhv_monotonic_ns() - entered_at;
         v->stats.runs++;
         if (r == 0) {
             entered = 1;
@@ -468,15 +505,25 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         /* our kick: the checks at the top decide whether it meant anything */
     }
 
+    v->stats.guest_ns += pyhv_monotonic_ns() - started;
     ex->output_pending = v->nfast ? (uint32_t)output_pending(v) : 0;
     ex->coalesced_pending = (uint32_t)ring_pending(v);
+    ex->bulk_pending = ex->output_pending | ex->coalesced_pending;
     tls_run = NULL;
     pthread_mutex_lock(&v->kick_lock);
     v->running_tid = 0;
     pthread_mutex_unlock(&v->kick_lock);
     if (v->sync_regs && entered)
         v->regs_in_run = 1;   /* the kernel stores them on an interrupted run too */
-    return rc;
+    if (rc < 0)
+        return rc;
+    /* a summary for Python's hot loop, so the common case costs it no field reads */
+    int summary = (int)ex->reason;
+    if (ex->bulk_pending)
+        summary |= PYHV_RUN_BULK;
+    if (ex->reason == PYHV_EXIT_IO && !ex->io_in && ex->io_count == 1)
+        summary |= PYHV_RUN_SINGLE_OUT;
+    return summary;
 }
 
 int pyhv_vcpu_complete_in(struct pyhv_vcpu *v, uint32_t seq, const uint8_t *data, uint32_t len)

@@ -55,8 +55,6 @@ void pyhv_vcpu_destroy(struct pyhv_vcpu *v)
 {
     if (!v)
         return;
-    if (v->has_timer)
-        timer_delete(v->timer);
     for (uint32_t i = 0; i < PYHV_MAX_FAST_PORTS; i++)
         free(v->fast[i].buffer);
     munmap(v->run, v->run_size);

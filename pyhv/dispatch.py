@@ -30,7 +30,7 @@ OutputSink = Callable[[bytes], Any]
 SyscallHandler = Callable[[int, tuple[int, ...]], int | None]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Handler:
     """A registered handler for ``[start, end)`` of a port or MMIO address space."""
 
@@ -133,6 +133,9 @@ _HALT = lib.PYHV_EXIT_HALT
 _INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
 _OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
 _TIMEOUT = lib.PYHV_EXIT_TIMEOUT
+_MISSING = object()
+_BULK = lib.PYHV_RUN_BULK
+_SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
 _LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32, 8: 1 << 64}
 
 
@@ -205,17 +208,31 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
     handled = 0
     started = time.perf_counter()
     bulk = vcpu.partition._deliver_bulk
-    with vcpu._running(timeout) as ptr:
+    port_cache = io._cache if io._cache is not None else {}
+    ptr = vcpu._begin(timeout)
+    try:
         c = vcpu._exit
         run = lib.pyhv_vcpu_run
         find_port, find_mmio = io.find, mmio.find
+        single_out, missing = _SINGLE_OUT, _MISSING
+        h: Any
         while True:
             rc = run(ptr, c)
-            if rc < 0:
+            if rc == single_out:
+                # the hot path, kept inline: one OUT, nothing else pending
+                port = c.io_port
+                h = port_cache.get(port, missing)
+                if h is missing:
+                    h = find_port(port)
+                if h is not None and h.write is not None:
+                    h.write(port, c.io_size, c.io_value)
+                    handled += 1
+                    continue
+            elif rc < 0:
                 raise KvmError(-rc, f"KVM_RUN on vCPU {vcpu.id}")
-            if c.output_pending or c.coalesced_pending:
+            elif rc & _BULK:
                 bulk(vcpu, c)
-            reason = c.reason
+            reason = rc & 0xFF
             if reason == _IO:
                 h = find_port(c.io_port)
                 if h is not None and _serve_io(h, c, ptr):
@@ -238,4 +255,6 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
                 raise Timeout(vcpu, vcpu.regs.snapshot(), timeout or 0.0, handled)
             final = decode(c, vcpu)
             break
+    finally:
+        vcpu._end(ptr, timeout)
     return RunResult(final, handled, time.perf_counter() - started, vcpu)

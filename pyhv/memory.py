@@ -30,6 +30,8 @@ def parse_size(value: int | str) -> int:
     >>> parse_size("16M"), parse_size(4096), parse_size("1GiB")
     (16777216, 4096, 1073741824)
     """
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise InvalidArgument(f"a size must be an int or a string like '16M', not {value!r}")
     if isinstance(value, int):

@@ -33,12 +33,11 @@ user mode or exception reporting (one TSS and stack each).
 
 from __future__ import annotations
 
-import dataclasses
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument
-from .registers import DescriptorTable, Segment
+from .registers import GENERAL_REGISTERS
 
 if TYPE_CHECKING:
     from .partition import Partition
@@ -291,9 +290,16 @@ def check_mode(partition: Partition, mode: str, entry: int, stack: int, exceptio
         check_setup_region(partition, mode in ("long", "user"))
 
 
-def _flat(selector: int, code: bool, long: bool = False, dpl: int = 0) -> Segment:
-    return Segment(base=0, limit=0xFFFFFFFF, selector=selector, type=0xB if code else 0x3,
-                   present=1, s=1, g=1, dpl=dpl, db=0 if long else 1, l=1 if long else 0)
+def _segment(c: Any, selector: int, base: int = 0, limit: int = 0xFFFF, type: int = 3,
+             dpl: int = 0, db: int = 0, s: int = 1, long: int = 0, g: int = 0) -> None:
+    """Fill the C segment ``c`` (present, usable)."""
+    c.base, c.limit, c.selector, c.type, c.present, c.dpl = base, limit, selector, type, 1, dpl
+    c.db, c.s, c.l, c.g, c.avl, c.unusable = db, s, long, g, 0, 0
+
+
+def _flat(c: Any, selector: int, code: bool, long: bool = False, dpl: int = 0) -> None:
+    _segment(c, selector, 0, 0xFFFFFFFF, 0xB if code else 0x3, dpl, 0 if long else 1, 1,
+             1 if long else 0, 1)
 
 
 def setup_vcpu(vcpu: VCpu, mode: str, entry: int, stack: int, exceptions: bool = False,
@@ -304,55 +310,62 @@ def setup_vcpu(vcpu: VCpu, mode: str, entry: int, stack: int, exceptions: bool =
     base = partition.setup_base
     if needs_setup_region(mode, exceptions):
         partition._prepare_setup_region(mode in ("long", "user"))
-    sregs = vcpu.get_sregs()
+    sr = vcpu._load_sregs()           # edited in place: this is on every vCPU's creation path
     rflags = RFLAGS_FIXED | (RFLAGS_IOPL3 if allow_port_io else 0)
     if mode == "real":
         cs_base = entry & 0xF0000
         ss_base = (stack - 1) & 0xF0000
-        data = Segment(base=0, selector=0, type=0x3)
-        new = dataclasses.replace(
-            sregs, cs=Segment(base=cs_base, selector=cs_base >> 4, type=0xB),
-            ds=data, es=data, fs=data, gs=data,
-            ss=Segment(base=ss_base, selector=ss_base >> 4, type=0x3),
-            cr0=sregs.cr0 & ~(CR0_PE | CR0_PG), cr4=0, efer=0,
-            idt=DescriptorTable(base + IVT_OFFSET, VECTORS * 4 - 1) if exceptions
-            else sregs.idt)
-        vcpu.set_sregs(new)
-        vcpu.regs.update(rip=entry - cs_base, rsp=(stack - ss_base) & 0xFFFF, rflags=rflags)
+        _segment(sr.cs, cs_base >> 4, cs_base, type=0xB)
+        for seg in (sr.ds, sr.es, sr.fs, sr.gs):
+            _segment(seg, 0)
+        _segment(sr.ss, ss_base >> 4, ss_base)
+        sr.cr0 &= ~(CR0_PE | CR0_PG)
+        sr.cr4 = sr.efer = 0
+        if exceptions:
+            sr.idt.base, sr.idt.limit = base + IVT_OFFSET, VECTORS * 4 - 1
+        vcpu._store_sregs(sr)
+        _fresh_registers(vcpu, entry - cs_base, (stack - ss_base) & 0xFFFF, rflags)
         return
 
     long_mode = mode in ("long", "user")
-    tr = Segment(base=base + TSS_OFFSET + vcpu.id * TSS_SIZE, limit=TSS_LIMIT,
-                 selector=tss_selector(vcpu.id), type=11, present=1, s=0)
-    cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE
-    cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT
-    efer = 0
-    if long_mode:
-        cr0 |= CR0_PG | CR0_WP
-        cr4 |= CR4_PAE
-        efer = EFER_LME | EFER_LMA | EFER_SCE
+    _segment(sr.tr, tss_selector(vcpu.id), base + TSS_OFFSET + vcpu.id * TSS_SIZE, TSS_LIMIT,
+             type=11, s=0)
     if mode == "user":
-        code = _flat(USER_CODE64_SELECTOR, True, long=True, dpl=3)
-        data = _flat(USER_DATA_SELECTOR, False, dpl=3)
-    elif mode == "long":
-        code, data = _flat(CODE64_SELECTOR, True, long=True), _flat(DATA_SELECTOR, False)
+        _flat(sr.cs, USER_CODE64_SELECTOR, True, long=True, dpl=3)
+        data, data_dpl = USER_DATA_SELECTOR, 3
     else:
-        code, data = _flat(CODE32_SELECTOR, True), _flat(DATA_SELECTOR, False)
+        _flat(sr.cs, CODE64_SELECTOR if long_mode else CODE32_SELECTOR, True, long=long_mode)
+        data, data_dpl = DATA_SELECTOR, 0
+    for seg in (sr.ds, sr.es, sr.fs, sr.gs, sr.ss):
+        _flat(seg, data, False, dpl=data_dpl)
+    sr.gdt.base, sr.gdt.limit = base + GDT_OFFSET, TSS_SELECTOR_BASE + 16 * MAX_STUB_VCPUS - 1
     if mode == "user" or exceptions:
-        idt = (DescriptorTable(base + IDT64_OFFSET, VECTORS * 16 - 1) if long_mode
-               else DescriptorTable(base + IDT32_OFFSET, VECTORS * 8 - 1))
+        sr.idt.base = base + (IDT64_OFFSET if long_mode else IDT32_OFFSET)
+        sr.idt.limit = VECTORS * (16 if long_mode else 8) - 1
     else:
-        idt = DescriptorTable(0, 0)
-    new = dataclasses.replace(
-        sregs, cs=code, ds=data, es=data, fs=data, gs=data, ss=data, tr=tr,
-        gdt=DescriptorTable(base + GDT_OFFSET, TSS_SELECTOR_BASE + 16 * MAX_STUB_VCPUS - 1),
-        idt=idt, cr0=cr0, cr3=base + PAGE_TABLES_OFFSET if long_mode else 0, cr4=cr4,
-        efer=efer)
-    vcpu.set_sregs(new)
+        sr.idt.base, sr.idt.limit = 0, 0
+    sr.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE
+    sr.cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT
+    sr.cr3 = sr.efer = 0
+    if long_mode:
+        sr.cr0 |= CR0_PG | CR0_WP
+        sr.cr4 |= CR4_PAE
+        sr.cr3 = base + PAGE_TABLES_OFFSET
+        sr.efer = EFER_LME | EFER_LMA | EFER_SCE
+    vcpu._store_sregs(sr)
     if long_mode:
         vcpu.set_msrs({MSR_STAR: USER_CODE32_SELECTOR << 48 | CODE64_SELECTOR << 32,
                        MSR_LSTAR: base + SYSCALL_STUB, MSR_SFMASK: SFMASK})
-    vcpu.regs.update(rip=entry, rsp=stack, rflags=rflags)
+    _fresh_registers(vcpu, entry, stack, rflags)
+
+
+def _fresh_registers(vcpu: VCpu, rip: int, rsp: int, rflags: int) -> None:
+    """Every general register zero but RIP, RSP and RFLAGS (one write, nothing read)."""
+    regs = vcpu._regs_c
+    for name in GENERAL_REGISTERS:
+        setattr(regs, name, 0)
+    regs.rip, regs.rsp, regs.rflags = rip, rsp, rflags
+    vcpu._store_regs(regs)
 
 
 def stub_range(base: int) -> tuple[int, int]:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import threading
 import weakref
@@ -305,11 +304,15 @@ class Partition:
         limit = self.hypervisor.capability("KVM_CAP_MAX_VCPUS") or 1
         if vcpu_id >= limit:
             raise InvalidArgument(f"KVM allows {limit} vCPUs per partition")
-        table = list(self.hypervisor.supported_cpuid() if cpuid is None else cpuid)
+        table = None if cpuid is None else list(cpuid)
         vcpu = VCpu(self, vcpu_id)
         self._next_vcpu_id += 1
         try:
-            vcpu.set_cpuid(_with_apic_id(table, vcpu_id) if cpuid is None else table)
+            if table is None:
+                buf, n = self.hypervisor._vcpu_cpuid(vcpu_id)
+                check_rc(lib.pyhv_vcpu_set_cpuid(vcpu._handle(), buf, n), "KVM_SET_CPUID2")
+            else:
+                vcpu.set_cpuid(table)
             setup_vcpu(vcpu, mode, entry, stack, exceptions, allow_port_io)
             vcpu.mode = mode
             if mode == "user" or exceptions:
@@ -493,14 +496,14 @@ class Partition:
         if c.coalesced_pending and self._coalesced:
             self._drain_coalesced(vcpu)
         if c.output_pending:
-            buf = vcpu._output_buffer
+            buf = vcpu._bulk_buffers()[0]
             for port, write in self._outputs.items():
                 n = lib.pyhv_vcpu_take_output(vcpu._handle(), port, buf, len(buf))
                 if n > 0:
                     write(ffi.buffer(buf, n)[:])
 
     def _drain_coalesced(self, vcpu: VCpu) -> None:
-        entries = vcpu._coalesced_buffer
+        entries = vcpu._bulk_buffers()[1]
         with self._ring_lock:                  # one ring per VM, shared by its vCPUs
             while True:
                 n = lib.pyhv_vcpu_drain_coalesced(vcpu._handle(), entries, len(entries))
@@ -641,16 +644,3 @@ class Doorbell:
     def __repr__(self) -> str:
         where = f"port {self.address:#x}" if self.io else f"GPA {self.address:#x}"
         return f"<pyhv.Doorbell {where} size={self.size}>"
-
-
-def _with_apic_id(table: list[CpuidEntry], vcpu_id: int) -> list[CpuidEntry]:
-    """CPUID with this vCPU's APIC ID in leaf 1 EBX[31:24] and leaves 0xB/0x1F EDX."""
-    out = []
-    for e in table:
-        if e.function == 1:
-            e = dataclasses.replace(e, ebx=(e.ebx & 0x00FFFFFF) | (vcpu_id & 0xFF) << 24)
-        elif e.function in (0xB, 0x1F):
-            e = dataclasses.replace(e, edx=vcpu_id)
-        out.append(e)
-    return out
-

@@ -14,6 +14,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ._ffi import ffi, lib
 from .errors import HypervisorUnavailable, KvmError, MissingCapability, check_rc
@@ -129,6 +130,9 @@ class Hypervisor:
             self.close()
             raise
         self._cpuid: tuple[CpuidEntry, ...] | None = None
+        self._caps: dict[int, int] = {}
+        self._phys_bits: int | None = None
+        self._cpuid_template: tuple[Any, int, tuple[int, ...]] | None = None
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -153,8 +157,10 @@ class Hypervisor:
     def capability(self, name: str | int) -> int:
         """The value of a ``KVM_CAP_*`` capability (0 when absent), by name or number."""
         number = getattr(lib, name) if isinstance(name, str) else name
-        rc = lib.pyhv_check_extension(self.fd, number)
-        return max(rc, 0)
+        value = self._caps.get(number)
+        if value is None:        # the system fd's answers never change: ask once
+            value = self._caps[number] = max(lib.pyhv_check_extension(self.fd, number), 0)
+        return value
 
     def require(self, name: str, needed_for: str) -> int:
         """Like :meth:`capability`, but raise :class:`MissingCapability` when absent."""
@@ -181,10 +187,30 @@ class Hypervisor:
 
     def guest_phys_bits(self) -> int:
         """Guest-physical address width (CPUID 0x80000008 EAX[7:0]); 36 if KVM hides it."""
-        for e in self.supported_cpuid():
-            if e.function == 0x80000008:
-                return (e.eax & 0xFF) or 36
-        return 36
+        if self._phys_bits is None:
+            self._phys_bits = next((e.eax & 0xFF for e in self.supported_cpuid()
+                                    if e.function == 0x80000008), 0) or 36
+        return self._phys_bits
+
+    def _vcpu_cpuid(self, vcpu_id: int) -> tuple[Any, int]:
+        """The supported CPUID table as a C array for vCPU ``vcpu_id``, its APIC ID in leaf 1
+        EBX[31:24] and leaves 0xB/0x1F EDX (built once, copied per vCPU)."""
+        if self._cpuid_template is None:
+            table = self.supported_cpuid()
+            template = ffi.new("struct pyhv_cpuid_entry[]", max(len(table), 1))
+            for i, e in enumerate(table):
+                template[i] = (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+            id_leaves = tuple(i for i, e in enumerate(table) if e.function in (1, 0xB, 0x1F))
+            self._cpuid_template = (template, len(table), id_leaves)
+        template, n, id_leaves = self._cpuid_template
+        buf = ffi.new("struct pyhv_cpuid_entry[]", max(n, 1))
+        ffi.memmove(buf, template, ffi.sizeof(template))
+        for i in id_leaves:
+            if buf[i].function == 1:
+                buf[i].ebx = (buf[i].ebx & 0x00FFFFFF) | (vcpu_id & 0xFF) << 24
+            else:
+                buf[i].edx = vcpu_id
+        return buf, n
 
     def info(self) -> Capabilities:
         """Everything :func:`check` reports, for this handle."""

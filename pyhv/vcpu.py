@@ -7,12 +7,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ if TYPE_CHECKING:
 _INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
 _TIMEOUT = lib.PYHV_EXIT_TIMEOUT
 _OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
+_BULK = lib.PYHV_RUN_BULK
 _MASK64 = (1 << 64) - 1
 
 
@@ -48,8 +48,8 @@ class VCpuStats:
 
     ``exits_in_c`` were completed by the C core (buffered and constant ports, debug-exit)
     without reaching Python; ``exits_to_python`` were handed to Python.  ``guest_seconds`` is
-    the time inside KVM_RUN; ``host_seconds`` the rest of the time inside ``run`` calls
-    (C and Python handling, handlers included).
+    the time in the C run loop (the guest, and exits completed in C); ``host_seconds`` the
+    rest of the time inside ``run`` calls (Python's handling, handlers included).
     """
 
     runs: int
@@ -97,9 +97,9 @@ class VCpu:
         self._run_lock = threading.Lock()
         self._run_thread: int | None = None
         self._stats_c = ffi.new("struct pyhv_stats *")
-        self._output_buffer = ffi.new("uint8_t[]", lib.PYHV_OUTPUT_BUFFER)
-        self._coalesced_buffer = ffi.new("struct pyhv_coalesced_write[]", 256)
+        self._buffers: tuple[Any, Any] | None = None   # made on first bulk delivery
         self._run_seconds = 0.0
+        self._run_started = 0.0
         # pyhv's exception/syscall stubs (user mode, exceptions=True): halts in their page
         self._stubs = False
         self._stub_lo, self._stub_hi = partition.setup_base, partition.setup_base
@@ -141,8 +141,9 @@ class VCpu:
         return f"<pyhv.VCpu {self.id} {state}>"
 
     # -- running --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _running(self, timeout: float | None) -> Iterator[Any]:
+    def _begin(self, timeout: float | None) -> Any:
+        """Claim the vCPU for a run on this thread and arm the timeout; returns its handle.
+        Every successful call is paired with :meth:`_end` (callers use try/finally)."""
         ptr = self._handle()
         if not self._run_lock.acquire(blocking=False):
             raise HypervisorError(f"vCPU {self.id} is already running on another thread")
@@ -153,16 +154,19 @@ class VCpu:
             if timeout is not None:
                 deadline = lib.pyhv_monotonic_ns() + int(timeout * 1e9)
                 check_rc(lib.pyhv_vcpu_set_deadline(ptr, deadline), "arming the run timeout")
-            started = time.perf_counter()
-            try:
-                yield ptr
-            finally:
-                self._run_seconds += time.perf_counter() - started
-                if timeout is not None:
-                    lib.pyhv_vcpu_set_deadline(ptr, 0)
-        finally:
+        except BaseException:
             self._run_thread = None
             self._run_lock.release()
+            raise
+        self._run_started = time.perf_counter()
+        return ptr
+
+    def _end(self, ptr: Any, timeout: float | None) -> None:
+        self._run_seconds += time.perf_counter() - self._run_started
+        if timeout is not None:
+            lib.pyhv_vcpu_set_deadline(ptr, 0)
+        self._run_thread = None
+        self._run_lock.release()
 
     def _enter(self, ptr: Any) -> Any:
         """Run to the next exit Python must see; returns the filled exit struct.
@@ -174,9 +178,9 @@ class VCpu:
             rc = lib.pyhv_vcpu_run(ptr, c)
             if rc < 0:
                 raise KvmError(-rc, f"KVM_RUN on vCPU {self.id}")
-            if c.output_pending or c.coalesced_pending:
+            if rc & _BULK:
                 self.partition._deliver_bulk(self, c)
-            reason = c.reason
+            reason = rc & 0xFF
             if reason != _INTERRUPTED and reason != _OUTPUT_FULL:
                 return c
             # a signal for Python (Ctrl-C...) has its handler run here, between bytecodes
@@ -189,11 +193,21 @@ class VCpu:
         :class:`pyhv.exits.Canceled`.
         """
         timeout = _validate_timeout(timeout)
-        with self._running(timeout) as ptr:
+        ptr = self._begin(timeout)
+        try:
             c = self._enter(ptr)
             if c.reason == _TIMEOUT:
                 raise Timeout(self, self.regs.snapshot(), timeout or 0.0)
             return decode(c, self)
+        finally:
+            self._end(ptr, timeout)
+
+    def _bulk_buffers(self) -> tuple[Any, Any]:
+        """Where this vCPU receives buffered-port output and coalesced writes."""
+        if self._buffers is None:
+            self._buffers = (ffi.new("uint8_t[]", lib.PYHV_OUTPUT_BUFFER),
+                             ffi.new("struct pyhv_coalesced_write[]", 256))
+        return self._buffers
 
     def _halt_exit(self, c: Any) -> Exit:
         """A halt, or, in pyhv's stub page, the guest exception or syscall it stands for."""
@@ -270,17 +284,23 @@ class VCpu:
     def _store_regs(self, regs: Any) -> None:
         check_rc(lib.pyhv_vcpu_set_regs(self._handle(), regs), "KVM_SET_REGS")
 
+    def _load_sregs(self) -> Any:
+        check_rc(lib.pyhv_vcpu_get_sregs(self._handle(), self._sregs_c), "KVM_GET_SREGS")
+        return self._sregs_c
+
+    def _store_sregs(self, c: Any) -> None:
+        check_rc(lib.pyhv_vcpu_set_sregs(self._handle(), c), "KVM_SET_SREGS",
+                 "the kernel refused this segment/control register combination")
+
     def get_sregs(self) -> SpecialRegs:
         """The special registers as a frozen :class:`pyhv.SpecialRegs`."""
-        check_rc(lib.pyhv_vcpu_get_sregs(self._handle(), self._sregs_c), "KVM_GET_SREGS")
-        return sregs_from_c(self._sregs_c)
+        return sregs_from_c(self._load_sregs())
 
     def set_sregs(self, sregs: SpecialRegs) -> None:
         """Load every special register from ``sregs``."""
         c = ffi.new("struct pyhv_sregs *")
         sregs_to_c(sregs, c)
-        check_rc(lib.pyhv_vcpu_set_sregs(self._handle(), c), "KVM_SET_SREGS",
-                 "the kernel refused this segment/control register combination")
+        self._store_sregs(c)
 
     @property
     def fpu(self) -> Fpu:

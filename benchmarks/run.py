@@ -1,0 +1,325 @@
+"""pyhv benchmarks: every row is measured side by side with its reference, in the same run.
+
+    python benchmarks/run.py                 # print the table
+    python benchmarks/run.py --json out.json # and write the rows as JSON
+    python benchmarks/run.py --quick         # fewer repeats (a smoke run)
+
+Each row: ``name``, ``value`` (pyhv), ``unit``, ``reference`` (the same work done the
+reference way), ``ratio`` (value / reference) and ``target`` (the ratio pyhv aims to stay
+under, or null).  The C references are built from ``benchmarks/c/reference.c`` here; the
+Unicorn rows need ``pip install unicorn`` (the ``bench`` extra) and are skipped without it.
+Timings are the best of several interleaved repeats: the machines are shared and noisy, and
+the minimum is the least disturbed estimate of each side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyhv
+from pyhv.testing import assemble
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build"
+
+EXIT_PORT = 0x510
+CODE = 0x1000
+PAYLOAD = 0x100000
+
+
+@dataclass
+class Row:
+    name: str
+    value: float | None
+    unit: str
+    reference: float | None
+    ratio: float | None
+    target: float | None
+    note: str = ""
+
+
+def build_reference() -> ctypes.CDLL:
+    """Compile the raw C loops (benchmarks/c/reference.c) and load them."""
+    BUILD.mkdir(exist_ok=True)
+    source = HERE / "c" / "reference.c"
+    library = BUILD / "libreference.so"
+    if not library.exists() or library.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", str(library),
+                        str(source)], check=True)
+    lib = ctypes.CDLL(str(library))
+    lib.ref_run_to_halt.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.ref_run_to_halt.restype = ctypes.c_long
+    lib.ref_create_run_destroy.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64,
+                                           ctypes.c_uint64, ctypes.c_int]
+    lib.ref_create_run_destroy.restype = ctypes.c_long
+    return lib
+
+
+def best(pairs: int, first: Callable[[], float], second: Callable[[], float]) -> tuple[float,
+                                                                                     float]:
+    """Best (lowest) time of each of two measurements, run alternately ``pairs`` times."""
+    a, b = [], []
+    for _ in range(pairs):
+        a.append(first())
+        b.append(second())
+    return min(a), min(b)
+
+
+def row(name: str, value: float, unit: str, reference: float, target: float | None,
+        note: str = "") -> Row:
+    return Row(name, value, unit, reference, value / reference, target, note)
+
+
+# -- exits --------------------------------------------------------------------------------
+def out_loop(count: int) -> bytes:
+    """Long-mode guest: `count` OUTs to EXIT_PORT, then hlt."""
+    return assemble(f"mov ${EXIT_PORT:#x}, %dx\nmov ${count}, %ecx\n"
+                    "1: out %eax, %dx\nloop 1b\nhlt", origin=CODE)
+
+
+def bench_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
+    count = 3000
+    part = pyhv.Partition(memory="16M")
+    part.memory.write(CODE, out_loop(count))
+    cpu = part.create_vcpu(mode="long", entry=CODE)
+    start = cpu.regs.snapshot()
+    mmap_size = part.hypervisor.vcpu_mmap_size
+    fd = pyhv._ffi.lib.pyhv_vcpu_fd(cpu._handle())
+    seen = [0]
+
+    def on_out(port: int, size: int, value: int) -> None:
+        seen[0] += 1
+
+    def raw_c() -> float:
+        cpu.regs.load(start)
+        began = time.perf_counter()
+        outs = ref.ref_run_to_halt(fd, mmap_size)
+        took = time.perf_counter() - began
+        assert outs == count, outs
+        return took / count
+
+    def python_handled() -> float:
+        cpu.regs.load(start)
+        seen[0] = 0
+        result = part.run(timeout=60)
+        assert result.halted and seen[0] == count
+        return result.elapsed / count
+
+    handler = part.add_io_handler(EXIT_PORT, write=on_out)
+    py, c = best(repeats, python_handled, raw_c)
+    rows = [row("exit_python_vs_c", py * 1e6, "us/exit", c * 1e6, 1.15,
+                "port OUT handled by a Python handler vs a raw C KVM_RUN loop, same vCPU")]
+    part.remove_handler(handler)
+
+    collected = bytearray()
+    part.add_buffered_port(EXIT_PORT, collected.extend)
+
+    def c_fast() -> float:
+        cpu.regs.load(start)
+        collected.clear()
+        result = part.run(timeout=60)
+        assert result.halted and len(collected) == 4 * count
+        return result.elapsed / count
+
+    fast, c = best(repeats, c_fast, raw_c)
+    rows.append(row("exit_cfast_vs_c", fast * 1e6, "us/exit", c * 1e6, 1.03,
+                    "port OUT completed by pyhv's C core (buffered port) vs the raw C loop"))
+    part.close()
+    return rows
+
+
+# -- create, run, destroy -----------------------------------------------------------------
+def bench_lifecycle(ref: ctypes.CDLL, repeats: int) -> tuple[Row, float]:
+    n = 40
+    halt = b"\xf4"
+
+    def with_pyhv() -> float:
+        began = time.perf_counter()
+        for _ in range(n):
+            with pyhv.Partition(memory="1M") as part:
+                part.memory.write(CODE, halt)
+                part.create_vcpu(mode="real", entry=CODE).run()
+        return (time.perf_counter() - began) / n
+
+    def raw_c() -> float:
+        began = time.perf_counter()
+        rc = ref.ref_create_run_destroy(halt, 1, CODE, 1 << 20, n)
+        assert rc == 0, rc
+        return (time.perf_counter() - began) / n
+
+    py, c = best(repeats, with_pyhv, raw_c)
+    return row("create_run_destroy_vs_c", py * 1e3, "ms/cycle", c * 1e3, 1.1,
+               "1 MiB real-mode guest: create, run to hlt, destroy; C sets CPUID too"), py
+
+
+# -- compute at CPL3 ----------------------------------------------------------------------
+ITERATIONS = 100_000_000
+COMPUTE = ("mov ${n}, %rcx\nxor %eax, %eax\n"
+           "1: add %rcx, %rax\nimul $3, %rax\nror $7, %rax\ndec %rcx\njnz 1b\n")
+
+
+def bench_compute(repeats: int) -> tuple[Row, float]:
+    part = pyhv.Partition(memory="16M")
+    part.memory.write(PAYLOAD, assemble(COMPUTE.format(n=ITERATIONS) + "int3", origin=PAYLOAD))
+    cpu = part.create_vcpu(mode="user", entry=PAYLOAD)
+    start, start_sregs = cpu.regs.snapshot(), cpu.get_sregs()   # back to CPL3 each time
+
+    code = assemble(COMPUTE.format(n=ITERATIONS) + "ret")
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(code)
+    native_fn = ctypes.CFUNCTYPE(ctypes.c_uint64)(
+        ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    answer = []
+
+    def in_guest() -> float:
+        cpu.set_sregs(start_sregs)
+        cpu.regs.load(start)
+        began = time.perf_counter()
+        ex = cpu.run(timeout=120)
+        took = time.perf_counter() - began
+        assert isinstance(ex, pyhv.exits.GuestException) and ex.vector == 3, ex
+        answer.append(cpu.regs.rax)
+        return took
+
+    def native() -> float:
+        began = time.perf_counter()
+        answer.append(native_fn())
+        return time.perf_counter() - began
+
+    guest, host = best(repeats, in_guest, native)
+    assert len(set(answer)) == 1, "guest and host computed different results"
+    part.close()
+    per = 1e9 / ITERATIONS
+    return row("cpl3_compute_vs_native", guest * per, "ns/iter", host * per, 1.05,
+               "a 5-instruction loop at CPL3 in user mode vs the same bytes run on the host"), \
+        guest * per
+
+
+# -- Unicorn ------------------------------------------------------------------------------
+def bench_unicorn(repeats: int, pyhv_cycle: float, pyhv_iter_ns: float,
+                  pyhv_exit_us: float) -> list[Row]:
+    try:
+        import unicorn
+        from unicorn import x86_const as x86
+    except ImportError:
+        note = "skipped: pip install unicorn (or pip install -e '.[bench]')"
+        return [Row(n, None, u, None, None, None, note) for n, u in (
+            ("unicorn_create_run", "ms/cycle"), ("unicorn_compute", "ns/iter"),
+            ("unicorn_port_out_hook", "us/exit"))]
+
+    def create_run() -> float:
+        n = 40
+        began = time.perf_counter()
+        for _ in range(n):
+            uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_16)
+            uc.mem_map(0, 1 << 20)
+            uc.mem_write(CODE, b"\xf4")
+            uc.emu_start(CODE, CODE + 0x100)
+            del uc
+        return (time.perf_counter() - began) / n
+
+    n_compute = 2_000_000
+    code64 = assemble(COMPUTE.format(n=n_compute) + "hlt", origin=PAYLOAD)
+
+    def compute() -> float:
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        uc.mem_map(PAYLOAD, 0x10000)
+        uc.mem_write(PAYLOAD, code64)
+        began = time.perf_counter()
+        uc.emu_start(PAYLOAD, PAYLOAD + len(code64))
+        return (time.perf_counter() - began) / n_compute
+
+    outs = 3000
+    out_code = assemble(f"mov ${EXIT_PORT:#x}, %dx\nmov ${outs}, %ecx\n"
+                        "1: out %eax, %dx\nloop 1b\nhlt", origin=PAYLOAD)
+
+    def port_hook() -> float:
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        uc.mem_map(PAYLOAD, 0x10000)
+        uc.mem_write(PAYLOAD, out_code)
+        seen = [0]
+
+        def on_out(uc_: object, port: int, size: int, value: int, user: object) -> None:
+            seen[0] += 1
+
+        uc.hook_add(unicorn.UC_HOOK_INSN, on_out, None, 1, 0, x86.UC_X86_INS_OUT)
+        began = time.perf_counter()
+        uc.emu_start(PAYLOAD, PAYLOAD + len(out_code))
+        took = time.perf_counter() - began
+        assert seen[0] == outs
+        return took / outs
+
+    def fastest(fn: Callable[[], float]) -> float:
+        return min(fn() for _ in range(max(repeats // 4, 2)))
+
+    return [
+        row("unicorn_create_run", pyhv_cycle * 1e3, "ms/cycle", fastest(create_run) * 1e3,
+            None, "pyhv create+run+destroy vs Unicorn create+run of the same 1-byte guest"),
+        row("unicorn_compute", pyhv_iter_ns, "ns/iter", fastest(compute) * 1e9, None,
+            "pyhv user-mode loop vs the same loop under Unicorn's JIT"),
+        row("unicorn_port_out_hook", pyhv_exit_us, "us/exit", fastest(port_hook) * 1e6, None,
+            "pyhv Python-handled OUT vs a Unicorn UC_HOOK_INSN Python hook on OUT"),
+    ]
+
+
+# -- output -------------------------------------------------------------------------------
+def describe_host() -> str:
+    caps = pyhv.check()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    return (f"pyhv {pyhv.__version__}; backend {caps.backend} "
+            f"({'hardware' if caps.hardware else 'software'} KVM); {cpu}; "
+            f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
+
+
+def table(rows: list[Row]) -> str:
+    lines = [f"{'name':26} {'pyhv':>10} {'reference':>10} {'unit':9} {'ratio':>7} "
+             f"{'target':>7}  verdict"]
+    for r in rows:
+        if r.value is None:
+            lines.append(f"{r.name:26} {'-':>10} {'-':>10} {r.unit:9} {'-':>7} {'-':>7}  "
+                         f"{r.note}")
+            continue
+        verdict = "" if r.target is None else ("ok" if r.ratio <= r.target else "MISSED")
+        target = "-" if r.target is None else f"{r.target:.2f}"
+        lines.append(f"{r.name:26} {r.value:10.3f} {r.reference:10.3f} {r.unit:9} "
+                     f"{r.ratio:7.3f} {target:>7}  {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args(argv)
+    repeats = 2 if args.quick else 21
+
+    print(describe_host(), flush=True)
+    ref = build_reference()
+    rows = bench_exits(ref, repeats)
+    lifecycle, cycle = bench_lifecycle(ref, max(repeats // 2, 2))
+    compute, iter_ns = bench_compute(max(repeats // 4, 2))
+    rows += [lifecycle, compute]
+    rows += bench_unicorn(repeats, cycle, iter_ns, rows[0].value or 0.0)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{k: v for k, v in asdict(r).items() if k != "note"} for r in rows], f,
+                      indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
