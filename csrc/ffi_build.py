@@ -14,7 +14,7 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["system.c", "partition.c", "vcpu.c", "run.c"]
+SOURCES = ["system.c", "partition.c", "vcpu.c", "run.c", "state.c"]
 
 KVM_CONSTANTS = [
     # capabilities pyhv checks or reports

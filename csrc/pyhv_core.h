@@ -144,6 +144,31 @@ struct pyhv_cpuid_entry {
     uint32_t eax, ebx, ecx, edx;
 };
 
+/* A vCPU's whole architectural state, as the kernel's own structures (opaque bytes to
+   Python, stored in snapshots).  `present` says which parts the kernel provided. */
+enum pyhv_state_parts {
+    PYHV_STATE_VERSION = 1,
+    PYHV_STATE_MAX_MSRS = 256,
+    PYHV_HAS_XSAVE = 1, PYHV_HAS_XCRS = 2, PYHV_HAS_DEBUGREGS = 4, PYHV_HAS_EVENTS = 8,
+    PYHV_HAS_MP_STATE = 16, PYHV_HAS_LAPIC = 32
+};
+struct pyhv_vcpu_state {
+    uint32_t version;
+    uint32_t present;
+    uint8_t regs[144];                 /* struct kvm_regs */
+    uint8_t sregs[312];                /* struct kvm_sregs */
+    uint8_t fpu[416];                  /* struct kvm_fpu, where XSAVE is missing */
+    uint8_t xsave[4096];               /* struct kvm_xsave */
+    uint8_t xcrs[392];                 /* struct kvm_xcrs */
+    uint8_t debugregs[128];            /* struct kvm_debugregs */
+    uint8_t events[64];                /* struct kvm_vcpu_events */
+    uint8_t lapic[1024];               /* struct kvm_lapic_state */
+    uint32_t mp_state;
+    uint32_t nmsrs;
+    uint32_t msr_index[256];
+    uint64_t msr_value[256];
+};
+
 /* Opaque: one per vCPU fd, owns the mmapped run area. */
 struct pyhv_vcpu;
 
@@ -211,6 +236,31 @@ int pyhv_vcpu_drain_coalesced(struct pyhv_vcpu *vcpu, struct pyhv_coalesced_writ
 int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);
 void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
 
+/* whole-state save and load; save first completes a pending IN/MMIO read (KVM_RUN with
+   immediate_exit), load first discards one, so neither straddles an exit */
+int pyhv_vcpu_save_state(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t nmsrs,
+                         struct pyhv_vcpu_state *out);
+int pyhv_vcpu_load_state(struct pyhv_vcpu *vcpu, const struct pyhv_vcpu_state *in);
+/* which of these MSRs KVM lets this vCPU read and write back: their indices go to ok
+   (returns the count) */
+int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t n,
+                            uint32_t *ok);
+
+/* memory images: copy the pages whose bit is set in `pages` (then clear the bits); returns
+   how many were copied */
+int64_t pyhv_copy_pages(uint8_t *dst, const uint8_t *src, uint64_t *pages, uint64_t npages);
+/* accumulate KVM's dirty log of a slot into `pages` (scratch: a bitmap of the same size) */
+int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64_t *scratch,
+                               uint64_t npages);
+/* set bit i of `pages` for each resident host page of [addr, addr + npages pages) */
+int pyhv_memory_resident(const void *addr, uint64_t npages, uint64_t *pages);
+/* set `count` bits from bit `first` */
+void pyhv_bitmap_set(uint64_t *bitmap, uint64_t first, uint64_t count);
+/* OR `words` words of src into dst, then clear src */
+void pyhv_bitmap_move(uint64_t *dst, uint64_t *src, uint64_t words);
+/* clear the bits of pages that hold only zero bytes; returns how many remain */
+int64_t pyhv_pages_drop_zero(const uint8_t *addr, uint64_t *pages, uint64_t npages);
+
 /* running: -errno, or a summary of the exit: its reason | the PYHV_RUN_* flags that apply */
 enum pyhv_run_flags {
     PYHV_RUN_BULK = 0x100,        /* bulk_pending is set */
@@ -226,6 +276,8 @@ int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t v
 int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);
 /* from any thread: stop the current or the next run of this vCPU */
 void pyhv_vcpu_cancel(struct pyhv_vcpu *vcpu);
+/* forget a cancel that no run has consumed yet */
+void pyhv_vcpu_clear_cancel(struct pyhv_vcpu *vcpu);
 uint64_t pyhv_monotonic_ns(void);
 
 /* cdef end */

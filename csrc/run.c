@@ -158,6 +158,11 @@ void pyhv_vcpu_cancel(struct pyhv_vcpu *v)
     pthread_mutex_unlock(&v->kick_lock);
 }
 
+void pyhv_vcpu_clear_cancel(struct pyhv_vcpu *v)
+{
+    atomic_store(&v->cancel_requested, 0);
+}
+
 static void decode_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;

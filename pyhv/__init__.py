@@ -24,16 +24,21 @@ from .errors import (
     KvmError,
     MissingCapability,
     OverlapError,
+    PoisonedError,
     SlotOverlapError,
     StaleExitError,
+    StateError,
     Timeout,
     UnhandledExit,
 )
+from .lifecycle import PartitionState
 from .memory import GuestMemory, MemorySlot, parse_size
-from .partition import Partition
+from .partition import Doorbell, Partition
+from .pool import PartitionPool
 from .registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
+from .snapshot import Snapshot, SnapshotFormatError
 from .system import Capabilities, CpuidEntry, Hypervisor, check
-from .vcpu import VCpu
+from .vcpu import VCpu, VCpuStats
 
 try:
     from ._version import version as __version__
@@ -42,6 +47,14 @@ except ImportError:  # pragma: no cover - running from a tree that was never bui
 
 __all__ = [
     "Capabilities",
+    "Doorbell",
+    "PartitionPool",
+    "PartitionState",
+    "PoisonedError",
+    "Snapshot",
+    "SnapshotFormatError",
+    "StateError",
+    "VCpuStats",
     "ClosedError",
     "CpuidEntry",
     "DescriptorTable",

@@ -6,8 +6,8 @@ try:
     from ._core import ffi, lib
 except ImportError as exc:  # pragma: no cover - only in a broken install
     raise ImportError(
-        "pyhv's C core (pyhv._core) is not built; install pyhv with "
-        "`pip install .` (or `pip install -e .`) so that setuptools compiles csrc/"
+        f"pyhv's C core (pyhv._core) cannot be loaded ({exc}); if it was never built, install "
+        "pyhv with `pip install .` (or `pip install -e .`) so that setuptools compiles csrc/"
     ) from exc
 
 KICK_SIGNAL = lib.pyhv_init()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import InvalidArgument, KvmError, OverlapError, StaleExitError, Timeout, UnhandledExit
-from .exits import Exit, Halt, Syscall, decode, encode_answer
+from .exits import CLEAN_ENDS, Exit, Halt, Syscall, decode, encode_answer
 
 if TYPE_CHECKING:
     from .vcpu import VCpu
@@ -133,6 +133,7 @@ _HALT = lib.PYHV_EXIT_HALT
 _INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
 _OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
 _TIMEOUT = lib.PYHV_EXIT_TIMEOUT
+_CANCELED = lib.PYHV_EXIT_CANCELED
 _MISSING = object()
 _BULK = lib.PYHV_RUN_BULK
 _SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
@@ -188,16 +189,18 @@ def _serve_mmio(h: Handler, c: Any, ptr: Any) -> bool:
     return True
 
 
-def _serve_syscall(vcpu: VCpu, c: Any, handler: SyscallHandler | None) -> Exit | None:
-    """A halt in pyhv's stubs: serve a syscall with ``handler``; else the exit to return."""
+def _serve_syscall(vcpu: VCpu, c: Any,
+                   handler: SyscallHandler | None) -> tuple[Exit | None, bool]:
+    """A halt in pyhv's stubs: serve a syscall with ``handler``.  Returns (None, _) when
+    served, else (the exit that ends the run, whether the handler chose to end it)."""
     ex = vcpu._halt_exit(c)
     if handler is None or not isinstance(ex, Syscall):
-        return ex
+        return ex, isinstance(ex, Halt)
     result = handler(ex.nr, ex.args)
     if result is None:
-        return ex
+        return ex, True
     ex.complete(result)
-    return None
+    return None, True
 
 
 def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
@@ -209,7 +212,9 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
     started = time.perf_counter()
     bulk = vcpu.partition._deliver_bulk
     port_cache = io._cache if io._cache is not None else {}
+    life = vcpu.partition._life
     ptr = vcpu._begin(timeout)
+    handling = False       # an exception raised while handling an exit poisons the partition
     try:
         c = vcpu._exit
         run = lib.pyhv_vcpu_run
@@ -218,6 +223,7 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
         h: Any
         while True:
             rc = run(ptr, c)
+            handling = True
             if rc == single_out:
                 # the hot path, kept inline: one OUT, nothing else pending
                 port = c.io_port
@@ -227,34 +233,52 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
                 if h is not None and h.write is not None:
                     h.write(port, c.io_size, c.io_value)
                     handled += 1
+                    handling = False
                     continue
             elif rc < 0:
                 raise KvmError(-rc, f"KVM_RUN on vCPU {vcpu.id}")
             elif rc & _BULK:
                 bulk(vcpu, c)
             reason = rc & 0xFF
+            clean = False
             if reason == _IO:
                 h = find_port(c.io_port)
                 if h is not None and _serve_io(h, c, ptr):
                     handled += 1
+                    handling = False
                     continue
             elif reason == _MMIO:
                 h = find_mmio(c.mmio_gpa)
                 if h is not None and _serve_mmio(h, c, ptr):
                     handled += 1
+                    handling = False
                     continue
             elif reason == _HALT and vcpu._stubs:
-                final = _serve_syscall(vcpu, c, syscall)
+                final, clean = _serve_syscall(vcpu, c, syscall)
                 if final is None:
                     handled += 1
+                    handling = False
                     continue
                 break
+            elif reason == _CANCELED and life.paused:
+                handling = False
+                life.park()                  # pause(): wait for resume(), then go on
+                continue
             elif reason == _INTERRUPTED or reason == _OUTPUT_FULL:
+                handling = False
                 continue   # Python runs its signal handlers (Ctrl-C...) here
             elif reason == _TIMEOUT:
+                handling = False
                 raise Timeout(vcpu, vcpu.regs.snapshot(), timeout or 0.0, handled)
             final = decode(c, vcpu)
             break
+        handling = False
+        if not clean and not isinstance(final, CLEAN_ENDS):
+            life.poison(f"vCPU {vcpu.id} ended on {final!r}, which nothing handled", final)
+    except BaseException as exc:
+        if handling:
+            life.poison(f"vCPU {vcpu.id}: {type(exc).__name__} while handling an exit: {exc}")
+        raise
     finally:
         vcpu._end(ptr, timeout)
     return RunResult(final, handled, time.perf_counter() - started, vcpu)

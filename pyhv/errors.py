@@ -77,6 +77,21 @@ class ClosedError(HypervisorError, ValueError):
     """The partition or vCPU was closed."""
 
 
+class StateError(HypervisorError):
+    """The operation makes no sense in the partition's current state (see
+    :class:`pyhv.PartitionState`)."""
+
+
+class PoisonedError(StateError):
+    """The partition is poisoned (a fault, a handler that raised, an exit nobody handled):
+    only :meth:`pyhv.Partition.reset` or :meth:`pyhv.Partition.restore` clears it."""
+
+    def __init__(self, reason: str, exit: Exit | None = None) -> None:
+        super().__init__(f"partition is poisoned ({reason}): reset() or restore() it first")
+        self.reason = reason
+        self.exit = exit
+
+
 class StaleExitError(HypervisorError):
     """An exit was completed after its vCPU had already run again (or was not an IN/read)."""
 

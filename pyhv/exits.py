@@ -352,6 +352,12 @@ class Unknown(Exit):
     data: tuple[int, ...] = ()
 
 
+# exits after which the guest cannot simply go on: they poison the partition
+FAULTS = (Shutdown, InternalError, FailEntry, InvalidExit)
+# exits that end a handler-driven run cleanly (anything else nobody handled poisons it)
+CLEAN_ENDS = (Halt, DebugExit, Canceled)
+
+
 # -- decoding the C core's struct pyhv_exit ------------------------------------------------
 _ESTALE = errno.ESTALE
 

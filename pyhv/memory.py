@@ -57,6 +57,19 @@ class MemorySlot:
     dirty_log: bool
     host_address: int = field(repr=False)
     _pointer: Any = field(repr=False, compare=False, default=None)
+    # pages the host wrote (the kernel's dirty log only sees the guest's writes)
+    _host_dirty: Any = field(repr=False, compare=False, default=None)
+    _logging: bool = field(repr=False, compare=False, default=False)   # KVM logs this slot
+
+    def __post_init__(self) -> None:
+        self._host_dirty = ffi.new("uint64_t[]", max((self.size // PAGE_SIZE + 63) // 64, 1))
+        self._logging = self.dirty_log
+
+    def _touched(self, offset: int, length: int) -> None:
+        if length:
+            first = offset // PAGE_SIZE
+            lib.pyhv_bitmap_set(self._host_dirty, first,
+                                (offset + length - 1) // PAGE_SIZE - first + 1)
 
     @property
     def end(self) -> int:
@@ -147,6 +160,7 @@ class GuestMemory:
         done = 0
         for slot, offset, n in pieces:
             ffi.memmove(slot._pointer + offset, view[done:done + n], n)
+            slot._touched(offset, n)
             done += n
 
     def fill(self, gpa: int, size: int, byte: int = 0) -> None:
@@ -155,6 +169,7 @@ class GuestMemory:
             raise InvalidArgument(f"fill byte must be 0..255, not {byte}")
         for slot, offset, n in self._pieces(gpa, size):
             ffi.buffer(slot._pointer + offset, n)[:] = bytes([byte]) * n
+            slot._touched(offset, n)
 
     def _unpack(self, fmt: str, gpa: int) -> int:
         return struct.unpack(fmt, self.read(gpa, struct.calcsize(fmt)))[0]

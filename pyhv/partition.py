@@ -17,6 +17,7 @@ from typing import Any
 
 from . import system
 from ._ffi import ffi, lib
+from .devices import Device
 from .dispatch import (
     AddressSpace,
     Handler,
@@ -35,8 +36,10 @@ from .errors import (
     MissingCapability,
     OverlapError,
     SlotOverlapError,
+    StateError,
     check_rc,
 )
+from .lifecycle import Lifecycle, PartitionState
 from .memory import (
     PAGE_SIZE,
     GuestMemory,
@@ -53,6 +56,7 @@ from .modes import (
     setup_vcpu,
     write_setup_region,
 )
+from .snapshot import DirtyTracker, Snapshot, restore_snapshot, take_snapshot
 from .system import CpuidEntry
 from .vcpu import VCpu, _validate_timeout
 
@@ -93,7 +97,8 @@ class Partition:
     ``memory`` (bytes, or a string like ``"16M"``) becomes a RAM slot at GPA 0 (beyond 3 GiB,
     the rest goes at GPA 4 GiB, leaving the PC's MMIO hole free); more slots come from
     :meth:`map_memory`.  ``setup_base`` places pyhv's GDT and page tables (:mod:`pyhv.modes`).
-    Use it as a context manager, or call :meth:`close`.
+    ``resettable=True`` takes a reset point at the first run, for :meth:`reset`.
+    Use it as a context manager, or call :meth:`close`.  Its life: :mod:`pyhv.lifecycle`.
 
     Example::
 
@@ -105,7 +110,7 @@ class Partition:
 
     def __init__(self, memory: int | str | None = None, *,
                  hypervisor: system.Hypervisor | None = None,
-                 setup_base: int = DEFAULT_SETUP_BASE) -> None:
+                 setup_base: int = DEFAULT_SETUP_BASE, resettable: bool = False) -> None:
         size = None if memory is None else parse_size(memory)
         if size is not None:
             self._check_slot_args(0, size)
@@ -128,6 +133,12 @@ class Partition:
         self._ring_lock = threading.Lock()
         self._doorbells: list[Doorbell] = []
         self._syscall_handler: SyscallHandler | None = None
+        self._life = Lifecycle()
+        self._tracker: DirtyTracker | None = None
+        self._reset_point: Snapshot | None = None
+        self._resettable = resettable
+        self._msrs_to_save: list[int] | None = None
+        self.devices: dict[str, Device] = {}
         self._lock = threading.Lock()
         self._max_slots = self.hypervisor.capability("KVM_CAP_NR_MEMSLOTS") or 32
         self._phys_limit = 1 << self.hypervisor.guest_phys_bits()
@@ -165,9 +176,12 @@ class Partition:
         """Stop and release every vCPU, the VM and its memory (idempotent)."""
         if not self._finalizer.alive:
             return
+        self._life.close()                  # parked runs wake up and end
         for vcpu in self._vcpus:
             vcpu.close()
         self._vcpus.clear()
+        self._tracker = None
+        self._reset_point = None
         for bell in list(self._doorbells):
             bell.close()
         for slot in self.memory.slots:
@@ -266,6 +280,10 @@ class Partition:
         bitmap = ffi.new("uint64_t[]", (pages + 63) // 64)
         check_rc(lib.pyhv_partition_get_dirty_log(self._vm_fd, slot.slot, bitmap),
                  "KVM_GET_DIRTY_LOG")
+        if self._tracker is not None:       # the log is shared with restore()'s bookkeeping
+            changed = self._tracker.changed[slot.slot]
+            for i in range((pages + 63) // 64):
+                changed[i] |= bitmap[i]
         dirty = []
         for word_index in range((pages + 63) // 64):
             word = bitmap[word_index]
@@ -343,6 +361,114 @@ class Partition:
                 write_setup_region(self, want_long)
                 self._setup_written = "long" if want_long else "protected"
         return self.setup_base + PAGE_TABLES_OFFSET
+
+    # -- lifecycle and snapshots ------------------------------------------------------------
+    @property
+    def state(self) -> PartitionState:
+        """Where the partition is in its life (see :mod:`pyhv.lifecycle`)."""
+        return self._life.state
+
+    def pause(self) -> None:
+        """Stop the guest where it is, from any thread: runs in progress are parked (they
+        return only after :meth:`resume`) and new runs are refused.  Snapshots may be taken
+        while paused."""
+        if any(v._run_thread == threading.get_ident() for v in self._vcpus):
+            raise StateError("a vCPU thread cannot pause its own partition; call pause() "
+                             "from another thread, or stop() from a handler")
+
+        def cancel_running() -> None:
+            for vcpu in self._vcpus:
+                if vcpu._run_thread is not None and not vcpu.closed:
+                    vcpu.cancel()
+
+        self._life.pause(cancel_running)
+
+    def resume(self) -> None:
+        """Let parked runs continue (and new ones start)."""
+        for vcpu in self._vcpus:          # a cancel meant to pause a run that then ended
+            if vcpu._run_thread is None and not vcpu.closed:
+                lib.pyhv_vcpu_clear_cancel(vcpu._handle())
+        self._life.resume()
+
+    def _state_msrs(self) -> list[int]:
+        """The MSRs a snapshot saves: those KVM lists for save/restore that a vCPU can read
+        and write back (KVM refuses some, e.g. paravirtual ones the CPUID does not offer)."""
+        if self._msrs_to_save is None:
+            candidates = self.hypervisor.msr_index_list()
+            if not self._vcpus:
+                return []
+            ok = ffi.new("uint32_t[]", max(len(candidates), 1))
+            n = lib.pyhv_vcpu_restorable_msrs(self._vcpus[0]._handle(), candidates,
+                                            len(candidates), ok)
+            self._msrs_to_save = [ok[i] for i in range(min(n, lib.PYHV_STATE_MAX_MSRS))]
+        return self._msrs_to_save
+
+    def _flush_bulk(self) -> None:
+        for vcpu in self._vcpus:
+            if not vcpu.closed and (self._outputs or self._coalesced):
+                self._deliver_bulk(vcpu, _AllBulk)
+
+    def snapshot(self) -> Snapshot:
+        """Capture memory (touched pages of every slot), every vCPU's whole state and the
+        state of pyhv's devices.  The partition must not be running (pause() it).  From here
+        on writes are tracked, so :meth:`restore` of this snapshot copies only what changed."""
+        self._life.require_quiet("take a snapshot")
+        self._flush_bulk()
+        return take_snapshot(self)
+
+    def restore(self, snap: Snapshot) -> int:
+        """Bring the partition back to ``snap`` (same slots and vCPUs): memory, vCPU state,
+        devices.  Clears poisoning.  Restoring the latest snapshot taken or restored copies
+        only the pages written since; any other snapshot costs a copy of the touched pages.
+        Returns the number of pages copied."""
+        if not isinstance(snap, Snapshot):
+            raise InvalidArgument(f"restore() takes a pyhv.Snapshot, not {type(snap).__name__}")
+        self._life.require_quiet("restore a snapshot")
+        self._flush_bulk()
+        copied = restore_snapshot(self, snap)
+        self._life.cure()
+        return copied
+
+    def set_reset_point(self) -> Snapshot:
+        """Make the current state the one :meth:`reset` returns to (and return it)."""
+        self._reset_point = self.snapshot()
+        return self._reset_point
+
+    def reset(self) -> int:
+        """Back to the reset point: the state at the first run of a ``resettable=True``
+        partition, or at the last :meth:`set_reset_point`."""
+        if self._reset_point is None:
+            raise StateError("no reset point: create the partition with resettable=True "
+                             "(the first run sets it) or call set_reset_point()")
+        return self.restore(self._reset_point)
+
+    def _first_run(self) -> None:
+        if self._resettable and self._reset_point is None and not self._life.ever_ran:
+            self._reset_point = take_snapshot(self)
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot, *,
+                      hypervisor: system.Hypervisor | None = None) -> Partition:
+        """A new partition with ``snap``'s memory slots and vCPUs, in ``snap``'s state.  User
+        handlers and buffered-port sinks are not part of a snapshot: register them again."""
+        part = cls(hypervisor=hypervisor, setup_base=snap.setup_base)
+        try:
+            for slot_image in snap.slots:
+                part.map_memory(slot_image.gpa, slot_image.size, readonly=slot_image.readonly,
+                                dirty_log=slot_image.dirty_log)
+            for vcpu_image in snap.vcpus:
+                vcpu = VCpu(part, vcpu_image.id)
+                part._vcpus.append(vcpu)
+                part._next_vcpu_id = max(part._next_vcpu_id, vcpu_image.id + 1)
+                vcpu.set_cpuid(vcpu_image.cpuid)
+            for port, (kind, value) in snap.fast_ports.items():
+                if kind != lib.PYHV_PORT_BUFFERED:
+                    part._add_fast_port(port, kind, value)
+            part.restore(snap)
+        except BaseException:
+            part.close()
+            raise
+        return part
 
     # -- handlers and running -------------------------------------------------------------
     def add_io_handler(self, ports: int | range, read: ReadHandler | None = None,
@@ -601,6 +727,13 @@ class _OutputOnly:
 
     output_pending = 1
     coalesced_pending = 0
+
+
+class _AllBulk:
+    """Stands in for an exit struct to empty every bulk channel."""
+
+    output_pending = 1
+    coalesced_pending = 1
 
 
 class Doorbell:

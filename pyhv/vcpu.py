@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import ClosedError, HypervisorError, InvalidArgument, KvmError, Timeout, check_rc
-from .exits import Exit, GuestException, Halt, Syscall, decode, kvm_exit_name
+from .exits import FAULTS, Exit, GuestException, Halt, Syscall, decode, kvm_exit_name
 from .modes import ERROR_CODE_VECTORS, SYSCALL_STUB, decode_stub_halt, stub_range
 from .registers import (
     Fpu,
@@ -39,6 +39,7 @@ _INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
 _TIMEOUT = lib.PYHV_EXIT_TIMEOUT
 _OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
 _BULK = lib.PYHV_RUN_BULK
+_CANCELED = lib.PYHV_EXIT_CANCELED
 _MASK64 = (1 << 64) - 1
 
 
@@ -147,15 +148,23 @@ class VCpu:
         ptr = self._handle()
         if not self._run_lock.acquire(blocking=False):
             raise HypervisorError(f"vCPU {self.id} is already running on another thread")
-        self._run_thread = threading.get_ident()
+        life = self.partition._life
         try:
             if self.closed:
                 raise ClosedError(f"vCPU {self.id} is closed")
+            self.partition._first_run()
+            life.begin_run()
+        except BaseException:
+            self._run_lock.release()
+            raise
+        self._run_thread = threading.get_ident()
+        try:
             if timeout is not None:
                 deadline = lib.pyhv_monotonic_ns() + int(timeout * 1e9)
                 check_rc(lib.pyhv_vcpu_set_deadline(ptr, deadline), "arming the run timeout")
         except BaseException:
             self._run_thread = None
+            life.end_run()
             self._run_lock.release()
             raise
         self._run_started = time.perf_counter()
@@ -166,6 +175,7 @@ class VCpu:
         if timeout is not None:
             lib.pyhv_vcpu_set_deadline(ptr, 0)
         self._run_thread = None
+        self.partition._life.end_run()
         self._run_lock.release()
 
     def _enter(self, ptr: Any) -> Any:
@@ -181,6 +191,9 @@ class VCpu:
             if rc & _BULK:
                 self.partition._deliver_bulk(self, c)
             reason = rc & 0xFF
+            if reason == _CANCELED and self.partition._life.paused:
+                self.partition._life.park()      # pause(): wait for resume(), then go on
+                continue
             if reason != _INTERRUPTED and reason != _OUTPUT_FULL:
                 return c
             # a signal for Python (Ctrl-C...) has its handler run here, between bytecodes
@@ -198,7 +211,10 @@ class VCpu:
             c = self._enter(ptr)
             if c.reason == _TIMEOUT:
                 raise Timeout(self, self.regs.snapshot(), timeout or 0.0)
-            return decode(c, self)
+            exit = decode(c, self)
+            if isinstance(exit, FAULTS):
+                self.partition._life.poison(f"vCPU {self.id}: {exit!r}", exit)
+            return exit
         finally:
             self._end(ptr, timeout)
 

@@ -56,17 +56,23 @@ def test_mmio_handlers(part):
     assert part.memory.read_u64(0x3000) == 0x1122334455667788
 
 
-def test_unhandled_exit_ends_the_run_with_that_exit(part):
-    boot(part, "io_in")
+def test_unhandled_exit_ends_the_run_and_poisons_the_partition(part):
+    cpu = boot(part, "io_in")
+    snap = part.snapshot()
     result = part.run(timeout=10)
     assert isinstance(result.exit, exits.IoIn) and result.exit.port == 0x60
     assert not result.halted and result.exits_handled == 0
     with pytest.raises(pyhv.UnhandledExit):
         result.check()
-    result.exit.complete(1)           # the caller may answer it and carry on
+    assert part.state == pyhv.PartitionState.POISONED
+    with pytest.raises(pyhv.PoisonedError, match="IoIn"):
+        part.run()
+    with pytest.raises(pyhv.PoisonedError):
+        cpu.run()
+    part.restore(snap)                       # only a restore (or reset) clears it
     part.add_io_handler(0xE9, write=lambda *a: None)
     part.add_io_handler(range(0x60, 0x62), read=lambda port, size: 0)
-    assert part.run(timeout=10).halted
+    assert part.run(timeout=10).halted and part.state == pyhv.PartitionState.STOPPED
 
 
 def test_write_only_handler_does_not_claim_reads(part):
@@ -77,6 +83,7 @@ def test_write_only_handler_does_not_claim_reads(part):
 
 def test_exception_in_a_handler_stops_the_run_and_propagates(part):
     cpu = boot(part, "io_in")
+    snap = part.snapshot()
 
     class DeviceBroke(Exception):
         pass
@@ -88,8 +95,12 @@ def test_exception_in_a_handler_stops_the_run_and_propagates(part):
     with pytest.raises(DeviceBroke, match="port 0x60") as info:
         part.run(timeout=10)
     assert any(entry.name == "broken" for entry in info.traceback)
-    # the vCPU is free again and still usable
-    assert isinstance(cpu.run(timeout=10), exits.IoOut)
+    # the exit was half handled: the partition is poisoned until restored
+    assert part.state == pyhv.PartitionState.POISONED
+    with pytest.raises(pyhv.PoisonedError, match="DeviceBroke"):
+        cpu.run(timeout=10)
+    part.restore(snap)
+    assert isinstance(cpu.run(timeout=10), exits.IoIn)
 
 
 @pytest.mark.parametrize("answer", [None, 256, -1, b"\x01\x02", "a"])

@@ -1,0 +1,241 @@
+/* state.c - a vCPU's whole state in one call each way, and page-granular memory images. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(struct kvm_regs) == 144, "kvm_regs size");
+_Static_assert(sizeof(struct kvm_sregs) == 312, "kvm_sregs size");
+_Static_assert(sizeof(struct kvm_fpu) == 416, "kvm_fpu size");
+_Static_assert(sizeof(struct kvm_xsave) <= 4096, "kvm_xsave size");
+_Static_assert(sizeof(struct kvm_xcrs) == 392, "kvm_xcrs size");
+_Static_assert(sizeof(struct kvm_debugregs) == 128, "kvm_debugregs size");
+_Static_assert(sizeof(struct kvm_vcpu_events) == 64, "kvm_vcpu_events size");
+_Static_assert(sizeof(struct kvm_lapic_state) == 1024, "kvm_lapic_state size");
+
+#define PAGE 4096u
+
+/* Re-enter KVM_RUN with immediate_exit set: the kernel finishes an IN or MMIO read whose data
+   Python supplied (it is only applied at the next entry) and returns before running guest
+   code.  Afterwards the vCPU's state is self-contained. */
+static int flush_pending(struct pyhv_vcpu *v)
+{
+    v->run->immediate_exit = 1;
+    long r = pyhv_ioctl(v->fd, KVM_RUN, NULL);
+    v->run->immediate_exit = 0;
+    v->pending = PYHV_PENDING_NONE;
+    if (r < 0 && r != -EINTR)
+        return (int)r;
+    if (v->sync_regs)
+        v->regs_in_run = 1;     /* stored on the way out, as after any run */
+    return 0;
+}
+
+static int msrs_io(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
+                   uint64_t *value, uint32_t n)
+{
+    if (n == 0)
+        return 0;
+    struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
+    if (!m)
+        return -ENOMEM;
+    m->nmsrs = n;
+    for (uint32_t i = 0; i < n; i++) {
+        m->entries[i].index = index[i];
+        m->entries[i].data = request == KVM_SET_MSRS ? value[i] : 0;
+    }
+    long r = pyhv_ioctl(v->fd, request, m);
+    if (r >= 0 && (uint32_t)r != n)
+        r = -EINVAL;              /* one was refused: the caller probed, so this is real */
+    if (r >= 0 && request == KVM_GET_MSRS)
+        for (uint32_t i = 0; i < n; i++)
+            value[i] = m->entries[i].data;
+    free(m);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint32_t n, uint32_t *ok)
+{
+    uint32_t count = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t value;
+        if (msrs_io(v, KVM_GET_MSRS, &index[i], &value, 1) == 0 &&
+            msrs_io(v, KVM_SET_MSRS, &index[i], &value, 1) == 0)
+            ok[count++] = index[i];
+    }
+    return (int)count;
+}
+
+int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_t nmsrs,
+                         struct pyhv_vcpu_state *out)
+{
+    if (nmsrs > PYHV_STATE_MAX_MSRS)
+        return -E2BIG;
+    int rc = flush_pending(v);
+    if (rc < 0)
+        return rc;
+    memset(out, 0, sizeof(*out));
+    out->version = PYHV_STATE_VERSION;
+    long r;
+    if ((r = pyhv_ioctl(v->fd, KVM_GET_REGS, out->regs)) < 0 ||
+        (r = pyhv_ioctl(v->fd, KVM_GET_SREGS, out->sregs)) < 0)
+        return (int)r;
+    if (v->has_xsave) {
+        if ((r = pyhv_ioctl(v->fd, KVM_GET_XSAVE, out->xsave)) < 0)
+            return (int)r;
+        out->present |= PYHV_HAS_XSAVE;
+    } else if ((r = pyhv_ioctl(v->fd, KVM_GET_FPU, out->fpu)) < 0) {
+        return (int)r;
+    }
+    /* the optional parts: absent on some backends */
+    if (pyhv_ioctl(v->fd, KVM_GET_XCRS, out->xcrs) == 0)
+        out->present |= PYHV_HAS_XCRS;
+    if (pyhv_ioctl(v->fd, KVM_GET_DEBUGREGS, out->debugregs) == 0)
+        out->present |= PYHV_HAS_DEBUGREGS;
+    if (pyhv_ioctl(v->fd, KVM_GET_VCPU_EVENTS, out->events) == 0)
+        out->present |= PYHV_HAS_EVENTS;
+    struct kvm_mp_state mp;
+    if (pyhv_ioctl(v->fd, KVM_GET_MP_STATE, &mp) == 0) {
+        out->mp_state = mp.mp_state;
+        out->present |= PYHV_HAS_MP_STATE;
+    }
+    if (pyhv_ioctl(v->fd, KVM_GET_LAPIC, out->lapic) == 0)
+        out->present |= PYHV_HAS_LAPIC;
+    memcpy(out->msr_index, msr_index, nmsrs * sizeof(uint32_t));
+    out->nmsrs = nmsrs;
+    return msrs_io(v, KVM_GET_MSRS, out->msr_index, out->msr_value, nmsrs);
+}
+
+int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
+{
+    if (in->version != PYHV_STATE_VERSION || in->nmsrs > PYHV_STATE_MAX_MSRS)
+        return -EINVAL;
+    int rc = flush_pending(v);
+    if (rc < 0)
+        return rc;
+    /* the registers go straight to the kernel: drop whatever the run area held for them */
+    v->run->kvm_dirty_regs = 0;
+    v->regs_in_run = 0;
+    long r;
+    /* QEMU's order: registers, FPU, XCRs, special registers, MSRs, events, MP state, APIC,
+       debug registers */
+    if ((r = pyhv_ioctl(v->fd, KVM_SET_REGS, (void *)in->regs)) < 0)
+        return (int)r;
+    if (in->present & PYHV_HAS_XSAVE)
+        r = pyhv_ioctl(v->fd, KVM_SET_XSAVE, (void *)in->xsave);
+    else
+        r = pyhv_ioctl(v->fd, KVM_SET_FPU, (void *)in->fpu);
+    if (r < 0)
+        return (int)r;
+    if ((in->present & PYHV_HAS_XCRS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_XCRS, (void *)in->xcrs)) < 0)
+        return (int)r;
+    if ((r = pyhv_ioctl(v->fd, KVM_SET_SREGS, (void *)in->sregs)) < 0)
+        return (int)r;
+    if ((rc = msrs_io(v, KVM_SET_MSRS, in->msr_index, (uint64_t *)in->msr_value, in->nmsrs)) < 0)
+        return rc;
+    if ((in->present & PYHV_HAS_EVENTS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, (void *)in->events)) < 0)
+        return (int)r;
+    if (in->present & PYHV_HAS_MP_STATE) {
+        struct kvm_mp_state mp = { .mp_state = in->mp_state };
+        if ((r = pyhv_ioctl(v->fd, KVM_SET_MP_STATE, &mp)) < 0)
+            return (int)r;
+    }
+    if ((in->present & PYHV_HAS_LAPIC) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_LAPIC, (void *)in->lapic)) < 0)
+        return (int)r;
+    if ((in->present & PYHV_HAS_DEBUGREGS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_DEBUGREGS, (void *)in->debugregs)) < 0)
+        return (int)r;
+    return 0;
+}
+
+int64_t pyhv_copy_pages(uint8_t *dst, const uint8_t *src, uint64_t *pages, uint64_t npages)
+{
+    int64_t copied = 0;
+    for (uint64_t w = 0; w < (npages + 63) / 64; w++) {
+        uint64_t bits = pages[w];
+        while (bits) {
+            uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            if (i >= npages)
+                break;
+            memcpy(dst + i * PAGE, src + i * PAGE, PAGE);
+            copied++;
+        }
+        pages[w] = 0;
+    }
+    return copied;
+}
+
+int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64_t *scratch,
+                               uint64_t npages)
+{
+    uint64_t words = (npages + 63) / 64;
+    memset(scratch, 0, words * sizeof(uint64_t));
+    int rc = pyhv_partition_get_dirty_log(vm_fd, slot, scratch);
+    if (rc < 0)
+        return rc;
+    for (uint64_t w = 0; w < words; w++)
+        pages[w] |= scratch[w];
+    return 0;
+}
+
+int pyhv_memory_resident(const void *addr, uint64_t npages, uint64_t *pages)
+{
+    /* mincore in chunks: one status byte per page */
+    enum { CHUNK = 65536 };
+    unsigned char *vec = malloc(CHUNK);
+    if (!vec)
+        return -ENOMEM;
+    int rc = 0;
+    for (uint64_t first = 0; first < npages && rc == 0; first += CHUNK) {
+        uint64_t n = npages - first < CHUNK ? npages - first : CHUNK;
+        if (mincore((uint8_t *)addr + first * PAGE, n * PAGE, vec) < 0) {
+            rc = -errno;
+            break;
+        }
+        for (uint64_t i = 0; i < n; i++)
+            if (vec[i] & 1)
+                pages[(first + i) / 64] |= 1ull << ((first + i) % 64);
+    }
+    free(vec);
+    return rc;
+}
+
+int64_t pyhv_pages_drop_zero(const uint8_t *addr, uint64_t *pages, uint64_t npages)
+{
+    int64_t kept = 0;
+    for (uint64_t i = 0; i < npages; i++) {
+        uint64_t bit = 1ull << (i % 64);
+        if (!(pages[i / 64] & bit))
+            continue;
+        const uint64_t *words = (const uint64_t *)(addr + i * PAGE);
+        uint64_t any = 0;
+        for (unsigned j = 0; j < PAGE / 8 && !any; j++)
+            any |= words[j];
+        if (any)
+            kept++;
+        else
+            pages[i / 64] &= ~bit;
+    }
+    return kept;
+}
+
+void pyhv_bitmap_set(uint64_t *bitmap, uint64_t first, uint64_t count)
+{
+    for (uint64_t i = first; i < first + count; i++)
+        bitmap[i / 64] |= 1ull << (i % 64);
+}
+
+void pyhv_bitmap_move(uint64_t *dst, uint64_t *src, uint64_t words)
+{
+    for (uint64_t w = 0; w < words; w++) {
+        dst[w] |= src[w];
+        src[w] = 0;
+    }
+}

@@ -1,0 +1,379 @@
+"""Snapshots: a partition's memory, vCPU state and pyhv device state, in memory or on disk.
+
+>>> snap = part.snapshot()                  # the guest must not be running (pause() it)
+>>> part.run(); part.restore(snap)          # back to the snapshot: only dirtied pages copy
+>>> snap.save("guest.pyhvsnap")
+>>> other = pyhv.Partition.from_snapshot(pyhv.Snapshot.load("guest.pyhvsnap"))
+
+**On disk** (``save``/``load``)::
+
+    b"PYHVSNAP"  u16 major  u16 minor  u32 header length  header (JSON, UTF-8)
+    per slot:    u64 run count, (u64 first page, u64 pages) per run, then the runs' bytes
+    per vCPU:    the C core's ``struct pyhv_vcpu_state`` (``state_size`` bytes)
+    SHA-256 of everything above (32 bytes)
+
+Memory is stored sparsely: only pages that were ever touched and are not all zero.  A file
+of a newer major format, of another vCPU-state layout, or with a bad checksum is refused with
+:class:`SnapshotFormatError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._ffi import ffi, lib
+from .errors import HypervisorError, check_rc
+from .memory import PAGE_SIZE, allocate_host_memory, free_host_memory
+from .system import CpuidEntry
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+MAGIC = b"PYHVSNAP"
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+STATE_SIZE = ffi.sizeof("struct pyhv_vcpu_state")
+_PREFIX = struct.Struct("<8sHHI")
+_U64 = struct.Struct("<Q")
+_RUN = struct.Struct("<QQ")
+
+
+class SnapshotFormatError(HypervisorError, ValueError):
+    """A snapshot file is corrupt, truncated, from a newer pyhv, or not a snapshot at all."""
+
+
+def _words(pages: int) -> int:
+    return (pages + 63) // 64
+
+
+class PageImage:
+    """A slot's memory as of a snapshot: a private host mapping (untouched pages stay
+    unallocated and read as zero) and a bitmap of the pages that may hold data."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pages = size // PAGE_SIZE
+        self.data = allocate_host_memory(size)
+        self._finalizer = weakref.finalize(self, free_host_memory, self.data, size)
+        self.populated = ffi.new("uint64_t[]", max(_words(self.pages), 1))
+
+    def bitmap_copy(self) -> Any:
+        copy = ffi.new("uint64_t[]", max(_words(self.pages), 1))
+        ffi.memmove(copy, self.populated, ffi.sizeof(self.populated))
+        return copy
+
+    def runs(self) -> list[tuple[int, int]]:
+        """(first page, page count) of each run of populated pages."""
+        runs: list[tuple[int, int]] = []
+        bits = self.populated
+        page = 0
+        while page < self.pages:
+            word = bits[page // 64] >> (page % 64)
+            if not word:
+                page = (page // 64 + 1) * 64
+                continue
+            page += (word & -word).bit_length() - 1
+            start = page
+            while page < self.pages and bits[page // 64] >> (page % 64) & 1:
+                page += 1
+            runs.append((start, page - start))
+        return runs
+
+    @property
+    def populated_bytes(self) -> int:
+        return sum(n for _, n in self.runs()) * PAGE_SIZE
+
+
+@dataclass
+class SlotImage:
+    """One memory slot of a snapshot."""
+
+    gpa: int
+    size: int
+    readonly: bool
+    dirty_log: bool
+    image: PageImage = field(repr=False)
+
+
+@dataclass
+class VcpuImage:
+    """One vCPU of a snapshot: its kernel state, CPUID table and pyhv mode."""
+
+    id: int
+    mode: str | None
+    stubs: bool
+    cpuid: tuple[CpuidEntry, ...] = field(repr=False)
+    state: Any = field(repr=False)            # struct pyhv_vcpu_state *
+
+
+@dataclass
+class Snapshot:
+    """Everything needed to bring a partition back to one moment, or to rebuild it."""
+
+    slots: list[SlotImage]
+    vcpus: list[VcpuImage]
+    setup_base: int
+    setup_written: str | None
+    fast_ports: dict[int, tuple[int, int]]     # port -> (kind, value), pyhv's C devices
+    devices: dict[str, dict[str, Any]]         # name -> state of pyhv's Python devices
+    pyhv_version: str = ""
+
+    def layout(self) -> tuple[tuple[int, int, bool], ...]:
+        return tuple((s.gpa, s.size, s.readonly) for s in self.slots)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of guest memory the snapshot holds (touched pages only)."""
+        return sum(s.image.populated_bytes for s in self.slots)
+
+    # -- disk ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the snapshot to ``path`` (see the module docstring for the format).  The
+        file appears complete or not at all."""
+        for s in self.slots:   # keep only pages with data
+            lib.pyhv_pages_drop_zero(s.image.data, s.image.populated, s.image.pages)
+        header = {
+            "pyhv_version": self.pyhv_version,
+            "state_size": STATE_SIZE,
+            "state_version": lib.PYHV_STATE_VERSION,
+            "setup_base": self.setup_base,
+            "setup_written": self.setup_written,
+            "slots": [{"gpa": s.gpa, "size": s.size, "readonly": s.readonly,
+                       "dirty_log": s.dirty_log} for s in self.slots],
+            "vcpus": [{"id": v.id, "mode": v.mode, "stubs": v.stubs,
+                       "cpuid": [list(_cpuid_tuple(e)) for e in v.cpuid]} for v in self.vcpus],
+            "fast_ports": {str(p): list(kv) for p, kv in self.fast_ports.items()},
+            "devices": self.devices,
+        }
+        blob = json.dumps(header, sort_keys=True).encode()
+        tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+        digest = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as f:
+                def put(data: bytes | memoryview) -> None:
+                    digest.update(data)
+                    f.write(data)
+                put(_PREFIX.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(blob)))
+                put(blob)
+                for s in self.slots:
+                    runs = s.image.runs()
+                    put(_U64.pack(len(runs)))
+                    put(b"".join(_RUN.pack(first, n) for first, n in runs))
+                    for first, n in runs:
+                        put(ffi.buffer(s.image.data + first * PAGE_SIZE, n * PAGE_SIZE))
+                for v in self.vcpus:
+                    put(ffi.buffer(v.state))
+                f.write(digest.digest())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Snapshot:
+        """Read a snapshot written by :meth:`save`; refuses newer, foreign or damaged files."""
+        with open(path, "rb") as f:
+            return _Reader(f, os.fspath(path)).read()
+
+
+def _cpuid_tuple(e: CpuidEntry) -> tuple[int, ...]:
+    return (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+
+
+class _Reader:
+    """Reads and checks a snapshot file, hashing as it goes."""
+
+    def __init__(self, f: Any, name: str) -> None:
+        self.f = f
+        self.name = name
+        self.digest = hashlib.sha256()
+        self.total = os.fstat(f.fileno()).st_size
+
+    def fail(self, why: str) -> SnapshotFormatError:
+        return SnapshotFormatError(f"{self.name}: {why}")
+
+    def take(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise self.fail("truncated")
+        self.digest.update(data)
+        return data
+
+    def take_into(self, buffer: Any) -> None:
+        view = memoryview(buffer)
+        if self.f.readinto(view) != len(view):
+            raise self.fail("truncated")
+        self.digest.update(view)
+
+    def read(self) -> Snapshot:
+        if self.total < _PREFIX.size + 32:
+            raise self.fail("too short to be a pyhv snapshot")
+        magic, major, minor, length = _PREFIX.unpack(self.take(_PREFIX.size))
+        if magic != MAGIC:
+            raise self.fail("not a pyhv snapshot (bad magic)")
+        if major > FORMAT_MAJOR:
+            raise self.fail(f"snapshot format {major}.{minor} is newer than this pyhv reads "
+                            f"({FORMAT_MAJOR}.x): upgrade pyhv")
+        if length > self.total:
+            raise self.fail("header length beyond the end of the file")
+        try:
+            header = json.loads(self.take(length))
+            if header["state_size"] != STATE_SIZE or \
+                    header["state_version"] != lib.PYHV_STATE_VERSION:
+                raise self.fail("its vCPU state layout differs from this pyhv's")
+            slots = [self._slot(s) for s in header["slots"]]
+            vcpus = [self._vcpu(v) for v in header["vcpus"]]
+            fast_ports = {int(p): (int(kv[0]), int(kv[1]))
+                          for p, kv in header["fast_ports"].items()}
+            snap = Snapshot(slots, vcpus, int(header["setup_base"]), header["setup_written"],
+                            fast_ports, dict(header["devices"]), str(header["pyhv_version"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, SnapshotFormatError):
+                raise
+            raise self.fail(f"malformed header ({exc!r})") from None
+        expected = self.digest.digest()
+        stored = self.f.read(32)
+        if stored != expected:
+            raise self.fail("checksum mismatch: the file is damaged")
+        if self.f.read(1):
+            raise self.fail("data after the checksum")
+        return snap
+
+    def _slot(self, s: dict[str, Any]) -> SlotImage:
+        gpa, size = int(s["gpa"]), int(s["size"])
+        if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or gpa + size > 1 << 52:
+            raise self.fail(f"implausible slot [{gpa:#x}, +{size:#x})")
+        image = PageImage(size)
+        (count,) = _U64.unpack(self.take(8))
+        if count > image.pages or count * _RUN.size > self.total:
+            raise self.fail("implausible page-run count")
+        raw = self.take(count * _RUN.size)
+        for i in range(count):
+            first, n = _RUN.unpack_from(raw, i * _RUN.size)
+            if n == 0 or first + n > image.pages:
+                raise self.fail(f"page run {first}+{n} outside its slot")
+            self.take_into(ffi.buffer(image.data + first * PAGE_SIZE, n * PAGE_SIZE))
+            for page in range(first, first + n):
+                image.populated[page // 64] |= 1 << (page % 64)
+        return SlotImage(gpa, size, bool(s["readonly"]), bool(s["dirty_log"]), image)
+
+    def _vcpu(self, v: dict[str, Any]) -> VcpuImage:
+        state = ffi.new("struct pyhv_vcpu_state *")
+        self.take_into(ffi.buffer(state))
+        if state.version != lib.PYHV_STATE_VERSION or \
+                state.nmsrs > lib.PYHV_STATE_MAX_MSRS:
+            raise self.fail("damaged vCPU state")
+        cpuid = tuple(CpuidEntry(*map(int, e)) for e in v["cpuid"])
+        return VcpuImage(int(v["id"]), v["mode"], bool(v["stubs"]), cpuid, state)
+
+
+def capture_slot(pointer: Any, size: int) -> PageImage:
+    """Copy the touched pages of a slot's host memory into a new image."""
+    image = PageImage(size)
+    check_rc(lib.pyhv_memory_resident(pointer, image.pages, image.populated), "mincore")
+    lib.pyhv_copy_pages(image.data, pointer, image.bitmap_copy(), image.pages)
+    return image
+
+
+# -- taking and restoring (Partition's snapshot/restore/from_snapshot call these) ----------
+class DirtyTracker:
+    """Pages of each slot changed since a base snapshot: the kernel's dirty log records the
+    guest's writes, the slots' own bitmaps the host's.  Restoring the base copies only those."""
+
+    def __init__(self, partition: Partition, base: Snapshot) -> None:
+        self.base = base
+        self.changed: dict[int, Any] = {}
+        self._scratch: dict[int, Any] = {}
+        vm_fd = partition._vm_fd
+        for slot in partition.memory.slots:
+            words = max(_words(slot.size // PAGE_SIZE), 1)
+            self.changed[slot.slot] = ffi.new("uint64_t[]", words)
+            self._scratch[slot.slot] = ffi.new("uint64_t[]", words)
+            if not slot.readonly and not slot._logging:
+                flags = lib.KVM_MEM_LOG_DIRTY_PAGES
+                check_rc(lib.pyhv_partition_set_slot(vm_fd, slot.slot, flags, slot.gpa,
+                                                     slot.size, slot._pointer),
+                         "turning on dirty logging")
+                slot._logging = True
+            self.collect(partition, slot)                  # start from a clean log...
+            ffi.memmove(self.changed[slot.slot], bytes(words * 8), words * 8)   # ...and slate
+
+    def collect(self, partition: Partition, slot: Any) -> Any:
+        """Fold the kernel's log and the host's writes into the slot's changed-pages bitmap."""
+        changed = self.changed[slot.slot]
+        pages = slot.size // PAGE_SIZE
+        if slot._logging:
+            check_rc(lib.pyhv_partition_dirty_merge(partition._vm_fd, slot.slot, changed,
+                                                    self._scratch[slot.slot], pages),
+                     "KVM_GET_DIRTY_LOG")
+        lib.pyhv_bitmap_move(changed, slot._host_dirty, max(_words(pages), 1))
+        return changed
+
+
+def take_snapshot(partition: Partition) -> Snapshot:
+    """A :class:`Snapshot` of ``partition`` (which is not running)."""
+    from . import __version__
+    msrs = partition._state_msrs()
+    vcpus = []
+    for vcpu in partition.vcpus:
+        state = ffi.new("struct pyhv_vcpu_state *")
+        check_rc(lib.pyhv_vcpu_save_state(vcpu._handle(), msrs, len(msrs), state),
+                 f"saving vCPU {vcpu.id}")
+        vcpus.append(VcpuImage(vcpu.id, vcpu.mode, vcpu._stubs, vcpu.get_cpuid(), state))
+    slots = [SlotImage(s.gpa, s.size, s.readonly, s.dirty_log, capture_slot(s._pointer, s.size))
+             for s in partition.memory.slots]
+    devices = {name: dev.get_state() for name, dev in partition.devices.items()}
+    snap = Snapshot(slots, vcpus, partition.setup_base, partition._setup_written,
+                    dict(partition._fast_ports), devices, __version__)
+    partition._tracker = DirtyTracker(partition, snap)
+    return snap
+
+
+def check_layout(partition: Partition, snap: Snapshot) -> None:
+    from .errors import InvalidArgument
+    mine = tuple((s.gpa, s.size, s.readonly) for s in partition.memory.slots)
+    if mine != snap.layout():
+        raise InvalidArgument("the snapshot's memory slots differ from this partition's: "
+                              f"{list(snap.layout())} vs {list(mine)}")
+    if [v.id for v in partition.vcpus] != [v.id for v in snap.vcpus]:
+        raise InvalidArgument("the snapshot's vCPUs differ from this partition's: "
+                              f"{[v.id for v in snap.vcpus]} vs {[v.id for v in partition.vcpus]}")
+
+
+def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
+    """Bring ``partition`` (not running, same layout) back to ``snap``; returns the number
+    of pages copied."""
+    check_layout(partition, snap)
+    tracker = partition._tracker
+    fast = tracker is not None and tracker.base is snap
+    copied = 0
+    for slot, image in zip(partition.memory.slots, snap.slots, strict=True):
+        pages = image.image.pages
+        if fast:
+            assert tracker is not None
+            changed = tracker.collect(partition, slot)
+        else:   # everything that may differ: pages touched now or holding data in the image
+            changed = image.image.bitmap_copy()
+            check_rc(lib.pyhv_memory_resident(slot._pointer, pages, changed), "mincore")
+        copied += lib.pyhv_copy_pages(slot._pointer, image.image.data, changed, pages)
+    for vcpu, vcpu_image in zip(partition.vcpus, snap.vcpus, strict=True):
+        check_rc(lib.pyhv_vcpu_load_state(vcpu._handle(), vcpu_image.state),
+                 f"loading the state of vCPU {vcpu.id}")
+        vcpu.mode = vcpu_image.mode
+        if vcpu_image.stubs:
+            vcpu._enable_stubs()
+    for name, state in snap.devices.items():
+        device = partition.devices.get(name)
+        if device is not None:
+            device.set_state(state)
+    partition._setup_written = snap.setup_written
+    if not fast:
+        partition._tracker = DirtyTracker(partition, snap)
+    return copied

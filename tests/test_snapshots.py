@@ -1,0 +1,229 @@
+"""Snapshots and restore: exact continuation (in-process and through a file in another
+process), fast restores, corrupt files, reset points and the partition pool."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import pyhv
+from pyhv import exits
+from pyhv.snapshot import MAGIC
+
+from .conftest import boot, guest_code
+
+HALFWAY = 80
+
+
+def run_on(cpu: pyhv.VCpu) -> dict:
+    """Run the LCG guest to its halt; what it printed and where it ended."""
+    outs = []
+    while True:
+        ex = cpu.run(timeout=30)
+        if isinstance(ex, exits.IoOut):
+            outs.append(ex.value)
+            continue
+        assert isinstance(ex, exits.Halt), ex
+        break
+    memory = cpu.partition.memory
+    digest = hashlib.sha256(memory.read(0x300000, 4096) + memory.read(0x400000, 4 * 4096))
+    regs = cpu.regs.snapshot()
+    return {"outs": outs, "rax": regs.rax, "r12": regs.r12, "r13": regs.r13, "rip": regs.rip,
+            "memory": digest.hexdigest()}
+
+
+def halfway(part: pyhv.Partition) -> pyhv.VCpu:
+    cpu = boot(part, "lcg")
+    for _ in range(HALFWAY):
+        assert isinstance(cpu.run(timeout=30), exits.IoOut)
+    return cpu
+
+
+def test_restored_guest_continues_exactly(part):
+    cpu = halfway(part)
+    snap = part.snapshot()
+    first = run_on(cpu)
+    assert len(first["outs"]) == 200 - HALFWAY and first["r13"] == 200
+    part.restore(snap)
+    assert cpu.regs.r13 == HALFWAY
+    assert run_on(cpu) == first
+    part.restore(snap)                            # and again, the fast way
+    assert run_on(cpu) == first
+
+
+def test_restore_copies_only_dirtied_pages(kvm):
+    with pyhv.Partition(memory="64M") as part:
+        part.memory.fill(0x1000000, 32 << 20, 0x5A)          # lots of touched memory
+        cpu = halfway(part)
+        snap = part.snapshot()
+        assert snap.memory_bytes >= 32 << 20
+        run_on(cpu)
+        copied = part.restore(snap)
+        # the ring page, the sum pages and whatever the host wrote: a handful
+        assert 1 <= copied <= 8, copied
+        part.memory.write(0x2000000, b"host write")           # host writes are tracked too
+        assert part.restore(snap) == 1
+        assert part.memory.read(0x2000000, 10) == b"\x5a" * 10
+
+
+def test_snapshot_survives_a_file_and_another_process(part, tmp_path):
+    cpu = halfway(part)
+    snap = part.snapshot()
+    expected = run_on(cpu)
+    path = tmp_path / "lcg.pyhvsnap"
+    snap.save(path)
+    assert path.read_bytes()[:8] == MAGIC
+    assert path.stat().st_size < 128 * 1024       # 16 MiB of RAM, stored sparsely
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+        import pyhv
+        from tests.test_snapshots import run_on
+        part = pyhv.Partition.from_snapshot(pyhv.Snapshot.load({str(path)!r}))
+        print(json.dumps(run_on(part.vcpus[0])))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == expected
+
+
+def test_loaded_snapshot_restores_in_process_too(part, tmp_path):
+    cpu = halfway(part)
+    part.snapshot().save(tmp_path / "s")
+    expected = run_on(cpu)
+    part.restore(pyhv.Snapshot.load(tmp_path / "s"))          # a foreign snapshot: full copy
+    assert run_on(cpu) == expected
+
+
+def test_user_mode_guest_continues_after_restore(part):
+    part.memory.write(0x100000, guest_code("user_syscalls", origin=0x100000))
+    cpu = part.create_vcpu(mode="user", entry=0x100000)
+    first = cpu.run(timeout=10)
+    assert isinstance(first, exits.Syscall) and first.nr == 1
+    snap = part.snapshot()
+    first.complete(7)
+    assert cpu.run(timeout=10).args[0] == 7
+    part.restore(snap)
+    clone = pyhv.Partition.from_snapshot(snap)
+    for p in (part, clone):
+        cpu = p.vcpus[0]
+        cpu.regs.rax = 9                                      # the write() result
+        ex = cpu.run(timeout=10)
+        assert isinstance(ex, exits.Syscall) and (ex.nr, ex.args[0]) == (60, 9)
+    clone.close()
+
+
+def corrupt(path, offset: int, data: bytes) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + len(data)] = data
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_newer_and_foreign_files_are_refused(part, tmp_path):
+    halfway(part)
+    good = tmp_path / "good"
+    part.snapshot().save(good)
+    raw = good.read_bytes()
+    cases = {
+        "bad magic": (lambda p: corrupt(p, 0, b"NOTASNAP"), "bad magic"),
+        "flipped byte": (lambda p: corrupt(p, len(raw) // 2, bytes([raw[len(raw) // 2] ^ 1])),
+                         "checksum|malformed|damaged|outside"),
+        "truncated": (lambda p: p.write_bytes(raw[: len(raw) // 3]), "truncated|checksum"),
+        "newer major": (lambda p: corrupt(p, 8, struct.pack("<H", 99)), "newer"),
+        "empty": (lambda p: p.write_bytes(b""), "too short"),
+        "trailing data": (lambda p: p.write_bytes(raw + b"x"), "checksum|after"),
+    }
+    for name, (damage, message) in cases.items():
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(raw)
+        damage(path)
+        with pytest.raises(pyhv.SnapshotFormatError, match=message):
+            pyhv.Snapshot.load(path)
+    # a well-formed file whose vCPU-state layout is not ours
+    header_len = struct.unpack_from("<I", raw, 12)[0]
+    header = json.loads(raw[16:16 + header_len])
+    header["state_size"] += 8
+    blob = json.dumps(header).encode()
+    body = raw[:12] + struct.pack("<I", len(blob)) + blob + raw[16 + header_len:-32]
+    foreign = tmp_path / "foreign"
+    foreign.write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(pyhv.SnapshotFormatError, match="layout"):
+        pyhv.Snapshot.load(foreign)
+    with pytest.raises(FileNotFoundError):
+        pyhv.Snapshot.load(tmp_path / "missing")
+
+
+def test_restore_refuses_another_layout(part, kvm):
+    halfway(part)
+    snap = part.snapshot()
+    with pyhv.Partition(memory="32M") as other:
+        other.memory.write(0x1000, b"\xf4")
+        other.create_vcpu(mode="long", entry=0x1000)
+        with pytest.raises(pyhv.InvalidArgument, match="slots differ"):
+            other.restore(snap)
+    with pytest.raises(pyhv.InvalidArgument):
+        part.restore("not a snapshot")
+
+
+def test_reset_returns_to_the_state_after_setup(kvm):
+    with pyhv.Partition(memory="16M", resettable=True) as part:
+        cpu = boot(part, "lcg")
+        with pytest.raises(pyhv.StateError, match="no reset point"):
+            part.reset()
+        first = run_on(cpu)                          # the first run takes the reset point
+        cpu.set_msrs({0x175: 0x1234})
+        assert part.reset() >= 1
+        assert cpu.get_msr(0x175) == 0 and cpu.regs.rip == 0x1000
+        assert run_on(cpu) == first
+
+
+def test_set_reset_point_and_poisoned_recovery(part):
+    part.memory.write(0x1000, guest_code("triple_fault"))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    part.set_reset_point()
+    assert isinstance(cpu.run(timeout=10), exits.Shutdown)
+    assert part.state == pyhv.PartitionState.POISONED
+    with pytest.raises(pyhv.PoisonedError, match="Shutdown"):
+        cpu.run(timeout=10)
+    part.reset()
+    assert part.state == pyhv.PartitionState.STOPPED
+    assert isinstance(cpu.run(timeout=10), exits.Shutdown)     # the same fault, again
+
+
+def test_partition_pool_hands_out_fresh_guests(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        halfway(part)
+        template = part.snapshot()
+    made = []
+
+    def setup(p):
+        made.append(p)
+        p.add_io_handler(0xE9, write=lambda *a: None)
+
+    with pyhv.PartitionPool(template, size=1, setup=setup) as pool:
+        results = []
+        for _ in range(3):
+            with pool.lease() as guest:
+                assert guest.vcpus[0].regs.r13 == HALFWAY
+                assert guest.memory.read_u64(0x300000 + 8 * (HALFWAY - 1)) != 0
+                results.append(guest.run(timeout=30).exit)
+                guest.memory.write(0x300000, b"dirty")
+        assert len(made) == 1 and pool.free == 1               # one VM, reused
+        assert all(isinstance(r, exits.Halt) for r in results)
+        a, b = pool.acquire(), pool.acquire()                  # more than `size`: made now
+        assert len(made) == 2
+        pool.release(a)
+        pool.release(b)
+        with pytest.raises(pyhv.InvalidArgument):
+            pool.release(a)
+    assert all(p.closed for p in made)
+    with pytest.raises(pyhv.ClosedError):
+        pool.acquire()
