@@ -38,6 +38,9 @@ struct pyhv_vcpu {
        after an exit and writing them before the next entry then costs no ioctl. */
     int sync_regs;
     int has_xsave;           /* FPU state goes through KVM_GET/SET_XSAVE (see vcpu.c) */
+    int sync_state;          /* sync regs also carry sregs and events (state.c uses them) */
+    int needs_flush;         /* the last exit may leave a completion pending in the kernel */
+    int irqchip;             /* the VM has in-kernel interrupt controllers */
     int regs_in_run;         /* run->s.regs.regs holds the vCPU's current registers */
 
     uint32_t seq;            /* incremented by every run */

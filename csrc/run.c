@@ -482,6 +482,9 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         v->stats.runs++;
         if (r == 0) {
             entered = 1;
+            /* IO and MMIO exits (among others) are finished by the next KVM_RUN */
+            v->needs_flush = run->exit_reason != KVM_EXIT_HLT &&
+                             run->exit_reason != KVM_EXIT_SHUTDOWN;
             decode(v, ex);
             if (ex->reason == PYHV_EXIT_IO && v->nfast) {
                 enum fast_action act = fast_io(v, ex);
@@ -502,6 +505,7 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             break;
         }
         entered = 1;
+        v->needs_flush = 0;     /* an interrupted entry completed what was pending */
         if (!tls_kicked) {
             /* somebody else's signal (Ctrl-C...): Python must get to run its handler */
             ex->reason = PYHV_EXIT_INTERRUPTED;

@@ -18,15 +18,33 @@ _Static_assert(sizeof(struct kvm_lapic_state) == 1024, "kvm_lapic_state size");
 
 #define PAGE 4096u
 
-/* Re-enter KVM_RUN with immediate_exit set: the kernel finishes an IN or MMIO read whose data
-   Python supplied (it is only applied at the next entry) and returns before running guest
-   code.  Afterwards the vCPU's state is self-contained. */
-static int flush_pending(struct pyhv_vcpu *v)
+/* Re-enter KVM_RUN with immediate_exit set: the kernel applies pending sync regs, finishes an
+   IN or MMIO read whose data Python supplied (only applied at the next entry), stores the
+   registers back into the run area and returns before running guest code.  Afterwards the
+   vCPU's state is self-contained.  (Kernels older than 5.x returned before applying sync
+   regs, so pending ones are written with ioctls first.) */
+static int flush_pending(struct pyhv_vcpu *v, uint64_t store)
 {
-    v->run->immediate_exit = 1;
-    long r = pyhv_ioctl(v->fd, KVM_RUN, NULL);
-    v->run->immediate_exit = 0;
+    struct kvm_run *run = v->run;
+    long r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_REGS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_REGS, &run->s.regs.regs)) < 0)
+        return (int)r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_SREGS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_SREGS, &run->s.regs.sregs)) < 0)
+        return (int)r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_EVENTS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, &run->s.regs.events)) < 0)
+        return (int)r;
+    run->kvm_dirty_regs = 0;
+    uint64_t valid = run->kvm_valid_regs;
+    run->kvm_valid_regs = valid | store;
+    run->immediate_exit = 1;
+    r = pyhv_ioctl(v->fd, KVM_RUN, NULL);
+    run->immediate_exit = 0;
+    run->kvm_valid_regs = valid;
     v->pending = PYHV_PENDING_NONE;
+    v->needs_flush = 0;
     if (r < 0 && r != -EINTR)
         return (int)r;
     if (v->sync_regs)
@@ -74,15 +92,24 @@ int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_
 {
     if (nmsrs > PYHV_STATE_MAX_MSRS)
         return -E2BIG;
-    int rc = flush_pending(v);
+    /* the flush stores registers, special registers and events in the run area for us */
+    uint64_t sync = v->sync_state ? KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS
+                                  : 0;
+    int rc = flush_pending(v, sync);
     if (rc < 0)
         return rc;
     memset(out, 0, sizeof(*out));
     out->version = PYHV_STATE_VERSION;
     long r;
-    if ((r = pyhv_ioctl(v->fd, KVM_GET_REGS, out->regs)) < 0 ||
-        (r = pyhv_ioctl(v->fd, KVM_GET_SREGS, out->sregs)) < 0)
+    if (sync) {
+        memcpy(out->regs, &v->run->s.regs.regs, sizeof(out->regs));
+        memcpy(out->sregs, &v->run->s.regs.sregs, sizeof(out->sregs));
+        memcpy(out->events, &v->run->s.regs.events, sizeof(out->events));
+        out->present |= PYHV_HAS_EVENTS;
+    } else if ((r = pyhv_ioctl(v->fd, KVM_GET_REGS, out->regs)) < 0 ||
+               (r = pyhv_ioctl(v->fd, KVM_GET_SREGS, out->sregs)) < 0) {
         return (int)r;
+    }
     if (v->has_xsave) {
         if ((r = pyhv_ioctl(v->fd, KVM_GET_XSAVE, out->xsave)) < 0)
             return (int)r;
@@ -95,7 +122,7 @@ int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_
         out->present |= PYHV_HAS_XCRS;
     if (pyhv_ioctl(v->fd, KVM_GET_DEBUGREGS, out->debugregs) == 0)
         out->present |= PYHV_HAS_DEBUGREGS;
-    if (pyhv_ioctl(v->fd, KVM_GET_VCPU_EVENTS, out->events) == 0)
+    if (!sync && pyhv_ioctl(v->fd, KVM_GET_VCPU_EVENTS, out->events) == 0)
         out->present |= PYHV_HAS_EVENTS;
     struct kvm_mp_state mp;
     if (pyhv_ioctl(v->fd, KVM_GET_MP_STATE, &mp) == 0) {
@@ -113,17 +140,24 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
 {
     if (in->version != PYHV_STATE_VERSION || in->nmsrs > PYHV_STATE_MAX_MSRS)
         return -EINVAL;
-    int rc = flush_pending(v);
-    if (rc < 0)
+    int rc;
+    if (v->needs_flush && (rc = flush_pending(v, 0)) < 0)   /* drop a stale completion */
         return rc;
-    /* the registers go straight to the kernel: drop whatever the run area held for them */
-    v->run->kvm_dirty_regs = 0;
-    v->regs_in_run = 0;
+    struct kvm_run *run = v->run;
+    run->kvm_dirty_regs = 0;
     long r;
     /* QEMU's order: registers, FPU, XCRs, special registers, MSRs, events, MP state, APIC,
-       debug registers */
-    if ((r = pyhv_ioctl(v->fd, KVM_SET_REGS, (void *)in->regs)) < 0)
+       debug registers.  Registers, special registers and events go through the run area
+       where KVM offers it (loaded at the next entry, before anything else): each vCPU ioctl
+       costs microseconds on some backends. */
+    int sync = v->sync_state && (in->present & PYHV_HAS_EVENTS);
+    if (sync) {
+        memcpy(&run->s.regs.regs, in->regs, sizeof(run->s.regs.regs));
+        memcpy(&run->s.regs.sregs, in->sregs, sizeof(run->s.regs.sregs));
+        memcpy(&run->s.regs.events, in->events, sizeof(run->s.regs.events));
+    } else if ((r = pyhv_ioctl(v->fd, KVM_SET_REGS, (void *)in->regs)) < 0) {
         return (int)r;
+    }
     if (in->present & PYHV_HAS_XSAVE)
         r = pyhv_ioctl(v->fd, KVM_SET_XSAVE, (void *)in->xsave);
     else
@@ -133,14 +167,15 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
     if ((in->present & PYHV_HAS_XCRS) &&
         (r = pyhv_ioctl(v->fd, KVM_SET_XCRS, (void *)in->xcrs)) < 0)
         return (int)r;
-    if ((r = pyhv_ioctl(v->fd, KVM_SET_SREGS, (void *)in->sregs)) < 0)
+    if (!sync && (r = pyhv_ioctl(v->fd, KVM_SET_SREGS, (void *)in->sregs)) < 0)
         return (int)r;
     if ((rc = msrs_io(v, KVM_SET_MSRS, in->msr_index, (uint64_t *)in->msr_value, in->nmsrs)) < 0)
         return rc;
-    if ((in->present & PYHV_HAS_EVENTS) &&
+    if (!sync && (in->present & PYHV_HAS_EVENTS) &&
         (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, (void *)in->events)) < 0)
         return (int)r;
-    if (in->present & PYHV_HAS_MP_STATE) {
+    /* without in-kernel interrupt controllers a vCPU is always runnable: nothing to load */
+    if ((in->present & PYHV_HAS_MP_STATE) && (v->irqchip || in->mp_state != KVM_MP_STATE_RUNNABLE)) {
         struct kvm_mp_state mp = { .mp_state = in->mp_state };
         if ((r = pyhv_ioctl(v->fd, KVM_SET_MP_STATE, &mp)) < 0)
             return (int)r;
@@ -151,6 +186,12 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
     if ((in->present & PYHV_HAS_DEBUGREGS) &&
         (r = pyhv_ioctl(v->fd, KVM_SET_DEBUGREGS, (void *)in->debugregs)) < 0)
         return (int)r;
+    if (sync) {
+        run->kvm_dirty_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
+        v->regs_in_run = 1;
+    } else {
+        v->regs_in_run = 0;
+    }
     return 0;
 }
 

@@ -43,9 +43,11 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
         v->ring_max = (uint32_t)((page - sizeof(struct kvm_coalesced_mmio_ring)) /
                                  sizeof(struct kvm_coalesced_mmio));
     }
-    if (pyhv_check_extension(vm_fd, KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS) {
+    int sync = pyhv_check_extension(vm_fd, KVM_CAP_SYNC_REGS);
+    if (sync & KVM_SYNC_X86_REGS) {
         v->sync_regs = 1;
         v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+        v->sync_state = (sync & KVM_SYNC_X86_SREGS) && (sync & KVM_SYNC_X86_EVENTS);
     }
     *out = v;
     return 0;
@@ -125,9 +127,13 @@ static void segment_import(const struct pyhv_segment *p, struct kvm_segment *k)
 int pyhv_vcpu_get_sregs(struct pyhv_vcpu *v, struct pyhv_sregs *out)
 {
     struct kvm_sregs s;
-    long rc = pyhv_ioctl(v->fd, KVM_GET_SREGS, &s);
-    if (rc < 0)
-        return (int)rc;
+    if (v->run->kvm_dirty_regs & KVM_SYNC_X86_SREGS) {
+        s = v->run->s.regs.sregs;    /* a restore put them there for the next entry */
+    } else {
+        long rc = pyhv_ioctl(v->fd, KVM_GET_SREGS, &s);
+        if (rc < 0)
+            return (int)rc;
+    }
     segment_export(&s.cs, &out->cs);
     segment_export(&s.ds, &out->ds);
     segment_export(&s.es, &out->es);
@@ -174,6 +180,8 @@ int pyhv_vcpu_set_sregs(struct pyhv_vcpu *v, const struct pyhv_sregs *in)
     s.apic_base = in->apic_base;
     memcpy(s.interrupt_bitmap, in->interrupt_bitmap, sizeof(s.interrupt_bitmap));
     long rc = pyhv_ioctl(v->fd, KVM_SET_SREGS, &s);
+    if (rc == 0)
+        v->run->kvm_dirty_regs &= ~KVM_SYNC_X86_SREGS;   /* this write is newer */
     return rc < 0 ? (int)rc : 0;
 }
 

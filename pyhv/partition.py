@@ -138,6 +138,7 @@ class Partition:
         self._reset_point: Snapshot | None = None
         self._resettable = resettable
         self._msrs_to_save: list[int] | None = None
+        self._layout_version = 0        # bumped whenever slots or vCPUs come or go
         self.devices: dict[str, Device] = {}
         self._lock = threading.Lock()
         self._max_slots = self.hypervisor.capability("KVM_CAP_NR_MEMSLOTS") or 32
@@ -248,6 +249,7 @@ class Partition:
         slot = MemorySlot(slot_id, gpa, size, readonly, dirty_log,
                           int(ffi.cast("uintptr_t", pointer)), pointer)
         self.memory._add(slot)
+        self._layout_version += 1
         if self._setup_written == "long":
             try:
                 self._prepare_setup_region(True, rewrite=True)   # map the new GiBs too
@@ -268,6 +270,7 @@ class Partition:
         check_rc(lib.pyhv_partition_set_slot(self._vm_fd, slot.slot, 0, slot.gpa, 0, slot._pointer),
                  "KVM_SET_USER_MEMORY_REGION (delete)")
         self.memory._remove(slot)
+        self._layout_version += 1
         pointer, size = self._res.mappings.pop(slot.slot)
         free_host_memory(pointer, size)
 
@@ -342,6 +345,7 @@ class Partition:
             vcpu.close()
             raise
         self._vcpus.append(vcpu)
+        self._layout_version += 1
         return vcpu
 
     def _default_stack(self, entry: int) -> int:
@@ -459,6 +463,7 @@ class Partition:
             for vcpu_image in snap.vcpus:
                 vcpu = VCpu(part, vcpu_image.id)
                 part._vcpus.append(vcpu)
+                part._layout_version += 1
                 part._next_vcpu_id = max(part._next_vcpu_id, vcpu_image.id + 1)
                 vcpu.set_cpuid(vcpu_image.cpuid)
             for port, (kind, value) in snap.fast_ports.items():

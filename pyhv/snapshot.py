@@ -289,6 +289,7 @@ class DirtyTracker:
 
     def __init__(self, partition: Partition, base: Snapshot) -> None:
         self.base = base
+        self.layout_version = partition._layout_version    # slots and vCPUs when made
         self.changed: dict[int, Any] = {}
         self._scratch: dict[int, Any] = {}
         vm_fd = partition._vm_fd
@@ -350,15 +351,17 @@ def check_layout(partition: Partition, snap: Snapshot) -> None:
 def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
     """Bring ``partition`` (not running, same layout) back to ``snap``; returns the number
     of pages copied."""
-    check_layout(partition, snap)
     tracker = partition._tracker
-    fast = tracker is not None and tracker.base is snap
+    fast = (tracker is not None and tracker.base is snap
+            and tracker.layout_version == partition._layout_version)
+    if not fast:
+        check_layout(partition, snap)
     copied = 0
     for slot, image in zip(partition.memory.slots, snap.slots, strict=True):
         pages = image.image.pages
         if fast:
             assert tracker is not None
-            changed = tracker.collect(partition, slot)
+            changed = tracker.collect(partition, slot)   # also clears what it collected
         else:   # everything that may differ: pages touched now or holding data in the image
             changed = image.image.bitmap_copy()
             check_rc(lib.pyhv_memory_resident(slot._pointer, pages, changed), "mincore")

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -106,5 +107,75 @@ long ref_create_run_destroy(const uint8_t *code, size_t len, uint64_t entry, uin
         munmap(mem, mem_size);
     }
     close(kvm);
+    return rc;
+}
+
+/* Keep `n` idle VMs alive, each with `mem_size` bytes of RAM at GPA 0, `code` at `entry` and
+   one vCPU that ran it (real mode) to hlt: the raw C counterpart of 1,000 idle partitions.
+   ref_free_idle() destroys them.  Returns 0 or -errno. */
+static struct idle_vm {
+    int vm, vcpu;
+    void *mem;
+    struct kvm_run *run;
+} *idle;
+static int idle_count, idle_mmap_size;
+static uint64_t idle_mem_size;
+
+long ref_free_idle(void)
+{
+    for (int i = 0; i < idle_count; i++) {
+        munmap(idle[i].run, idle_mmap_size);
+        close(idle[i].vcpu);
+        close(idle[i].vm);
+        munmap(idle[i].mem, idle_mem_size);
+    }
+    free(idle);
+    idle = NULL;
+    idle_count = 0;
+    return 0;
+}
+
+long ref_make_idle(int n, const uint8_t *code, size_t len, uint64_t entry, uint64_t mem_size)
+{
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0)
+        return -errno;
+    idle_mmap_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    idle_mem_size = mem_size;
+    idle = calloc(n, sizeof(*idle));
+    long rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        struct idle_vm *v = &idle[i];
+        v->vm = ioctl(kvm, KVM_CREATE_VM, 0);
+        if (v->vm < 0) {
+            rc = -errno;
+            break;
+        }
+        ioctl(v->vm, KVM_SET_TSS_ADDR, 0xfffbd000ul);
+        v->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        memcpy((uint8_t *)v->mem + entry, code, len);
+        struct kvm_userspace_memory_region region = {
+            .slot = 0, .memory_size = mem_size, .userspace_addr = (uint64_t)(uintptr_t)v->mem,
+        };
+        if (ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &region) < 0 ||
+            (v->vcpu = ioctl(v->vm, KVM_CREATE_VCPU, 0)) < 0) {
+            rc = -errno;
+            break;
+        }
+        v->run = mmap(NULL, idle_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu, 0);
+        struct kvm_sregs sregs;
+        struct kvm_regs regs = { .rip = entry, .rflags = 2 };
+        ioctl(v->vcpu, KVM_GET_SREGS, &sregs);
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        if (v->run == MAP_FAILED || ioctl(v->vcpu, KVM_SET_SREGS, &sregs) < 0 ||
+            ioctl(v->vcpu, KVM_SET_REGS, &regs) < 0 || ioctl(v->vcpu, KVM_RUN, 0) < 0)
+            rc = -errno;
+        idle_count = i + 1;
+    }
+    close(kvm);
+    if (rc < 0)
+        ref_free_idle();
     return rc;
 }
