@@ -1,6 +1,7 @@
 /* partition.c - VM fds: creation, x86 setup, memory slots, dirty logging. */
 #include "internal.h"
 
+#include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -103,4 +104,57 @@ int pyhv_eventfd_take(int fd, uint64_t *count_out)
         return -EIO;
     *count_out = count;
     return 0;
+}
+
+int pyhv_partition_create_irqchip(int vm_fd)
+{
+    long r = pyhv_ioctl(vm_fd, KVM_CREATE_IRQCHIP, NULL);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_create_pit(int vm_fd)
+{
+    struct kvm_pit_config config = { .flags = KVM_PIT_SPEAKER_DUMMY };
+    long r = pyhv_ioctl(vm_fd, KVM_CREATE_PIT2, &config);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_irq_line(int vm_fd, uint32_t irq, int level)
+{
+    struct kvm_irq_level line = { .irq = irq, .level = level ? 1 : 0 };
+    long r = pyhv_ioctl(vm_fd, KVM_IRQ_LINE, &line);
+    return r < 0 ? (int)r : 0;
+}
+
+_Static_assert(sizeof(((struct kvm_irqchip *)0)->chip) == 512, "irqchip union size");
+_Static_assert(sizeof(struct kvm_pit_state2) == 112, "kvm_pit_state2 size");
+
+int pyhv_partition_get_irqchip(int vm_fd, uint32_t chip, uint8_t *out512)
+{
+    struct kvm_irqchip c = { .chip_id = chip };
+    long r = pyhv_ioctl(vm_fd, KVM_GET_IRQCHIP, &c);
+    if (r < 0)
+        return (int)r;
+    memcpy(out512, &c.chip, 512);
+    return 0;
+}
+
+int pyhv_partition_set_irqchip(int vm_fd, uint32_t chip, const uint8_t *in512)
+{
+    struct kvm_irqchip c = { .chip_id = chip };
+    memcpy(&c.chip, in512, 512);
+    long r = pyhv_ioctl(vm_fd, KVM_SET_IRQCHIP, &c);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_get_pit(int vm_fd, uint8_t *out112)
+{
+    long r = pyhv_ioctl(vm_fd, KVM_GET_PIT2, out112);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112)
+{
+    long r = pyhv_ioctl(vm_fd, KVM_SET_PIT2, (void *)in112);
+    return r < 0 ? (int)r : 0;
 }

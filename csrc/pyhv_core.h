@@ -195,6 +195,16 @@ int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map
 int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
                             uint64_t size, void *host_addr);
 int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap);
+/* in-kernel interrupt controllers (PIC, IOAPIC, a LAPIC per vCPU) and PIT; before vCPUs */
+int pyhv_partition_create_irqchip(int vm_fd);
+int pyhv_partition_create_pit(int vm_fd);
+int pyhv_partition_irq_line(int vm_fd, uint32_t irq, int level);
+/* chip state for snapshots: chip 0 = PIC master, 1 = PIC slave, 2 = IOAPIC (512 bytes each);
+   the PIT as struct kvm_pit_state2 (112 bytes) */
+int pyhv_partition_get_irqchip(int vm_fd, uint32_t chip, uint8_t *out512);
+int pyhv_partition_set_irqchip(int vm_fd, uint32_t chip, const uint8_t *in512);
+int pyhv_partition_get_pit(int vm_fd, uint8_t *out112);
+int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112);
 /* a zone whose guest writes the kernel queues in the coalesced ring instead of exiting */
 int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio,
                                   int add);
@@ -209,6 +219,8 @@ int pyhv_eventfd_take(int fd, uint64_t *count_out);   /* 0 and count, or -EAGAIN
 int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out);
 void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);
 int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);
+/* tell the vCPU its VM has in-kernel interrupt controllers (its MP state then matters) */
+void pyhv_vcpu_set_irqchip(struct pyhv_vcpu *vcpu, int present);
 int pyhv_vcpu_get_regs(struct pyhv_vcpu *vcpu, struct pyhv_regs *out);
 int pyhv_vcpu_set_regs(struct pyhv_vcpu *vcpu, const struct pyhv_regs *in);
 int pyhv_vcpu_get_sregs(struct pyhv_vcpu *vcpu, struct pyhv_sregs *out);
@@ -228,6 +240,8 @@ int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *vcpu, struct pyhv_cpuid_entry *out, ui
 /* C fast paths: kind PYHV_PORT_NONE removes the port */
 int pyhv_vcpu_set_fast_port(struct pyhv_vcpu *vcpu, uint16_t port, uint32_t kind,
                             uint32_t value);
+/* switch a fast port off (its exits go to Python) or on again; safe from any thread */
+int pyhv_vcpu_enable_fast_port(struct pyhv_vcpu *vcpu, uint16_t port, int enabled);
 /* move what a buffered port collected into out (at most max bytes); returns the count */
 int pyhv_vcpu_take_output(struct pyhv_vcpu *vcpu, uint16_t port, uint8_t *out, uint32_t max);
 /* move queued coalesced writes into out; returns the count */

@@ -320,7 +320,7 @@ static struct pyhv_fast_port *fast_port(struct pyhv_vcpu *v, uint16_t port)
 static enum fast_action fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct pyhv_fast_port *f = fast_port(v, ex->io_port);
-    if (!f)
+    if (!f || !atomic_load_explicit(&f->enabled, memory_order_relaxed))
         return FAST_NOT_MINE;
     uint32_t len = (uint32_t)ex->io_size * ex->io_count;   /* <= one page, checked by decode */
     switch (f->kind) {
@@ -378,8 +378,19 @@ int pyhv_vcpu_set_fast_port(struct pyhv_vcpu *v, uint16_t port, uint32_t kind, u
     uint8_t *buffer = NULL;
     if (kind == PYHV_PORT_BUFFERED && !(buffer = malloc(PYHV_OUTPUT_BUFFER)))
         return -ENOMEM;
-    v->fast[v->nfast++] = (struct pyhv_fast_port){ .port = port, .kind = kind, .value = value,
-                                                    .buffer = buffer };
+    struct pyhv_fast_port *f_new = &v->fast[v->nfast++];
+    *f_new = (struct pyhv_fast_port){ .port = port, .kind = kind, .value = value,
+                                      .buffer = buffer };
+    atomic_init(&f_new->enabled, 1);
+    return 0;
+}
+
+int pyhv_vcpu_enable_fast_port(struct pyhv_vcpu *v, uint16_t port, int enabled)
+{
+    struct pyhv_fast_port *f = fast_port(v, port);
+    if (!f)
+        return -ENOENT;
+    atomic_store(&f->enabled, enabled ? 1 : 0);
     return 0;
 }
 

@@ -70,6 +70,11 @@ int pyhv_vcpu_fd(const struct pyhv_vcpu *v)
     return v->fd;
 }
 
+void pyhv_vcpu_set_irqchip(struct pyhv_vcpu *v, int present)
+{
+    v->irqchip = present;
+}
+
 /* kvm_regs and pyhv_regs list the same 18 registers in the same order. */
 _Static_assert(sizeof(struct kvm_regs) == sizeof(struct pyhv_regs), "register layouts differ");
 

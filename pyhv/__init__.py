@@ -13,7 +13,7 @@ b'!'
 from __future__ import annotations
 
 from . import exits
-from .dispatch import Handler, RunResult
+from .dispatch import EndRun, Handler, RunResult
 from .errors import (
     ClosedError,
     GuestMemoryError,
@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - running from a tree that was never bui
 __all__ = [
     "Capabilities",
     "Doorbell",
+    "EndRun",
     "PartitionPool",
     "PartitionState",
     "PoisonedError",

@@ -30,6 +30,15 @@ OutputSink = Callable[[bytes], Any]
 SyscallHandler = Callable[[int, tuple[int, ...]], int | None]
 
 
+class EndRun(Exception):  # noqa: N818 - a signal to the run loop, not an error
+    """Raise from a handler to end the current run cleanly with ``exit`` as its final exit
+    (a device that resets the machine raises ``EndRun(exits.Reset(...))``)."""
+
+    def __init__(self, exit: Exit) -> None:
+        super().__init__(exit)
+        self.exit = exit
+
+
 @dataclass(frozen=True, eq=False, slots=True)
 class Handler:
     """A registered handler for ``[start, end)`` of a port or MMIO address space."""
@@ -215,6 +224,7 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
     life = vcpu.partition._life
     ptr = vcpu._begin(timeout)
     handling = False       # an exception raised while handling an exit poisons the partition
+    final: Exit
     try:
         c = vcpu._exit
         run = lib.pyhv_vcpu_run
@@ -254,11 +264,12 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
                     handling = False
                     continue
             elif reason == _HALT and vcpu._stubs:
-                final, clean = _serve_syscall(vcpu, c, syscall)
-                if final is None:
+                ended, clean = _serve_syscall(vcpu, c, syscall)
+                if ended is None:
                     handled += 1
                     handling = False
                     continue
+                final = ended
                 break
             elif reason == _CANCELED and life.paused:
                 handling = False
@@ -275,6 +286,9 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
         handling = False
         if not clean and not isinstance(final, CLEAN_ENDS):
             life.poison(f"vCPU {vcpu.id} ended on {final!r}, which nothing handled", final)
+    except EndRun as end:
+        final = end.exit                   # a handler ended the run on purpose
+        handled += 1
     except BaseException as exc:
         if handling:
             life.poison(f"vCPU {vcpu.id}: {type(exc).__name__} while handling an exit: {exc}")

@@ -274,6 +274,13 @@ class DebugExit(Exit):
     port: int
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class Reset(Exit):
+    """The guest asked the machine to reset (e.g. i8042 command 0xFE); ``source`` says how."""
+
+    source: str
+
+
 _EXCEPTION_NAMES = {
     0: "#DE divide error", 1: "#DB debug", 2: "NMI", 3: "#BP breakpoint", 4: "#OF overflow",
     5: "#BR bound range", 6: "#UD invalid opcode", 7: "#NM device not available",
@@ -355,7 +362,7 @@ class Unknown(Exit):
 # exits after which the guest cannot simply go on: they poison the partition
 FAULTS = (Shutdown, InternalError, FailEntry, InvalidExit)
 # exits that end a handler-driven run cleanly (anything else nobody handled poisons it)
-CLEAN_ENDS = (Halt, DebugExit, Canceled)
+CLEAN_ENDS = (Halt, DebugExit, Canceled, Reset)
 
 
 # -- decoding the C core's struct pyhv_exit ------------------------------------------------

@@ -98,6 +98,9 @@ class Partition:
     the rest goes at GPA 4 GiB, leaving the PC's MMIO hole free); more slots come from
     :meth:`map_memory`.  ``setup_base`` places pyhv's GDT and page tables (:mod:`pyhv.modes`).
     ``resettable=True`` takes a reset point at the first run, for :meth:`reset`.
+    ``irqchip=True`` gives the partition KVM's in-kernel PIC, IOAPIC and a LAPIC per vCPU
+    (raise lines with :meth:`set_irq`; ``hlt`` then waits for an interrupt instead of
+    exiting); ``pit=True`` adds the in-kernel PIT (it needs the irqchip).
     Use it as a context manager, or call :meth:`close`.  Its life: :mod:`pyhv.lifecycle`.
 
     Example::
@@ -110,16 +113,24 @@ class Partition:
 
     def __init__(self, memory: int | str | None = None, *,
                  hypervisor: system.Hypervisor | None = None,
-                 setup_base: int = DEFAULT_SETUP_BASE, resettable: bool = False) -> None:
+                 setup_base: int = DEFAULT_SETUP_BASE, resettable: bool = False,
+                 irqchip: bool = False, pit: bool = False) -> None:
         size = None if memory is None else parse_size(memory)
         if size is not None:
             self._check_slot_args(0, size)
         setup_base = _as_int("setup_base", setup_base)
         if setup_base % PAGE_SIZE or not 0 <= setup_base < (1 << 32):
             raise InvalidArgument(f"setup_base {setup_base:#x} must be page-aligned, below 4 GiB")
+        if pit and not irqchip:
+            raise InvalidArgument("the in-kernel PIT needs the in-kernel irqchip (irqchip=True)")
         self.hypervisor = hypervisor if hypervisor is not None else system.default()
         for cap, why in system.REQUIRED_CAPABILITIES.items():
             self.hypervisor.require(cap, why)
+        if irqchip:
+            self.hypervisor.require("KVM_CAP_IRQCHIP", "in-kernel interrupt controllers")
+        if pit:
+            self.hypervisor.require("KVM_CAP_PIT2", "the in-kernel PIT")
+        self.irqchip, self.pit = bool(irqchip), bool(pit)
         self.setup_base = setup_base
         self.memory = GuestMemory()
         self._vcpus: list[VCpu] = []
@@ -128,6 +139,7 @@ class Partition:
         self._mmio = AddressSpace("mmio", 1 << 64, cached=False)
         self._setup_written: str | None = None
         self._fast_ports: dict[int, tuple[int, int]] = {}       # port -> (kind, value)
+        self._fast_enabled: dict[int, bool] = {}                # ports switched off/on
         self._outputs: dict[int, OutputSink] = {}                # buffered port -> sink
         self._coalesced: list[tuple[int, int, bool, WriteHandler]] = []
         self._ring_lock = threading.Lock()
@@ -153,6 +165,11 @@ class Partition:
             check_rc(lib.pyhv_partition_setup_x86(self._res.vm_fd, KVM_TSS_ADDR,
                                                   KVM_IDENTITY_MAP_ADDR),
                      "KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR")
+            if irqchip:
+                check_rc(lib.pyhv_partition_create_irqchip(self._res.vm_fd),
+                         "KVM_CREATE_IRQCHIP")
+            if pit:
+                check_rc(lib.pyhv_partition_create_pit(self._res.vm_fd), "KVM_CREATE_PIT2")
             if size is not None:
                 low = min(size, LOW_MEMORY_LIMIT)
                 self.map_memory(0, low)
@@ -319,6 +336,9 @@ class Partition:
         if self.memory.slot_at(entry) is None:
             raise GuestMemoryError(entry, 1, "the entry point must lie in a memory slot")
         stack = self._default_stack(entry) if stack is None else _as_int("stack", stack)
+        if self.irqchip and (mode == "user" or exceptions):
+            raise InvalidArgument("user mode and exceptions=True report through `hlt`, which "
+                                  "waits for interrupts in a partition with irqchip=True")
         # KVM cannot destroy a vCPU without its VM: a failure below burns this id
         vcpu_id = self._next_vcpu_id
         check_mode(self, mode, entry, stack, exceptions, vcpu_id)
@@ -329,6 +349,8 @@ class Partition:
         vcpu = VCpu(self, vcpu_id)
         self._next_vcpu_id += 1
         try:
+            if self.irqchip:
+                lib.pyhv_vcpu_set_irqchip(vcpu._handle(), 1)
             if table is None:
                 buf, n = self.hypervisor._vcpu_cpuid(vcpu_id)
                 check_rc(lib.pyhv_vcpu_set_cpuid(vcpu._handle(), buf, n), "KVM_SET_CPUID2")
@@ -341,6 +363,8 @@ class Partition:
             for port, (kind, value) in self._fast_ports.items():
                 check_rc(lib.pyhv_vcpu_set_fast_port(vcpu._handle(), port, kind, value),
                          f"fast path for port {port:#x}")
+                if not self._fast_enabled.get(port, True):
+                    lib.pyhv_vcpu_enable_fast_port(vcpu._handle(), port, 0)
         except BaseException:
             vcpu.close()
             raise
@@ -365,6 +389,41 @@ class Partition:
                 write_setup_region(self, want_long)
                 self._setup_written = "long" if want_long else "protected"
         return self.setup_base + PAGE_TABLES_OFFSET
+
+    # -- interrupts and devices -------------------------------------------------------------
+    def set_irq(self, line: int, level: bool) -> None:
+        """Drive interrupt ``line`` (ISA IRQ 0-15 on the PIC, or an IOAPIC pin up to 23) of
+        the in-kernel irqchip high or low.  Safe from any thread."""
+        if not self.irqchip:
+            raise StateError("set_irq needs a partition made with irqchip=True")
+        line = _as_int("line", line)
+        if not 0 <= line < 24:
+            raise InvalidArgument(f"interrupt line {line} is not 0..23")
+        check_rc(lib.pyhv_partition_irq_line(self._vm_fd, line, 1 if level else 0),
+                 f"KVM_IRQ_LINE {line}")
+
+    def pulse_irq(self, line: int) -> None:
+        """Raise and lower ``line``: one edge for an edge-triggered (ISA) interrupt."""
+        self.set_irq(line, True)
+        self.set_irq(line, False)
+
+    def attach(self, device: Device) -> Device:
+        """Attach one of pyhv's devices (see :mod:`pyhv.devices`): it registers its handlers
+        and its state joins snapshots under ``device.name``."""
+        if not isinstance(device, Device):
+            raise InvalidArgument(f"{device!r} is not a pyhv.devices.Device")
+        if device.name in self.devices:
+            raise InvalidArgument(f"a device named {device.name!r} is attached already")
+        device.attach(self)
+        self.devices[device.name] = device
+        return device
+
+    def _enable_fast_port(self, port: int, enabled: bool) -> None:
+        """Switch a fast-path port off (its exits go to Python) or on: from any thread."""
+        for vcpu in self._vcpus:
+            if not vcpu.closed:
+                lib.pyhv_vcpu_enable_fast_port(vcpu._handle(), port, 1 if enabled else 0)
+        self._fast_enabled[port] = enabled
 
     # -- lifecycle and snapshots ------------------------------------------------------------
     @property
@@ -455,7 +514,8 @@ class Partition:
                       hypervisor: system.Hypervisor | None = None) -> Partition:
         """A new partition with ``snap``'s memory slots and vCPUs, in ``snap``'s state.  User
         handlers and buffered-port sinks are not part of a snapshot: register them again."""
-        part = cls(hypervisor=hypervisor, setup_base=snap.setup_base)
+        part = cls(hypervisor=hypervisor, setup_base=snap.setup_base,
+                   irqchip="pic_master" in snap.chips, pit="pit" in snap.chips)
         try:
             for slot_image in snap.slots:
                 part.map_memory(slot_image.gpa, slot_image.size, readonly=slot_image.readonly,
@@ -464,6 +524,8 @@ class Partition:
                 vcpu = VCpu(part, vcpu_image.id)
                 part._vcpus.append(vcpu)
                 part._layout_version += 1
+                if part.irqchip:
+                    lib.pyhv_vcpu_set_irqchip(vcpu._handle(), 1)
                 part._next_vcpu_id = max(part._next_vcpu_id, vcpu_image.id + 1)
                 vcpu.set_cpuid(vcpu_image.cpuid)
             for port, (kind, value) in snap.fast_ports.items():
@@ -508,6 +570,7 @@ class Partition:
                 check_rc(lib.pyhv_vcpu_set_fast_port(vcpu._handle(), handler.start,
                                                      lib.PYHV_PORT_NONE, 0), "fast path")
             del self._fast_ports[handler.start]
+            self._fast_enabled.pop(handler.start, None)
             self._outputs.pop(handler.start, None)
             return
         for i, (start, _end, pio, _write) in enumerate(self._coalesced):
@@ -523,11 +586,14 @@ class Partition:
             raise InvalidArgument(f"{handler!r} is not registered here") from None
 
     # -- exits the C core or the kernel complete without Python ------------------------------
-    def _add_fast_port(self, port: int, kind: int, value: int = 0) -> Handler:
+    def _add_fast_port(self, port: int, kind: int, value: int = 0, *, overlay: bool = False,
+                       sink: OutputSink | None = None) -> Handler:
+        """A port the C core completes.  ``overlay=True`` lets it lie over a Python handler
+        of the same port, which then takes what C does not (a device's slow path)."""
         port = _as_int("port", port)
         if not 0 <= port <= 0xFFFF:
             raise InvalidArgument(f"port {port:#x} is not a 16-bit port")
-        clash = self._io.find(port)
+        clash = None if overlay else self._io.find(port)
         if port in self._fast_ports or clash is not None:
             raise OverlapError(f"port {port:#x} already has a handler")
         if len(self._fast_ports) >= lib.PYHV_MAX_FAST_PORTS:
@@ -536,6 +602,8 @@ class Partition:
             check_rc(lib.pyhv_vcpu_set_fast_port(vcpu._handle(), port, kind, value),
                      f"fast path for port {port:#x}")
         self._fast_ports[port] = (kind, value)
+        if sink is not None:
+            self._outputs[port] = sink
         return Handler("io-fast", port, port + 1, None, None)
 
     def add_buffered_port(self, port: int, sink: OutputSink) -> Handler:
@@ -548,9 +616,7 @@ class Partition:
         write = sink.write if hasattr(sink, "write") else sink
         if not callable(write):
             raise InvalidArgument(f"sink {sink!r} is neither callable nor a stream")
-        handler = self._add_fast_port(port, lib.PYHV_PORT_BUFFERED)
-        self._outputs[port] = write
-        return handler
+        return self._add_fast_port(port, lib.PYHV_PORT_BUFFERED, sink=write)
 
     def add_constant_port(self, port: int, value: int) -> Handler:
         """Answer the guest's INs from ``port`` with ``value`` in C (e.g. a UART's line

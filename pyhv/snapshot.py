@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 MAGIC = b"PYHVSNAP"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1          # 1.1: in-kernel irqchip and PIT state ("chips")
 STATE_SIZE = ffi.sizeof("struct pyhv_vcpu_state")
 _PREFIX = struct.Struct("<8sHHI")
 _U64 = struct.Struct("<Q")
@@ -123,6 +123,7 @@ class Snapshot:
     fast_ports: dict[int, tuple[int, int]]     # port -> (kind, value), pyhv's C devices
     devices: dict[str, dict[str, Any]]         # name -> state of pyhv's Python devices
     pyhv_version: str = ""
+    chips: dict[str, bytes] = field(default_factory=dict)   # in-kernel irqchip / PIT state
 
     def layout(self) -> tuple[tuple[int, int, bool], ...]:
         return tuple((s.gpa, s.size, s.readonly) for s in self.slots)
@@ -150,6 +151,7 @@ class Snapshot:
                        "cpuid": [list(_cpuid_tuple(e)) for e in v.cpuid]} for v in self.vcpus],
             "fast_ports": {str(p): list(kv) for p, kv in self.fast_ports.items()},
             "devices": self.devices,
+            "chips": {name: state.hex() for name, state in self.chips.items()},
         }
         blob = json.dumps(header, sort_keys=True).encode()
         tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
@@ -232,8 +234,12 @@ class _Reader:
             vcpus = [self._vcpu(v) for v in header["vcpus"]]
             fast_ports = {int(p): (int(kv[0]), int(kv[1]))
                           for p, kv in header["fast_ports"].items()}
+            chips = {str(k): bytes.fromhex(v) for k, v in header.get("chips", {}).items()}
+            if any(len(v) != _CHIP_SIZES.get(k, -1) for k, v in chips.items()):
+                raise self.fail("damaged interrupt-controller state")
             snap = Snapshot(slots, vcpus, int(header["setup_base"]), header["setup_written"],
-                            fast_ports, dict(header["devices"]), str(header["pyhv_version"]))
+                            fast_ports, dict(header["devices"]), str(header["pyhv_version"]),
+                            chips)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, SnapshotFormatError):
                 raise
@@ -318,6 +324,35 @@ class DirtyTracker:
         return changed
 
 
+_CHIPS = {"pic_master": 0, "pic_slave": 1, "ioapic": 2}
+_CHIP_SIZES = {"pic_master": 512, "pic_slave": 512, "ioapic": 512, "pit": 112}
+
+
+def save_chips(partition: Partition) -> dict[str, bytes]:
+    chips: dict[str, bytes] = {}
+    vm_fd = partition._vm_fd
+    if partition.irqchip:
+        for name, chip in _CHIPS.items():
+            buf = ffi.new("uint8_t[]", 512)
+            check_rc(lib.pyhv_partition_get_irqchip(vm_fd, chip, buf), f"KVM_GET_IRQCHIP {name}")
+            chips[name] = bytes(buf)
+    if partition.pit:
+        buf = ffi.new("uint8_t[]", 112)
+        check_rc(lib.pyhv_partition_get_pit(vm_fd, buf), "KVM_GET_PIT2")
+        chips["pit"] = bytes(buf)
+    return chips
+
+
+def load_chips(partition: Partition, chips: dict[str, bytes]) -> None:
+    vm_fd = partition._vm_fd
+    for name, state in chips.items():
+        if name == "pit":
+            check_rc(lib.pyhv_partition_set_pit(vm_fd, state), "KVM_SET_PIT2")
+        else:
+            check_rc(lib.pyhv_partition_set_irqchip(vm_fd, _CHIPS[name], state),
+                     f"KVM_SET_IRQCHIP {name}")
+
+
 def take_snapshot(partition: Partition) -> Snapshot:
     """A :class:`Snapshot` of ``partition`` (which is not running)."""
     from . import __version__
@@ -332,7 +367,7 @@ def take_snapshot(partition: Partition) -> Snapshot:
              for s in partition.memory.slots]
     devices = {name: dev.get_state() for name, dev in partition.devices.items()}
     snap = Snapshot(slots, vcpus, partition.setup_base, partition._setup_written,
-                    dict(partition._fast_ports), devices, __version__)
+                    dict(partition._fast_ports), devices, __version__, save_chips(partition))
     partition._tracker = DirtyTracker(partition, snap)
     return snap
 
@@ -343,6 +378,9 @@ def check_layout(partition: Partition, snap: Snapshot) -> None:
     if mine != snap.layout():
         raise InvalidArgument("the snapshot's memory slots differ from this partition's: "
                               f"{list(snap.layout())} vs {list(mine)}")
+    chips = (set(_CHIPS) if partition.irqchip else set()) | ({"pit"} if partition.pit else set())
+    if set(snap.chips) != chips:
+        raise InvalidArgument("the snapshot's interrupt controllers differ from this partition's")
     if [v.id for v in partition.vcpus] != [v.id for v in snap.vcpus]:
         raise InvalidArgument("the snapshot's vCPUs differ from this partition's: "
                               f"{[v.id for v in snap.vcpus]} vs {[v.id for v in partition.vcpus]}")
@@ -372,6 +410,7 @@ def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
         vcpu.mode = vcpu_image.mode
         if vcpu_image.stubs:
             vcpu._enable_stubs()
+    load_chips(partition, snap.chips)
     for name, state in snap.devices.items():
         device = partition.devices.get(name)
         if device is not None:

@@ -1,18 +1,32 @@
-"""pyhv's device models: Python objects on the partition's port/MMIO dispatch.
+"""pyhv's PC devices: Python objects on the partition's port dispatch, with the C fast paths
+where one fits.  Attach them with :meth:`pyhv.Partition.attach`::
 
-A device attaches to a partition under a name (``part.devices[name]``) and, so that
-snapshots carry it, keeps its state in a plain dict of JSON-able values.
+    uart = part.attach(pyhv.devices.Uart16550(output=sys.stdout.buffer))
+    part.attach(pyhv.devices.I8042())          # command 0xFE ends the run with exits.Reset
+    part.attach(pyhv.devices.Rtc())            # CMOS clock at 0x70/0x71
+    part.attach(pyhv.devices.FwCfg(part))      # QEMU's fw_cfg at 0x510/0x511
+    part.attach(pyhv.devices.DebugExit(0xF4))  # QEMU's isa-debug-exit
+
+Each device keeps its state in JSON-able values (``get_state``/``set_state``), so snapshots
+carry it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..partition import Partition
 
 
 class Device:
-    """Base of pyhv's devices: a name and a snapshot-able state."""
+    """Base of pyhv's devices: a name, an ``attach`` step and a snapshot-able state."""
 
     name = "device"
+
+    def attach(self, partition: Partition) -> None:
+        """Register the device's handlers on ``partition`` (called by ``Partition.attach``)."""
+        self.partition = partition
 
     def get_state(self) -> dict[str, Any]:
         """The device's state as JSON-able values (for snapshots)."""
@@ -22,4 +36,10 @@ class Device:
         """Take back a state from :meth:`get_state`."""
 
 
-__all__ = ["Device"]
+from .debugexit import DebugExit  # noqa: E402
+from .fwcfg import FwCfg  # noqa: E402
+from .i8042 import I8042  # noqa: E402
+from .rtc import Rtc  # noqa: E402
+from .uart import Uart16550  # noqa: E402
+
+__all__ = ["Device", "Uart16550", "I8042", "Rtc", "FwCfg", "DebugExit"]

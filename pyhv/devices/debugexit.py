@@ -1,0 +1,24 @@
+"""QEMU's isa-debug-exit: a guest OUT of V ends the run with exit status ``(V << 1) | 1``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import Device
+
+if TYPE_CHECKING:
+    from ..partition import Partition
+
+
+class DebugExit(Device):
+    """Handled entirely in C (:meth:`pyhv.Partition.add_debug_exit`): the run ends with a
+    :class:`pyhv.exits.DebugExit`."""
+
+    name = "debug-exit"
+
+    def __init__(self, port: int = 0xF4) -> None:
+        self.port = port
+
+    def attach(self, partition: Partition) -> None:
+        super().attach(partition)
+        partition.add_debug_exit(self.port)
