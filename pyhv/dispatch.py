@@ -63,6 +63,7 @@ class AddressSpace:
         self._handlers: list[Handler] = []
         # ports: 64K possible keys, so a per-port cache is bounded; MMIO is searched each time
         self._cache: dict[int, Handler | None] | None = {} if cached else None
+        self.fallback: Handler | None = None    # takes what no range claims, if set
 
     def add(self, start: int, size: int, read: ReadHandler | None,
             write: WriteHandler | None) -> Handler:
@@ -89,6 +90,17 @@ class AddressSpace:
             self._cache.clear()
         return handler
 
+    def claimed(self, address: int) -> Handler | None:
+        """The registered range holding ``address`` (never the fallback)."""
+        i = bisect.bisect(self._starts, address) - 1
+        return self._handlers[i] if i >= 0 and address < self._handlers[i].end else None
+
+    def set_fallback(self, read: ReadHandler | None, write: WriteHandler | None) -> None:
+        self.fallback = None if read is None and write is None else Handler(
+            self.space, 0, self.limit, read, write)
+        if self._cache is not None:
+            self._cache.clear()
+
     def remove(self, handler: Handler) -> None:
         i = self._handlers.index(handler)
         del self._handlers[i]
@@ -105,6 +117,8 @@ class AddressSpace:
                 pass
         i = bisect.bisect(self._starts, address) - 1
         found = self._handlers[i] if i >= 0 and address < self._handlers[i].end else None
+        if found is None:
+            found = self.fallback
         if cache is not None:
             cache[address] = found
         return found

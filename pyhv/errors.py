@@ -73,6 +73,11 @@ class GuestMemoryError(HypervisorError, ValueError):
         self.size = size
 
 
+class ImageFormatError(HypervisorError, ValueError):
+    """A guest image is corrupt, truncated, of the wrong format, or does not fit the
+    partition; nothing of it was written to guest memory."""
+
+
 class ClosedError(HypervisorError, ValueError):
     """The partition or vCPU was closed."""
 

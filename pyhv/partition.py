@@ -140,6 +140,7 @@ class Partition:
         self._setup_written: str | None = None
         self._fast_ports: dict[int, tuple[int, int]] = {}       # port -> (kind, value)
         self._fast_enabled: dict[int, bool] = {}                # ports switched off/on
+        self.unclaimed_ports: dict[int, int] = {}               # see ignore_unclaimed_ports
         self._outputs: dict[int, OutputSink] = {}                # buffered port -> sink
         self._coalesced: list[tuple[int, int, bool, WriteHandler]] = []
         self._ring_lock = threading.Lock()
@@ -559,6 +560,21 @@ class Partition:
         """
         return self._mmio.add(gpa, size, read, write)
 
+    def ignore_unclaimed_ports(self) -> None:
+        """Treat ports no handler claims like an empty ISA bus: INs read all ones and OUTs
+        vanish, instead of ending the run.  Real kernels probe many such ports; the ones
+        touched are counted in :attr:`unclaimed_ports` (port -> accesses)."""
+        counts = self.unclaimed_ports
+
+        def read(port: int, size: int) -> int:
+            counts[port] = counts.get(port, 0) + 1
+            return (1 << (8 * size)) - 1
+
+        def write(port: int, size: int, value: int) -> None:
+            counts[port] = counts.get(port, 0) + 1
+
+        self._io.set_fallback(read, write)
+
     def remove_handler(self, handler: Handler) -> None:
         """Unregister a handler returned by one of the ``add_*`` methods."""
         if handler.space == "io-fast":
@@ -593,7 +609,7 @@ class Partition:
         port = _as_int("port", port)
         if not 0 <= port <= 0xFFFF:
             raise InvalidArgument(f"port {port:#x} is not a 16-bit port")
-        clash = None if overlay else self._io.find(port)
+        clash = None if overlay else self._io.claimed(port)
         if port in self._fast_ports or clash is not None:
             raise OverlapError(f"port {port:#x} already has a handler")
         if len(self._fast_ports) >= lib.PYHV_MAX_FAST_PORTS:

@@ -1,0 +1,139 @@
+"""ELF32 and ELF64 executables, parsed with pyelftools: PT_LOAD segments at their physical
+addresses, zero-filled BSS, entered at the entry point (translated to its physical address)
+in protected mode (ELF32) or long mode (ELF64)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import ImageFormatError
+from . import BootImage
+from .layout import check_fits
+
+if TYPE_CHECKING:
+    from ..partition import Partition
+
+MAGIC = b"\x7fELF"
+EM_386, EM_X86_64 = 3, 62
+XEN_ELFNOTE_PHYS32_ENTRY = 18
+
+
+@dataclass
+class Segment:
+    paddr: int
+    vaddr: int
+    data: bytes
+    memsz: int
+
+
+@dataclass
+class ElfImage:
+    bits: int
+    entry: int                  # virtual, as in the header
+    segments: list[Segment]
+    notes: list[tuple[str, int, bytes]]   # (name, type, descriptor)
+
+    def physical(self, vaddr: int) -> int:
+        """The physical address of ``vaddr`` through the segment that holds it."""
+        for s in self.segments:
+            if s.vaddr <= vaddr < s.vaddr + max(s.memsz, 1):
+                return vaddr - s.vaddr + s.paddr
+        raise ImageFormatError(f"ELF entry point {vaddr:#x} is in no loadable segment")
+
+
+def _fail(name: str, why: str) -> ImageFormatError:
+    return ImageFormatError(f"{name}: not a loadable ELF image: {why}")
+
+
+def parse(data: bytes, name: str = "image") -> ElfImage:
+    """Check and read an ELF executable for x86 (pyelftools does the parsing)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.segments import NoteSegment
+
+    if data[:4] != MAGIC:
+        raise _fail(name, "bad magic")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        bits = elf.elfclass
+        machine = elf.header["e_machine"]
+        if (bits, machine) not in ((32, "EM_386"), (64, "EM_X86_64")):
+            raise _fail(name, f"{bits}-bit {machine} is not an x86 executable")
+        if elf.header["e_type"] not in ("ET_EXEC", "ET_DYN"):
+            raise _fail(name, f"type {elf.header['e_type']} is not an executable")
+        segments, notes = [], []
+        for seg in elf.iter_segments():
+            kind = seg["p_type"]
+            if kind == "PT_LOAD":
+                offset, filesz, memsz = seg["p_offset"], seg["p_filesz"], seg["p_memsz"]
+                if filesz > memsz:
+                    raise _fail(name, f"a segment's file size {filesz:#x} exceeds its memory "
+                                      f"size {memsz:#x}")
+                if offset + filesz > len(data):
+                    raise _fail(name, f"a segment [{offset:#x}, +{filesz:#x}) runs past the end "
+                                      f"of the file ({len(data):#x} bytes): truncated?")
+                if memsz:
+                    segments.append(Segment(seg["p_paddr"], seg["p_vaddr"],
+                                            data[offset:offset + filesz], memsz))
+            elif kind == "PT_NOTE" and isinstance(seg, NoteSegment):
+                for note in seg.iter_notes():
+                    desc = note["n_desc"]
+                    raw = desc if isinstance(desc, bytes) else bytes.fromhex(desc) \
+                        if isinstance(desc, str) else b""
+                    notes.append((note["n_name"], note["n_type"] if isinstance(
+                        note["n_type"], int) else -1, raw))
+        entry = elf.header["e_entry"]
+    except ImageFormatError:
+        raise
+    except (ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError,
+            UnicodeDecodeError, OverflowError, IndexError) as exc:
+        raise _fail(name, f"{type(exc).__name__}: {exc}") from None
+    if not segments:
+        raise _fail(name, "no loadable segments")
+    ordered = sorted(segments, key=lambda s: s.paddr)
+    for a, b in itertools.pairwise(ordered):
+        if a.paddr + a.memsz > b.paddr:
+            raise _fail(name, f"segments at {a.paddr:#x} and {b.paddr:#x} overlap")
+    return ElfImage(bits, entry, segments, notes)
+
+
+def pvh_entry_of(data: bytes) -> int | None:
+    """The PVH entry point (Xen's PHYS32_ENTRY note) of an ELF image, if it has one."""
+    try:
+        image = parse(data)
+    except ImageFormatError:
+        return None
+    return pvh_entry(image)
+
+
+def pvh_entry(image: ElfImage) -> int | None:
+    for note_name, kind, desc in image.notes:
+        if note_name == "Xen" and kind == XEN_ELFNOTE_PHYS32_ENTRY and len(desc) >= 4:
+            return int.from_bytes(desc[:8] if len(desc) >= 8 else desc[:4], "little") \
+                & 0xFFFFFFFF
+    return None
+
+
+def place(partition: Partition, image: ElfImage, what: str) -> list[tuple[int, int, str]]:
+    """Check every segment fits, then write them (BSS zeroed)."""
+    for s in image.segments:
+        check_fits(partition, f"{what} segment", s.paddr, s.memsz)
+    regions = []
+    for s in image.segments:
+        partition.memory.write(s.paddr, s.data)
+        if s.memsz > len(s.data):
+            partition.memory.fill(s.paddr + len(s.data), s.memsz - len(s.data))
+        regions.append((s.paddr, s.memsz, f"{what} segment"))
+    return regions
+
+
+def load(partition: Partition, data: bytes, name: str) -> BootImage:
+    image = parse(data, name)
+    entry = image.physical(image.entry)
+    regions = place(partition, image, "ELF")
+    return BootImage("elf", "long" if image.bits == 64 else "protected", entry,
+                     regions=regions)
