@@ -60,6 +60,8 @@ struct pyhv_vcpu {
     pthread_mutex_t kick_lock;   /* keeps running_tid alive while another thread signals it */
     pid_t running_tid;           /* thread inside pyhv_vcpu_run, 0 when none */
     uint64_t deadline_ns;    /* the thread's timer (run.c) kicks the run at this time */
+    uint64_t flush_interval_ns;  /* buffered output waits at most this long (0: until full) */
+    uint64_t flush_due_ns;   /* when the buffered output collected so far is due */
 };
 
 /* ioctl that returns 0/positive or -errno, retrying nothing */

@@ -288,6 +288,9 @@ int pyhv_vcpu_complete_in(struct pyhv_vcpu *vcpu, uint32_t seq, const uint8_t *d
 int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value);
 /* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none */
 int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);
+/* how long buffered-port output may wait before the run hands it to Python (default 50 ms;
+   0 = until the buffer fills or an exit comes) */
+void pyhv_vcpu_set_flush_interval(struct pyhv_vcpu *vcpu, uint64_t interval_ns);
 /* from any thread: stop the current or the next run of this vCPU */
 void pyhv_vcpu_cancel(struct pyhv_vcpu *vcpu);
 /* forget a cancel that no run has consumed yet */

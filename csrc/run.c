@@ -124,12 +124,16 @@ static struct thread_timer *thread_timer(void)
     return tls_timer = t;
 }
 
-int pyhv_vcpu_set_deadline(struct pyhv_vcpu *v, uint64_t deadline_ns)
+/* Arm this thread's timer for the vCPU's next reason to leave the guest: its deadline, or the
+   time buffered output is due (whichever comes first); disarm it when there is none. */
+static int arm_kick(struct pyhv_vcpu *v)
 {
-    v->deadline_ns = deadline_ns;
+    uint64_t when = v->deadline_ns;
+    if (v->flush_due_ns && (!when || v->flush_due_ns < when))
+        when = v->flush_due_ns;
     struct itimerspec at;
     memset(&at, 0, sizeof(at));
-    if (deadline_ns == 0) {
+    if (when == 0) {
         if (tls_timer)
             timer_settime(tls_timer->id, 0, &at, NULL);   /* disarm */
         return 0;
@@ -140,11 +144,22 @@ int pyhv_vcpu_set_deadline(struct pyhv_vcpu *v, uint64_t deadline_ns)
     if (!t)
         return -errno;
     /* a late expiry only kicks this thread: the run loop checks the clock before acting */
-    at.it_value.tv_sec = (time_t)(deadline_ns / 1000000000ull);
-    at.it_value.tv_nsec = (long)(deadline_ns % 1000000000ull);
+    at.it_value.tv_sec = (time_t)(when / 1000000000ull);
+    at.it_value.tv_nsec = (long)(when % 1000000000ull);
     if (timer_settime(t->id, TIMER_ABSTIME, &at, NULL) < 0)
         return -errno;
     return 0;
+}
+
+int pyhv_vcpu_set_deadline(struct pyhv_vcpu *v, uint64_t deadline_ns)
+{
+    v->deadline_ns = deadline_ns;
+    return arm_kick(v);
+}
+
+void pyhv_vcpu_set_flush_interval(struct pyhv_vcpu *v, uint64_t interval_ns)
+{
+    v->flush_interval_ns = interval_ns;
 }
 
 void pyhv_vcpu_cancel(struct pyhv_vcpu *v)
@@ -334,6 +349,11 @@ static enum fast_action fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     case PYHV_PORT_BUFFERED:
         if (ex->io_in)
             return FAST_NOT_MINE;
+        if (f->fill == 0 && !v->flush_due_ns && v->flush_interval_ns) {
+            /* a guest that prints, then computes for long, still shows its output soon */
+            v->flush_due_ns = pyhv_monotonic_ns() + v->flush_interval_ns;
+            arm_kick(v);
+        }
         /* the buffer holds two pages and is emptied past one, so a page always fits */
         memcpy(f->buffer + f->fill, ex->io_data, len);
         f->fill += len;
@@ -469,6 +489,10 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     ex->code = 0;
     ex->seq = ++v->seq;
     v->pending = PYHV_PENDING_NONE;
+    if (v->flush_due_ns && !output_pending(v)) {
+        v->flush_due_ns = 0;        /* delivered since: back to the deadline alone */
+        arm_kick(v);
+    }
 
     pthread_mutex_lock(&v->kick_lock);
     v->running_tid = current_tid();
@@ -486,6 +510,10 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         }
         if (v->deadline_ns && pyhv_monotonic_ns() >= v->deadline_ns) {
             ex->reason = PYHV_EXIT_TIMEOUT;
+            break;
+        }
+        if (v->flush_due_ns && pyhv_monotonic_ns() >= v->flush_due_ns) {
+            ex->reason = PYHV_EXIT_OUTPUT_FULL;    /* due: Python delivers it, runs again */
             break;
         }
         int r = ioctl(v->fd, KVM_RUN, 0);
