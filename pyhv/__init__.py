@@ -12,7 +12,7 @@ b'!'
 
 from __future__ import annotations
 
-from . import exits
+from . import devices, exits, loaders
 from .dispatch import EndRun, Handler, RunResult
 from .errors import (
     ClosedError,
@@ -20,6 +20,7 @@ from .errors import (
     HandlerError,
     HypervisorError,
     HypervisorUnavailable,
+    ImageFormatError,
     InvalidArgument,
     KvmError,
     MissingCapability,
@@ -46,9 +47,12 @@ except ImportError:  # pragma: no cover - running from a tree that was never bui
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "devices",
+    "loaders",
     "Capabilities",
     "Doorbell",
     "EndRun",
+    "ImageFormatError",
     "PartitionPool",
     "PartitionState",
     "PoisonedError",

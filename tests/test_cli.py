@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pyhv.demo import demo_image
 from pyhv.testing import assemble_file
 
@@ -46,3 +48,62 @@ def test_no_command_prints_help():
 def test_demo_binary_matches_its_source():
     assert demo_image() == assemble_file(DEMO_SOURCE, origin=0x1000), (
         "pyhv/guests/demo.bin is stale: rebuild it from demo.S (see the comment at its top)")
+
+
+def test_run_boots_a_multiboot_kernel_and_exits_with_its_code(kvm, tmp_path):
+    from .images import build_multiboot
+    kernel = build_multiboot(tmp_path)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"ramdisk")
+    proc = pyhv_cli("run", str(kernel), "--memory", "32M", "--append", "quiet",
+                    "--initrd", str(initrd), "--timeout", "60")
+    assert proc.returncode == 0x63, proc.stderr               # (0x31 << 1) | 1
+    assert f"cmdline {kernel} quiet" in proc.stdout
+    assert f"{initrd} ramdisk" in proc.stdout and proc.stdout.endswith("bye\n")
+
+
+def test_run_serial_to_a_file(kvm, tmp_path):
+    from .images import build_multiboot
+    kernel = build_multiboot(tmp_path)
+    log = tmp_path / "console.log"
+    proc = pyhv_cli("run", str(kernel), "--memory", "32M", "--serial", f"file:{log}")
+    assert proc.returncode == 0x63 and proc.stdout == ""
+    assert log.read_text().startswith("magic 0x2badb002")
+
+
+@pytest.mark.parametrize("code, status", [
+    ("hlt", 0),                                       # halted
+    ("lidt idt(%rip)\nud2\nidt: .word 0\n.quad 0", 2),   # triple fault
+    ("mov $0x10, %al\nout %al, $0x80\nmov $0x10, %al\nout %al, $0xf4", 0x21),  # debug-exit
+    ("mov $0xfe, %al\nout %al, $0x64\nhlt", 0),        # i8042 reset
+    ("mov (0xd0000000), %eax\nhlt", 3),               # MMIO nobody handles
+])
+def test_run_exit_status_follows_the_guest(kvm, tmp_path, code, status):
+    from pyhv.testing import assemble
+    image = tmp_path / "guest.bin"
+    image.write_bytes(assemble(code, origin=0x100000))
+    proc = pyhv_cli("run", str(image), "--format", "flat", "--memory", "4M", "--timeout", "30")
+    assert proc.returncode == status, proc.stderr
+
+
+def test_run_timeout_and_bad_images(kvm, tmp_path):
+    spin = tmp_path / "spin.bin"
+    spin.write_bytes(b"\xeb\xfe")                             # jmp .
+    proc = pyhv_cli("run", str(spin), "--format", "flat", "--timeout", "0.5")
+    assert proc.returncode == 124 and "timeout" in proc.stderr
+    bad = tmp_path / "bad.elf"
+    bad.write_bytes(b"\x7fELF" + bytes(60))
+    proc = pyhv_cli("run", str(bad), "--format", "elf")
+    assert proc.returncode == 1 and "not a loadable ELF" in proc.stderr
+    proc = pyhv_cli("run", str(tmp_path / "missing"))
+    assert proc.returncode == 1 and "cannot read" in proc.stderr
+    proc = pyhv_cli("run", str(spin), "--serial", "telnet:1234")
+    assert proc.returncode == 1 and "--serial" in proc.stderr
+
+
+def test_run_help_documents_the_exit_status():
+    proc = pyhv_cli("run", "--help")
+    assert proc.returncode == 0
+    for text in ("--format", "--memory", "--cpus", "--append", "--initrd", "--serial",
+                 "--timeout", "--debug-exit", "exit status", "124"):
+        assert text in proc.stdout

@@ -1,0 +1,210 @@
+"""Image loaders on real guests: a multiboot kernel built here from assembly and C (ELF and
+a.out-kludge forms), ELF32/ELF64 guests, flat images, and every kind of broken image."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+
+import pyhv
+import pyhv.loaders.linux
+from pyhv import devices, exits, loaders
+from pyhv.loaders import layout, multiboot
+
+from .conftest import fd_count
+from .images import build_multiboot, link_elf
+
+
+def boot_multiboot(path, memory="32M", **load) -> tuple[pyhv.RunResult, str, pyhv.Partition]:
+    part = pyhv.Partition(memory=memory)
+    out = io.BytesIO()
+    part.attach(devices.Uart16550(out))
+    part.attach(devices.DebugExit())
+    image = loaders.load(part, path, **load)
+    assert image.format == "multiboot" and image.mode == "protected"
+    image.create_vcpu(part)
+    result = part.run(timeout=60)
+    return result, out.getvalue().decode(), part
+
+
+@pytest.mark.parametrize("aout_kludge", [False, True], ids=["elf", "aout-kludge"])
+def test_multiboot_kernel_reads_its_info_structure(kvm, tmp_path, aout_kludge):
+    kernel = build_multiboot(tmp_path, aout_kludge)
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(b"module payload")
+    result, text, part = boot_multiboot(kernel, cmdline="console=ttyS0 answer=42",
+                                        initrd=initrd)
+    with part:
+        lines = text.splitlines()
+        assert result.exit == exits.DebugExit(code=0x63, value=0x31, port=0xF4,
+                                              rip=result.exit.rip)
+        assert lines[0] == "magic 0x2badb002"
+        assert f"cmdline {kernel} console=ttyS0 answer=42" in lines   # QEMU's convention
+        expected_map = [f"mmap {base:#x} {length:#x} {kind:#x}"
+                        for base, length, kind in layout.memory_map(part)]
+        assert [line for line in lines if line.startswith("mmap")] == expected_map
+        module = next(line for line in lines if line.startswith("module"))
+        _, start, size, name, payload = module.split(" ", 4)
+        assert int(size, 16) == len(b"module payload") and int(start, 16) % 4096 == 0
+        assert name == str(initrd) and payload == "module payload"
+        assert "loader pyhv" in lines and lines[-1] == "bye"
+        assert lines[2] == f"mem {0x80000 // 1024:#x} {(32 << 20) // 1024 - 1024:#x}"
+
+
+def test_multiboot_without_extras(kvm, tmp_path):
+    result, text, part = boot_multiboot(build_multiboot(tmp_path))
+    part.close()
+    assert "module" not in text and f"cmdline {tmp_path / 'kernel.elf'}" in text
+
+
+def elf_guest(tmp_path, bits):
+    # writes a marker, sums its (zero-filled) BSS, reports both on port 0xE9
+    reg = "%rsi" if bits == 64 else "%esi"
+    source = f"""
+    .globl _start
+    .text
+_start:
+    mov $marker, {reg}
+    mov ({reg}), %eax
+    out %eax, $0xE9
+    mov $bss_start, {reg}
+    xor %eax, %eax
+    mov $1024, %ecx
+1:  add ({reg}), %eax
+    add $4, {reg}
+    loop 1b
+    out %eax, $0xE9
+    hlt
+    .data
+marker: .long 0xC0FFEE
+    .bss
+bss_start: .space 4096
+"""
+    return link_elf(tmp_path, source, bits, 0x200000, f"elf{bits}")
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_elf_guest_with_bss(part, tmp_path, bits):
+    path = elf_guest(tmp_path, bits)
+    part.memory.fill(0x200000, 0x10000, 0xEE)          # garbage where the BSS goes
+    image = loaders.load(part, path)
+    assert image.format == "elf" and image.mode == ("long" if bits == 64 else "protected")
+    assert image.entry == 0x200000
+    cpu = image.create_vcpu(part)
+    values = []
+    while isinstance(ex := cpu.run(timeout=30), exits.IoOut):
+        values.append(ex.value)
+    assert isinstance(ex, exits.Halt) and values == [0xC0FFEE, 0]
+
+
+def test_flat_image_and_detection(part, tmp_path):
+    code = pyhv.testing.assemble("mov $7, %eax\nhlt", origin=0x100000)
+    flat = tmp_path / "flat.bin"
+    flat.write_bytes(code)
+    assert loaders.detect(code) == "flat"
+    image = loaders.load(part, flat)
+    assert (image.format, image.mode, image.entry) == ("flat", "long", 0x100000)
+    cpu = image.create_vcpu(part)
+    assert isinstance(cpu.run(timeout=10), exits.Halt) and cpu.regs.rax == 7
+    real = loaders.load(part, b"\xf4", "flat", address=0x7C00, mode="real")
+    assert real.mode == "real" and part.memory.read(0x7C00, 1) == b"\xf4"
+    with pytest.raises(pyhv.InvalidArgument):
+        loaders.load(part, b"\xf4", "flat", mode="virtual86")
+    with pytest.raises(pyhv.InvalidArgument):
+        loaders.load(part, b"\xf4", "exe")
+
+
+def _corrupt(data: bytes, offset: int, value: bytes) -> bytes:
+    return data[:offset] + value + data[offset + len(value):]
+
+
+def elf_cases(elf: bytes) -> dict[str, bytes]:
+    """Broken versions of a valid ELF32 file."""
+    phoff = struct.unpack_from("<I", elf, 0x1C)[0]
+    first = phoff                                  # the first program header
+    filesz = struct.unpack_from("<I", elf, first + 16)[0]
+    return {
+        "truncated": elf[: len(elf) // 2],
+        "bad magic": b"\x7fELG" + elf[4:],
+        "wrong machine": _corrupt(elf, 0x12, struct.pack("<H", 40)),          # ARM
+        "not executable": _corrupt(elf, 0x10, struct.pack("<H", 1)),          # ET_REL
+        "segment past the file": _corrupt(elf, first + 4, struct.pack("<I", len(elf) - 4)),
+        "filesz above memsz": _corrupt(elf, first + 20, struct.pack("<I", filesz - 1)),
+        "segment outside RAM": _corrupt(elf, first + 12, struct.pack("<I", 0xF0000000)),
+        "absurd size": _corrupt(elf, first + 20, struct.pack("<I", 0xFFFFFFF0)),
+        "over the setup region": _corrupt(elf, first + 12, struct.pack("<I", 0x80000)),
+        "program headers past the end": _corrupt(elf, 0x1C, struct.pack("<I", len(elf) + 64)),
+        "empty": b"",
+    }
+
+
+def multiboot_cases(kernel: bytes, header: int) -> dict[str, bytes]:
+    flags_at = header + 4
+    return {
+        "bad checksum (no header)": _corrupt(kernel, header + 8, b"\0\0\0\0"),
+        "unknown required flag": _corrupt(kernel, flags_at, struct.pack("<I", 0x10003 | 0x20))
+        [:header + 8] + struct.pack("<I", (-(0x1BADB002 + (0x10003 | 0x20))) & 0xFFFFFFFF)
+        + kernel[header + 12:],
+        "load address after header": _corrupt(kernel, header + 16,
+                                              struct.pack("<I", 0x200000)),
+        "load end beyond the file": _corrupt(kernel, header + 20, struct.pack("<I", 0x900000)),
+        "entry outside the image": _corrupt(kernel, header + 28, struct.pack("<I", 0x50)),
+        "bss before load end": _corrupt(kernel, header + 24, struct.pack("<I", 0x100001)),
+        "truncated header": kernel[:header + 20],
+    }
+
+
+def bzimage_cases() -> dict[str, bytes]:
+    good = bytearray(0x1000)
+    good[0x1F1] = 1
+    good[0x1FE:0x200] = b"\x55\xaa"
+    good[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", good, 0x206, 0x020F)
+    good[0x211] = 1
+    struct.pack_into("<H", good, 0x236, 1)
+    old = bytearray(good)
+    struct.pack_into("<H", old, 0x206, 0x0204)
+    no64 = bytearray(good)
+    struct.pack_into("<H", no64, 0x236, 0)
+    big = bytearray(good)
+    big[0x1F1] = 200                          # setup larger than the file
+    payload = bytearray(good)
+    struct.pack_into("<II", payload, 0x248, 0x100, 0x10000)
+    return {"old protocol": bytes(old), "no 64-bit entry": bytes(no64),
+            "setup past the end": bytes(big), "payload past the end": bytes(payload)}
+
+
+def test_every_broken_image_is_refused_and_nothing_is_written(kvm, tmp_path):
+    elf32 = elf_guest(tmp_path, 32).read_bytes()
+    kernel = build_multiboot(tmp_path / "k", aout_kludge=True).read_bytes()
+    header, _ = multiboot.find_header(kernel)
+    cases = {f"elf/{k}": ("elf", v) for k, v in elf_cases(elf32).items()}
+    cases |= {f"multiboot/{k}": ("multiboot", v)
+              for k, v in multiboot_cases(kernel, header).items()}
+    cases |= {f"linux/{k}": ("linux", v) for k, v in bzimage_cases().items()}
+    cases["linux/not a kernel"] = ("linux", b"MZ" + bytes(4000))
+    pyhv.check()
+    before = fd_count()
+    with pyhv.Partition(memory="16M") as part:
+        pristine = part.memory.read(0, 16 << 20)
+        for name, (fmt, data) in cases.items():
+            with pytest.raises(pyhv.ImageFormatError) as info:
+                loaders.load(part, data, fmt)
+            assert str(info.value), name
+            assert part.memory.read(0, 16 << 20) == pristine, f"{name} wrote guest memory"
+        assert len(part.memory.slots) == 1 and part.vcpus == ()
+        with pytest.raises(pyhv.ImageFormatError, match="cannot read"):
+            loaders.load(part, tmp_path / "missing.elf")
+        if "linux/payload past the end" in cases:
+            with pytest.raises(pyhv.ImageFormatError, match="payload"):
+                loaders.linux.extract_vmlinux(cases["linux/payload past the end"][1])
+    assert fd_count() == before
+
+
+def test_multiboot_kernel_too_big_for_the_partition(kvm, tmp_path):
+    kernel = build_multiboot(tmp_path)
+    with pyhv.Partition(memory="1M") as part:
+        with pytest.raises(pyhv.ImageFormatError, match="outside guest RAM"):
+            loaders.load(part, kernel)
