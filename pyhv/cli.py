@@ -140,7 +140,8 @@ def _run(args: argparse.Namespace) -> int:
             except Timeout:
                 print(f"pyhv run: timeout after {args.timeout:g} s", file=sys.stderr)
                 return 124
-        final = results[0].exit
+        final = next((r.exit for r in results if not isinstance(r.exit, exits.Canceled)),
+                     results[0].exit)
         if isinstance(final, exits.DebugExit):
             return final.code & 0xFF
         if isinstance(final, (exits.Halt, exits.Reset)):

@@ -39,6 +39,7 @@ from .errors import (
     StateError,
     check_rc,
 )
+from .exits import DebugExit, Reset, Shutdown, SystemEvent
 from .lifecycle import Lifecycle, PartitionState
 from .memory import (
     PAGE_SIZE,
@@ -513,8 +514,10 @@ class Partition:
     @classmethod
     def from_snapshot(cls, snap: Snapshot, *,
                       hypervisor: system.Hypervisor | None = None) -> Partition:
-        """A new partition with ``snap``'s memory slots and vCPUs, in ``snap``'s state.  User
-        handlers and buffered-port sinks are not part of a snapshot: register them again."""
+        """A new partition with ``snap``'s memory slots, vCPUs and in-kernel interrupt
+        controllers, in ``snap``'s state.  Handlers, fast-path ports and devices are Python
+        objects, not part of the snapshot: register or attach them again (a device takes its
+        saved state back with ``device.set_state(snap.devices[name])``)."""
         part = cls(hypervisor=hypervisor, setup_base=snap.setup_base,
                    irqchip="pic_master" in snap.chips, pit="pit" in snap.chips)
         try:
@@ -529,9 +532,6 @@ class Partition:
                     lib.pyhv_vcpu_set_irqchip(vcpu._handle(), 1)
                 part._next_vcpu_id = max(part._next_vcpu_id, vcpu_image.id + 1)
                 vcpu.set_cpuid(vcpu_image.cpuid)
-            for port, (kind, value) in snap.fast_ports.items():
-                if kind != lib.PYHV_PORT_BUFFERED:
-                    part._add_fast_port(port, kind, value)
             part.restore(snap)
         except BaseException:
             part.close()
@@ -763,6 +763,8 @@ class Partition:
 
         Handlers may then be called from several threads at once.  If a handler raises, or a
         vCPU times out, the other vCPUs are stopped and the first such exception propagates.
+        An exit that ends the whole machine (debug-exit, reset, shutdown, a system event) on
+        one vCPU stops the others too (their results are ``Canceled``).
         """
         timeout = _validate_timeout(timeout)
         vcpus = list(self._vcpus)
@@ -773,7 +775,9 @@ class Partition:
 
         def run_one(i: int, vcpu: VCpu) -> None:
             try:
-                results[i] = self.run(timeout, vcpu=vcpu)
+                results[i] = result = self.run(timeout, vcpu=vcpu)
+                if isinstance(result.exit, MACHINE_ENDS):
+                    self.stop()                # the whole machine stopped, not one vCPU
             except BaseException as exc:       # handed to the caller's thread below
                 errors.append(exc)
                 self.stop()
@@ -799,6 +803,9 @@ class Partition:
         for vcpu in list(self._vcpus):
             if not vcpu.closed:
                 vcpu.cancel()
+
+
+MACHINE_ENDS = (DebugExit, Reset, Shutdown, SystemEvent)
 
 
 def _port_span(ports: int | range) -> tuple[int, int]:

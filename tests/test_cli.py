@@ -107,3 +107,12 @@ def test_run_help_documents_the_exit_status():
     for text in ("--format", "--memory", "--cpus", "--append", "--initrd", "--serial",
                  "--timeout", "--debug-exit", "exit status", "124"):
         assert text in proc.stdout
+
+
+def test_run_with_two_cpus(kvm, tmp_path):
+    from .images import build_multiboot
+    # the application processor waits for a SIPI that never comes; the kernel's debug-exit
+    # on the boot processor ends the whole machine
+    proc = pyhv_cli("run", str(build_multiboot(tmp_path)), "--cpus", "2", "--memory", "32M",
+                    "--timeout", "60")
+    assert proc.returncode == 0x63, proc.stderr

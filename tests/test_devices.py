@@ -6,6 +6,8 @@ from __future__ import annotations
 import calendar
 import io
 
+import pytest
+
 import pyhv
 from pyhv import devices, exits
 
@@ -101,3 +103,29 @@ def test_device_state_follows_snapshots(part):
     clone = pyhv.Partition.from_snapshot(snap)
     assert clone.devices == {}               # devices are attached again by their owner
     clone.close()
+
+
+def test_snapshots_carry_the_in_kernel_interrupt_controllers(kvm, tmp_path):
+    with pyhv.Partition(memory="1M", irqchip=True, pit=True) as part:
+        part.attach(devices.Uart16550())
+        part.attach(devices.DebugExit())
+        part.memory.write(0x1000, pyhv.testing.assemble_file(
+            __import__("pathlib").Path(__file__).parent / "guests" / "uart_irq.S", bits=16,
+            origin=0x1000))
+        part.create_vcpu(mode="real", entry=0x1000, stack=0x8000)
+        with pytest.raises(pyhv.Timeout):
+            part.run(timeout=0.5)            # PIC programmed, interrupts on, halted
+        snap = part.snapshot()
+        assert set(snap.chips) == {"pic_master", "pic_slave", "ioapic", "pit"}
+        assert snap.chips["pic_master"][2] == 0xEF      # kvm_pic_state.imr: only IRQ 4 open
+        path = tmp_path / "irq.snap"
+        snap.save(path)
+        clone = pyhv.Partition.from_snapshot(pyhv.Snapshot.load(path))
+        with clone:
+            assert clone.irqchip and clone.pit
+            uart = clone.attach(devices.Uart16550())
+            clone.attach(devices.DebugExit())
+            uart.set_state(snap.devices["com1"])
+            uart.feed(b"Q")                  # the restored PIC still routes IRQ 4
+            result = clone.run(timeout=30)
+            assert isinstance(result.exit, exits.DebugExit) and result.exit.value == ord("Q")
