@@ -116,3 +116,10 @@ def test_run_with_two_cpus(kvm, tmp_path):
     proc = pyhv_cli("run", str(build_multiboot(tmp_path)), "--cpus", "2", "--memory", "32M",
                     "--timeout", "60")
     assert proc.returncode == 0x63, proc.stderr
+
+
+@pytest.mark.parametrize("what", ["fuzz", "soak", "races", "images"])
+def test_stress_commands(kvm, what):
+    proc = pyhv_cli("stress", what, "--count", "20")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()

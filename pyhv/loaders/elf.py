@@ -89,8 +89,11 @@ def parse(data: bytes, name: str = "image") -> ElfImage:
         entry = elf.header["e_entry"]
     except ImageFormatError:
         raise
-    except (ELFError, struct.error, ValueError, KeyError, TypeError, AttributeError,
-            UnicodeDecodeError, OverflowError, IndexError) as exc:
+    except (ELFError, struct.error) as exc:
+        raise _fail(name, f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        # pyelftools on hostile input can fail in its construct layer or further down with
+        # almost any exception type: all of them mean "not a loadable image"
         raise _fail(name, f"{type(exc).__name__}: {exc}") from None
     if not segments:
         raise _fail(name, "no loadable segments")

@@ -1,0 +1,159 @@
+"""Hostile guests: every exit type with extreme values, faults, loops and wild jumps.  Each
+must end in a typed exit or a timeout within its bound, and leave the host process healthy."""
+
+from __future__ import annotations
+
+import pytest
+
+import pyhv
+from pyhv import exits
+from pyhv.testing import assemble
+
+from .conftest import fd_count
+
+BOUND = 2.0        # seconds any single hostile run may take before it counts as a timeout
+
+
+def run_guest(source: str, mode: str = "long", bits: int = 64, memory: str = "4M",
+              setup=None, handlers: bool = True) -> tuple[pyhv.Partition, list]:
+    """Run ``source`` at 0x100000 (0x7000 in real mode) and collect its exits, reads
+    answered with all ones, until something else ends it."""
+    entry = 0x7000 if mode == "real" else 0x100000
+    part = pyhv.Partition(memory=memory)
+    part.memory.write(entry, assemble(source, bits=bits, origin=entry))
+    if setup:
+        setup(part)
+    cpu = part.create_vcpu(mode=mode, entry=entry)
+    seen = []
+    for _ in range(10000):
+        try:
+            ex = cpu.run(timeout=BOUND)
+        except pyhv.Timeout as timeout:
+            seen.append(timeout)
+            break
+        seen.append(ex)
+        if isinstance(ex, exits.IoIn):
+            ex.complete(bytes([0xFF]) * (ex.size * ex.count))
+        elif isinstance(ex, exits.MmioRead):
+            ex.complete((1 << (8 * ex.size)) - 1)
+        elif not isinstance(ex, (exits.IoOut, exits.MmioWrite)):
+            break
+    return part, seen
+
+
+@pytest.fixture(autouse=True)
+def host_stays_healthy(kvm):
+    pyhv.check()
+    before = fd_count()
+    yield
+    assert fd_count() == before
+    with pyhv.Partition(memory="1M") as part:                 # and still runs guests
+        part.memory.write(0x1000, b"\xf4")
+        assert isinstance(part.create_vcpu(mode="real", entry=0x1000).run(timeout=5),
+                          exits.Halt)
+
+
+@pytest.mark.parametrize("size, register", [(1, "%al"), (2, "%ax"), (4, "%eax")])
+def test_port_0xffff_in_every_size(size, register):
+    part, seen = run_guest(f"mov $0xFFFF, %dx\nmov $-1, %eax\nout {register}, %dx\n"
+                           f"in %dx, {register}\nhlt")
+    with part:
+        assert seen[0] == exits.IoOut(0xFFFF, size, b"\xff" * size, rip=seen[0].rip)
+        assert isinstance(seen[1], exits.IoIn) and (seen[1].port, seen[1].size) == (0xFFFF, size)
+        assert isinstance(seen[-1], exits.Halt)
+
+
+def test_string_out_with_a_huge_count_is_bounded():
+    part, seen = run_guest("mov $0x3F8, %dx\nmov $0x100000, %esi\nmov $-1, %ecx\nrep outsb\nhlt")
+    with part:
+        assert isinstance(seen[-1], (pyhv.Timeout, exits.IoOut, exits.MmioRead))
+        outs = [e for e in seen if isinstance(e, exits.IoOut)]
+        assert outs and all(e.port == 0x3F8 and len(e.data) == e.count for e in outs)
+
+
+def test_string_in_with_a_huge_count_runs_off_ram():
+    # rep insw from the top of RAM: the data must go somewhere there is no RAM
+    part, seen = run_guest("mov $0x60, %dx\nmov $0x3FFF00, %edi\nmov $-1, %ecx\nrep insw\nhlt")
+    with part:
+        ins = [e for e in seen if isinstance(e, exits.IoIn)]
+        assert ins and all(e.size == 2 for e in ins)
+        assert isinstance(seen[-1], (exits.MmioWrite, exits.InternalError, exits.Shutdown,
+                                     pyhv.Timeout, exits.IoIn))
+
+
+def test_mmio_at_the_top_of_the_mapped_space_and_8_byte_reads():
+    part, seen = run_guest("mov $0xFFFFFFF8, %ebx\nmov (%rbx), %rax\nmov %rax, (%rbx)\n"
+                           "mov $0xFEE00000, %ebx\nmovb $1, (%rbx)\nhlt")
+    with part:
+        read, write, apic = seen[0], seen[1], seen[2]
+        assert read == exits.MmioRead(0xFFFFFFF8, 8, rip=read.rip)
+        assert write == exits.MmioWrite(0xFFFFFFF8, 8, b"\xff" * 8, rip=write.rip)
+        assert isinstance(apic, exits.MmioWrite) and apic.gpa == 0xFEE00000
+        assert isinstance(seen[-1], exits.Halt)
+
+
+def test_writes_to_a_rom_never_land():
+    def rom(part):
+        slot = part.map_memory(0x800000, 0x1000, readonly=True)
+        part.memory.write(slot.gpa, b"ROM!")
+
+    part, seen = run_guest("mov $0x800000, %edi\nmov $512, %ecx\nmov $-1, %rax\nrep stosq\n"
+                           "hlt", memory="4M", setup=rom)
+    with part:
+        assert all(isinstance(e, exits.MmioWrite) for e in seen[:-1])
+        assert part.memory.read(0x800000, 4) == b"ROM!"
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("lidt idt(%rip)\nud2\nidt: .word 0\n.quad 0", exits.Shutdown),          # triple fault
+    ("jmp .", pyhv.Timeout),                                                 # infinite loop
+    ("cli\nhlt", exits.Halt),                                                # hlt, no IRQs
+    ("movabs $0x7fffffffffff0000, %rax\njmp *%rax", exits.Shutdown),         # unmapped
+    ("movabs $0x8000000000000000, %rax\njmp *%rax", exits.Shutdown),         # non-canonical
+    ("mov $0xD0000000, %eax\njmp *%rax", exits.InternalError),               # into MMIO
+    ("mov $0x80000, %edi\nmov $0x8000, %ecx\nxor %eax, %eax\nrep stosl\nud2",  # wipe GDT/IDT
+     (exits.Shutdown, exits.InternalError)),                                 # and tables
+])
+def test_faults_loops_and_wild_jumps_end_in_typed_exits(source, expected):
+    part, seen = run_guest(source)
+    with part:
+        assert isinstance(seen[-1], expected), seen[-1]
+
+
+def test_self_modifying_code():
+    # the guest patches an immediate it is about to execute
+    part, seen = run_guest("movb $42, patched+1(%rip)\npatched: mov $0, %al\nout %al, $0x80\nhlt")
+    with part:
+        assert seen[0] == exits.IoOut(0x80, 1, b"\x2a", rip=seen[0].rip)
+
+
+def test_hlt_with_interrupts_off_and_an_irqchip_is_bounded(kvm):
+    with pyhv.Partition(memory="1M", irqchip=True) as part:
+        part.memory.write(0x1000, b"\xfa\xf4")               # cli; hlt: waits forever
+        cpu = part.create_vcpu(mode="real", entry=0x1000)
+        with pytest.raises(pyhv.Timeout):
+            cpu.run(timeout=0.3)
+
+
+def test_coalesced_ring_overflow_keeps_order(kvm):
+    # 3,000 writes overflow the kernel's ring many times; writes that then exit and writes
+    # that were queued reach the handler in the guest's order
+    with pyhv.Partition(memory="4M") as part:
+        writes = []
+        part.add_coalesced_mmio(0xD0000000, 0x1000,
+                                write=lambda gpa, size, value: writes.append(value))
+        part.memory.write(0x100000, assemble(
+            "mov $0xD0000000, %ebx\nxor %ecx, %ecx\n"
+            "1: mov %ecx, (%rbx)\ninc %ecx\ncmp $3000, %ecx\njne 1b\nhlt", origin=0x100000))
+        cpu = part.create_vcpu(mode="long", entry=0x100000)
+        assert part.run(timeout=60).halted
+        assert writes == list(range(3000))
+        assert 0 < cpu.stats.mmio_write < 3000        # some exited, most were queued
+
+
+@pytest.mark.parametrize("mode, bits", [("real", 16), ("protected", 32), ("user", 64)])
+def test_random_code_in_every_mode_is_contained(mode, bits):
+    from pyhv import stress
+    report = stress.fuzz(60, seed=bits, modes=(mode,), timeout=0.1)
+    assert report.cases == 60 and sum(report.exits.values()) == 60
+    assert report.longest < BOUND and report.fds[0] == report.fds[1]

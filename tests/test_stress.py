@@ -1,0 +1,41 @@
+"""Short versions of the long checks (``pyhv stress ...`` runs them at full size)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyhv import stress
+from pyhv.loaders.samples import sample_images
+
+RSS_TOLERANCE = 4 << 20       # allocator noise; a leak of even 1 KiB per cycle would show
+
+
+def test_fuzz_every_mode_is_seeded_and_contained(kvm):
+    first = stress.fuzz(120, seed=7, timeout=0.1)
+    assert first.cases == 120 and set(first.by_mode) == {"real", "protected", "long", "user"}
+    assert first.fds[0] == first.fds[1]
+    assert first.longest < 2.0
+    again = stress.fuzz(12, seed=7, timeout=0.1)                 # reproducible: same codes
+    codes = []
+    stress.fuzz(12, seed=7, timeout=0.1, on_case=lambda i, m, code, ex: codes.append(code))
+    more = []
+    stress.fuzz(12, seed=7, timeout=0.1, on_case=lambda i, m, code, ex: more.append(code))
+    assert codes == more and again.cases == 12
+
+
+@pytest.mark.parametrize("soak", [stress.soak_lifecycle, stress.soak_snapshots])
+def test_soak_leaks_nothing(kvm, soak):
+    report = soak(400)
+    assert report.fds[0] == report.fds[1], report.summary()
+    assert report.rss_growth < RSS_TOLERANCE, report.summary()
+
+
+def test_cancel_races_lose_nothing(kvm):
+    seen, canceled = stress.cancel_races(300, seed=3)
+    assert seen > canceled >= 1
+
+
+def test_corrupt_image_corpus(kvm):
+    report = stress.image_corpus(sample_images(), 300, seed=11)
+    assert report.images == 300 * len(sample_images())
+    assert report.refused > report.images // 2 and report.fds[0] == report.fds[1]
