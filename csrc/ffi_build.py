@@ -52,6 +52,12 @@ def _relative(path: str) -> str:
     return os.path.relpath(path, os.getcwd())
 
 
+# PYHV_SANITIZE=1 builds the C core with AddressSanitizer and UndefinedBehaviorSanitizer
+# (.ci/sanitize runs the test suite against that build; python needs libasan preloaded).
+SANITIZE = os.environ.get("PYHV_SANITIZE") == "1"
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer", "-g", "-O1"]
+
 ffibuilder = FFI()
 ffibuilder.cdef(read_cdef(os.path.join(HERE, "pyhv_core.h")))
 ffibuilder.cdef("\n".join(f"#define {name} ..." for name in KVM_CONSTANTS))
@@ -62,7 +68,9 @@ ffibuilder.set_source(
     include_dirs=[_relative(HERE)],
     depends=[_relative(os.path.join(HERE, h)) for h in ("pyhv_core.h", "internal.h")],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra",
-                        "-Werror=implicit-function-declaration"],
+                        "-Werror=implicit-function-declaration"] + (SANITIZE_FLAGS if SANITIZE
+                                                                   else []),
+    extra_link_args=SANITIZE_FLAGS if SANITIZE else [],
     libraries=["rt", "pthread"],
 )
 

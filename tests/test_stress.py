@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pyhv import stress
@@ -27,7 +29,8 @@ def test_fuzz_every_mode_is_seeded_and_contained(kvm):
 def test_soak_leaks_nothing(kvm, soak):
     report = soak(400)
     assert report.fds[0] == report.fds[1], report.summary()
-    assert report.rss_growth < RSS_TOLERANCE, report.summary()
+    if not os.environ.get("PYHV_SANITIZE"):   # ASan's quarantine holds freed memory on purpose
+        assert report.rss_growth < RSS_TOLERANCE, report.summary()
 
 
 def test_cancel_races_lose_nothing(kvm):
