@@ -1,6 +1,7 @@
 /* partition.c - VM fds: creation, x86 setup, memory slots, dirty logging. */
 #include "internal.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -157,4 +158,46 @@ int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112)
 {
     long r = pyhv_ioctl(vm_fd, KVM_SET_PIT2, (void *)in112);
     return r < 0 ? (int)r : 0;
+}
+
+/* Guest RDMSR/WRMSR of anything but `allowed` (sorted ascending) raise #GP in the guest.
+   Close indices share a range's bitmap; the kernel bounds both the ranges and the bitmaps. */
+int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n)
+{
+    struct kvm_msr_filter filter;
+    memset(&filter, 0, sizeof(filter));
+    filter.flags = KVM_MSR_FILTER_DEFAULT_DENY;
+    enum { SPAN = KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8 };
+    uint8_t (*bitmaps)[KVM_MSR_FILTER_MAX_BITMAP_SIZE] =
+        calloc(KVM_MSR_FILTER_MAX_RANGES, KVM_MSR_FILTER_MAX_BITMAP_SIZE);
+    if (!bitmaps)
+        return -ENOMEM;
+    uint32_t ranges = 0;
+    long rc = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        struct kvm_msr_filter_range *r = ranges ? &filter.ranges[ranges - 1] : NULL;
+        if (i > 0 && allowed[i] < allowed[i - 1]) {
+            rc = -EINVAL;
+            goto out;
+        }
+        if (!r || allowed[i] - r->base >= SPAN) {
+            if (ranges == KVM_MSR_FILTER_MAX_RANGES) {
+                rc = -E2BIG;
+                goto out;
+            }
+            r = &filter.ranges[ranges];
+            r->flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
+            r->base = allowed[i];
+            r->bitmap = bitmaps[ranges];
+            ranges++;
+        }
+        uint32_t bit = allowed[i] - r->base;
+        r->bitmap[bit / 8] |= (uint8_t)(1u << (bit % 8));
+        if (bit + 1 > r->nmsrs)
+            r->nmsrs = bit + 1;
+    }
+    rc = pyhv_ioctl(vm_fd, KVM_X86_SET_MSR_FILTER, &filter);
+out:
+    free(bitmaps);
+    return rc < 0 ? (int)rc : 0;
 }

@@ -205,6 +205,8 @@ int pyhv_partition_get_irqchip(int vm_fd, uint32_t chip, uint8_t *out512);
 int pyhv_partition_set_irqchip(int vm_fd, uint32_t chip, const uint8_t *in512);
 int pyhv_partition_get_pit(int vm_fd, uint8_t *out112);
 int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112);
+/* deny the guest every MSR but `allowed` (sorted): the rest raise #GP */
+int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n);
 /* a zone whose guest writes the kernel queues in the coalesced ring instead of exiting */
 int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio,
                                   int add);

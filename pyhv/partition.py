@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import threading
 import weakref
@@ -101,7 +102,10 @@ class Partition:
     ``resettable=True`` takes a reset point at the first run, for :meth:`reset`.
     ``irqchip=True`` gives the partition KVM's in-kernel PIC, IOAPIC and a LAPIC per vCPU
     (raise lines with :meth:`set_irq`; ``hlt`` then waits for an interrupt instead of
-    exiting); ``pit=True`` adds the in-kernel PIT (it needs the irqchip).
+    exiting); ``pit=True`` adds the in-kernel PIT (it needs the irqchip).  ``hardened=True``
+    is for guests you do not trust: every MSR outside a small allow-list (:data:`SAFE_MSRS`)
+    raises #GP in the guest, and the default CPUID advertises no virtualization extensions
+    (VMX, SVM) and no KVM paravirtual interface.
     Use it as a context manager, or call :meth:`close`.  Its life: :mod:`pyhv.lifecycle`.
 
     Example::
@@ -115,7 +119,7 @@ class Partition:
     def __init__(self, memory: int | str | None = None, *,
                  hypervisor: system.Hypervisor | None = None,
                  setup_base: int = DEFAULT_SETUP_BASE, resettable: bool = False,
-                 irqchip: bool = False, pit: bool = False) -> None:
+                 irqchip: bool = False, pit: bool = False, hardened: bool = False) -> None:
         size = None if memory is None else parse_size(memory)
         if size is not None:
             self._check_slot_args(0, size)
@@ -132,6 +136,9 @@ class Partition:
         if pit:
             self.hypervisor.require("KVM_CAP_PIT2", "the in-kernel PIT")
         self.irqchip, self.pit = bool(irqchip), bool(pit)
+        self.hardened = bool(hardened)
+        if hardened:
+            self.hypervisor.require("KVM_CAP_X86_MSR_FILTER", "hardened partitions")
         self.setup_base = setup_base
         self.memory = GuestMemory()
         self._vcpus: list[VCpu] = []
@@ -172,6 +179,10 @@ class Partition:
                          "KVM_CREATE_IRQCHIP")
             if pit:
                 check_rc(lib.pyhv_partition_create_pit(self._res.vm_fd), "KVM_CREATE_PIT2")
+            if hardened:
+                allowed = sorted(SAFE_MSRS)
+                check_rc(lib.pyhv_partition_deny_msrs(self._res.vm_fd, allowed, len(allowed)),
+                         "KVM_X86_SET_MSR_FILTER")
             if size is not None:
                 low = min(size, LOW_MEMORY_LIMIT)
                 self.map_memory(0, low)
@@ -353,7 +364,9 @@ class Partition:
         try:
             if self.irqchip:
                 lib.pyhv_vcpu_set_irqchip(vcpu._handle(), 1)
-            if table is None:
+            if table is None and self.hardened:
+                vcpu.set_cpuid(sanitized_cpuid(self.hypervisor.supported_cpuid(), vcpu_id))
+            elif table is None:
                 buf, n = self.hypervisor._vcpu_cpuid(vcpu_id)
                 check_rc(lib.pyhv_vcpu_set_cpuid(vcpu._handle(), buf, n), "KVM_SET_CPUID2")
             else:
@@ -806,6 +819,32 @@ class Partition:
 
 
 MACHINE_ENDS = (DebugExit, Reset, Shutdown, SystemEvent)
+
+# What a hardened partition's guest may still read and write: the MSRs an ordinary kernel
+# needs to run (TSC, PAT, SYSENTER, EFER, syscall and segment-base MSRs, TSC_AUX, APIC base).
+SAFE_MSRS = frozenset({
+    0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083,
+    0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103,
+})
+CPUID_VMX = (1, "ecx", 1 << 5)
+CPUID_SVM = (0x80000001, "ecx", 1 << 2)
+CPUID_HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
+
+
+def sanitized_cpuid(table: Iterable[CpuidEntry], vcpu_id: int) -> list[CpuidEntry]:
+    """KVM's CPUID without VMX/SVM and without the KVM paravirtual leaves, with the vCPU's
+    APIC ID in leaf 1."""
+    out = []
+    for e in table:
+        if e.function in CPUID_HYPERVISOR_LEAVES:
+            continue
+        for function, register, bit in (CPUID_VMX, CPUID_SVM):
+            if e.function == function:
+                e = dataclasses.replace(e, **{register: getattr(e, register) & ~bit})
+        if e.function == 1:
+            e = dataclasses.replace(e, ebx=(e.ebx & 0x00FFFFFF) | (vcpu_id & 0xFF) << 24)
+        out.append(e)
+    return out
 
 
 def _port_span(ports: int | range) -> tuple[int, int]:

@@ -1,0 +1,59 @@
+"""Hardened partitions: MSRs denied by default, CPUID without virtualization extensions, and
+memory that a reset gives back exactly."""
+
+from __future__ import annotations
+
+import pyhv
+from pyhv import exits
+from pyhv.partition import SAFE_MSRS
+from pyhv.testing import assemble
+
+
+def rdmsr_guest(index: int) -> bytes:
+    return assemble(f"mov ${index:#x}, %ecx\nrdmsr\nmov %eax, %ebx\nhlt", origin=0x100000)
+
+
+def test_msrs_outside_the_allow_list_raise_gp(kvm):
+    with pyhv.Partition(memory="4M", hardened=True) as part:
+        part.memory.write(0x100000, rdmsr_guest(0xC0000080))               # EFER: allowed
+        cpu = part.create_vcpu(mode="long", entry=0x100000, exceptions=True)
+        assert isinstance(cpu.run(timeout=10), exits.Halt) and cpu.regs.rbx & 0x500 == 0x500
+    for index in (0x3A, 0x4B564D01, 0xC0010015):      # feature control, KVM PV, AMD HWCR
+        assert index not in SAFE_MSRS
+        with pyhv.Partition(memory="4M", hardened=True) as part:
+            part.memory.write(0x100000, rdmsr_guest(index))
+            cpu = part.create_vcpu(mode="long", entry=0x100000, exceptions=True)
+            ex = cpu.run(timeout=10)
+            assert isinstance(ex, exits.GuestException) and ex.vector == 13, (hex(index), ex)
+    with pyhv.Partition(memory="4M") as part:          # not hardened: KVM's own MSR answers
+        part.memory.write(0x100000, rdmsr_guest(0x4B564D01))
+        assert isinstance(part.create_vcpu(mode="long", entry=0x100000).run(timeout=10),
+                          exits.Halt)
+
+
+def test_cpuid_shows_no_virtualization(kvm):
+    with pyhv.Partition(memory="4M", hardened=True) as part:
+        part.memory.write(0x100000, assemble(
+            "mov $1, %eax\ncpuid\nmov %ecx, %esi\nmov $0x80000001, %eax\ncpuid\nhlt",
+            origin=0x100000))
+        cpu = part.create_vcpu(mode="long", entry=0x100000)
+        table = cpu.get_cpuid()
+        assert not [e for e in table if 0x40000000 <= e.function < 0x40000100]
+        assert isinstance(cpu.run(timeout=10), exits.Halt)
+        assert not cpu.regs.rsi & (1 << 5)                  # VMX
+        assert not cpu.regs.rcx & (1 << 2)                  # SVM
+
+
+def test_reset_gives_back_every_byte(kvm):
+    # the guest scribbles over all of its RAM above 1 MiB; the reset point comes back exactly
+    with pyhv.Partition(memory="8M", resettable=True, hardened=True) as part:
+        part.memory.write(0x1000, assemble(
+            "mov $0x100000, %edi\nmov $0x1C0000, %ecx\nmov $0xDEADBEEF, %eax\nrep stosl\nhlt",
+            origin=0x1000))
+        part.memory.write(0x300000, b"host data at the reset point")
+        cpu = part.create_vcpu(mode="long", entry=0x1000)
+        before = part.memory.read(0, 8 << 20)
+        assert isinstance(cpu.run(timeout=60), exits.Halt)
+        assert part.memory.read(0x300000, 4) == b"\xef\xbe\xad\xde"
+        part.reset()
+        assert part.memory.read(0, 8 << 20) == before
