@@ -71,6 +71,11 @@ long pyhv_ioctl(int fd, unsigned long request, void *arg);
 int pyhv_cpuid_query(int fd, unsigned long request, struct pyhv_cpuid_entry *out, uint32_t max,
                      uint32_t *count_out);
 
+/* KVM_GET_MSRS / KVM_SET_MSRS of n entries (vcpu.c); -EINVAL when KVM refused one, whose
+   position *done_out gives */
+int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
+                       uint64_t *value, uint32_t n, uint32_t *done_out);
+
 /* the kick signal (run.c) */
 int pyhv_kick_signal_number(void);
 

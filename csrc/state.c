@@ -55,24 +55,8 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store)
 static int msrs_io(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
                    uint64_t *value, uint32_t n)
 {
-    if (n == 0)
-        return 0;
-    struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
-    if (!m)
-        return -ENOMEM;
-    m->nmsrs = n;
-    for (uint32_t i = 0; i < n; i++) {
-        m->entries[i].index = index[i];
-        m->entries[i].data = request == KVM_SET_MSRS ? value[i] : 0;
-    }
-    long r = pyhv_ioctl(v->fd, request, m);
-    if (r >= 0 && (uint32_t)r != n)
-        r = -EINVAL;              /* one was refused: the caller probed, so this is real */
-    if (r >= 0 && request == KVM_GET_MSRS)
-        for (uint32_t i = 0; i < n; i++)
-            value[i] = m->entries[i].data;
-    free(m);
-    return r < 0 ? (int)r : 0;
+    uint32_t done;
+    return pyhv_msrs_transfer(v, request, index, value, n, &done);
 }
 
 int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint32_t n, uint32_t *ok)

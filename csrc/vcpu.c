@@ -295,8 +295,8 @@ int pyhv_vcpu_set_fpu(struct pyhv_vcpu *v, const struct pyhv_fpu *in)
 
 /* KVM_GET_MSRS / KVM_SET_MSRS return how many entries they processed; a short count means
    the entry after them was refused. */
-static int msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
-                         uint64_t *value, uint32_t n, uint32_t *done_out)
+int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
+                       uint64_t *value, uint32_t n, uint32_t *done_out)
 {
     *done_out = 0;
     if (n == 0)
@@ -327,13 +327,13 @@ static int msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint3
 int pyhv_vcpu_get_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint64_t *value, uint32_t n,
                        uint32_t *done_out)
 {
-    return msrs_transfer(v, KVM_GET_MSRS, index, value, n, done_out);
+    return pyhv_msrs_transfer(v, KVM_GET_MSRS, index, value, n, done_out);
 }
 
 int pyhv_vcpu_set_msrs(struct pyhv_vcpu *v, const uint32_t *index, const uint64_t *value,
                        uint32_t n, uint32_t *done_out)
 {
-    return msrs_transfer(v, KVM_SET_MSRS, index, (uint64_t *)value, n, done_out);
+    return pyhv_msrs_transfer(v, KVM_SET_MSRS, index, (uint64_t *)value, n, done_out);
 }
 
 int pyhv_vcpu_set_cpuid(struct pyhv_vcpu *v, const struct pyhv_cpuid_entry *entries, uint32_t n)

@@ -167,12 +167,13 @@ def _stress(args: argparse.Namespace) -> int:
         print(report.summary())
         return 0 if report.fds[0] == report.fds[1] else 1
     if args.what == "soak":
-        worst = 0
+        ok = True
         for run in (stress.soak_lifecycle, stress.soak_snapshots):
             soak = run(args.count)
             print(soak.summary())
-            worst = max(worst, abs(soak.fds[1] - soak.fds[0]))
-        return 0 if worst == 0 else 1
+            ok = ok and soak.fds[0] == soak.fds[1] and soak.rss_growth < stress.RSS_TOLERANCE
+        print(f"tolerance: no fd growth, RSS growth under {stress.RSS_TOLERANCE >> 20} MiB")
+        return 0 if ok else 1
     if args.what == "races":
         seen, canceled = stress.cancel_races(args.count, seed=args.seed)
         print(f"{args.count} cancels: {canceled} runs canceled, {seen} exits, none lost")

@@ -28,6 +28,7 @@ FUZZ_ENTRY = 0x100000          # above pyhv's setup region, so every mode can ru
 FUZZ_MEMORY = "4M"
 REAL_ENTRY = 0x7000            # real mode runs below 1 MiB
 MAX_EXITS_PER_CASE = 64
+RSS_TOLERANCE = 4 << 20        # soak RSS growth allowed for allocator noise
 
 
 def fd_count() -> int:

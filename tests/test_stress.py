@@ -9,7 +9,7 @@ import pytest
 from pyhv import stress
 from pyhv.loaders.samples import sample_images
 
-RSS_TOLERANCE = 4 << 20       # allocator noise; a leak of even 1 KiB per cycle would show
+RSS_TOLERANCE = stress.RSS_TOLERANCE   # a leak of even 1 KiB a cycle would show past it
 
 
 def test_fuzz_every_mode_is_seeded_and_contained(kvm):
