@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -168,11 +169,15 @@ def _stress(args: argparse.Namespace) -> int:
         return 0 if report.fds[0] == report.fds[1] else 1
     if args.what == "soak":
         ok = True
+        # under AddressSanitizer (PYHV_SANITIZE=1) freed memory sits in its quarantine
+        check_rss = not os.environ.get("PYHV_SANITIZE")
         for run in (stress.soak_lifecycle, stress.soak_snapshots):
             soak = run(args.count)
             print(soak.summary())
-            ok = ok and soak.fds[0] == soak.fds[1] and soak.rss_growth < stress.RSS_TOLERANCE
-        print(f"tolerance: no fd growth, RSS growth under {stress.RSS_TOLERANCE >> 20} MiB")
+            ok = ok and soak.fds[0] == soak.fds[1] and (
+                soak.rss_growth < stress.RSS_TOLERANCE or not check_rss)
+        print(f"tolerance: no fd growth, RSS growth under {stress.RSS_TOLERANCE >> 20} MiB"
+              + ("" if check_rss else " (RSS not judged under AddressSanitizer)"))
         return 0 if ok else 1
     if args.what == "races":
         seen, canceled = stress.cancel_races(args.count, seed=args.seed)
