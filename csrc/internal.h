@@ -41,6 +41,7 @@ struct pyhv_vcpu {
     int has_xsave;           /* FPU state goes through KVM_GET/SET_XSAVE (see vcpu.c) */
     int sync_state;          /* sync regs also carry sregs and events (state.c uses them) */
     int needs_flush;         /* the last exit may leave a completion pending in the kernel */
+    int exit_waiting;        /* run->exit_reason holds an exit Python has not seen yet */
     int irqchip;             /* the VM has in-kernel interrupt controllers */
     int regs_in_run;         /* run->s.regs.regs holds the vCPU's current registers */
 

@@ -20,6 +20,8 @@
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
+#define PYHV_IO_PAGE 4096u       /* most data one IO exit carries */
+
 /* initial-exec: the handler must not trigger a lazy TLS allocation */
 #define PYHV_TLS __thread __attribute__((tls_model("initial-exec")))
 
@@ -49,35 +51,6 @@ static void kick_handler(int sig)
         run->immediate_exit = 1;
         tls_kicked = 1;
     }
-}
-
-int pyhv_init(void)
-{
-    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
-    int rc = 0;
-    pthread_mutex_lock(&once);
-    if (!kick_signal) {
-        /* a real-time signal well clear of the ones glibc and Python use */
-        int sig = SIGRTMIN + 6;
-        struct sigaction sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = kick_handler;
-        sa.sa_flags = SA_RESTART;   /* other syscalls of the thread just restart */
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(sig, &sa, NULL) < 0)
-            rc = -errno;
-        else
-            kick_signal = sig;
-    }
-    pthread_mutex_unlock(&once);
-    return rc < 0 ? rc : kick_signal;
-}
-
-uint64_t pyhv_monotonic_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* One POSIX timer per thread that runs vCPUs, made on its first timed run and deleted when the
@@ -122,6 +95,45 @@ static struct thread_timer *thread_timer(void)
     }
     pthread_setspecific(timer_key, t);
     return tls_timer = t;
+}
+
+/* A forked child has the thread that forked, but not its POSIX timers, and a new thread id. */
+static void forget_thread_in_child(void)
+{
+    tls_tid = 0;
+    tls_timer = NULL;
+    pthread_setspecific(timer_key, NULL);
+}
+
+int pyhv_init(void)
+{
+    static pthread_mutex_t once = PTHREAD_MUTEX_INITIALIZER;
+    int rc = 0;
+    pthread_mutex_lock(&once);
+    if (!kick_signal) {
+        /* a real-time signal well clear of the ones glibc and Python use */
+        int sig = SIGRTMIN + 6;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = kick_handler;
+        sa.sa_flags = SA_RESTART;   /* other syscalls of the thread just restart */
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(sig, &sa, NULL) < 0)
+            rc = -errno;
+        else
+            kick_signal = sig;
+        pthread_once(&timer_key_once, timer_key_create);
+        pthread_atfork(NULL, NULL, forget_thread_in_child);
+    }
+    pthread_mutex_unlock(&once);
+    return rc < 0 ? rc : kick_signal;
+}
+
+uint64_t pyhv_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* Arm this thread's timer for the vCPU's next reason to leave the guest: its deadline, or the
@@ -184,9 +196,10 @@ static void decode_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     uint32_t size = run->io.size, count = run->io.count;
     uint64_t offset = run->io.data_offset;
     uint64_t len = (uint64_t)size * count;
-    /* the data must lie inside the mapped run area, past the kvm_run header */
+    /* the data must lie inside the mapped run area, past the kvm_run header, and fit the
+       one page KVM uses for it (the buffered ports count on that bound) */
     if ((size != 1 && size != 2 && size != 4) || count == 0 || offset < sizeof(struct kvm_run) ||
-        offset > v->run_size || len > v->run_size - offset) {
+        offset > v->run_size || len > v->run_size - offset || len > PYHV_IO_PAGE) {
         ex->reason = PYHV_EXIT_BAD_EXIT;
         ex->ndata = 3;
         ex->data[0] = size;
@@ -354,7 +367,10 @@ static enum fast_action fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             v->flush_due_ns = pyhv_monotonic_ns() + v->flush_interval_ns;
             arm_kick(v);
         }
-        /* the buffer holds two pages and is emptied past one, so a page always fits */
+        /* the run loop never enters the guest while a buffer is past half full and an exit
+           carries at most a page, so this always fits; check anyway */
+        if (len > PYHV_OUTPUT_BUFFER - f->fill)
+            return FAST_NOT_MINE;
         memcpy(f->buffer + f->fill, ex->io_data, len);
         f->fill += len;
         if (f->fill > PYHV_OUTPUT_BUFFER / 2) {
@@ -369,7 +385,7 @@ static enum fast_action fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         ex->data[0] = ex->io_value;
         ex->data[1] = ex->io_port;
         ex->ndata = 2;
-        ex->code = (ex->io_value << 1) | 1;
+        ex->code = 0;          /* Python computes (V << 1) | 1 without 32-bit overflow */
         return FAST_END_RUN;
     default:
         return FAST_NOT_MINE;
@@ -430,6 +446,14 @@ static int output_pending(const struct pyhv_vcpu *v)
 {
     for (uint32_t i = 0; i < v->nfast; i++)
         if (v->fast[i].fill)
+            return 1;
+    return 0;
+}
+
+static int output_full(const struct pyhv_vcpu *v)
+{
+    for (uint32_t i = 0; i < v->nfast; i++)
+        if (v->fast[i].fill > PYHV_OUTPUT_BUFFER / 2)
             return 1;
     return 0;
 }
@@ -512,13 +536,21 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             ex->reason = PYHV_EXIT_TIMEOUT;
             break;
         }
-        if (v->flush_due_ns && pyhv_monotonic_ns() >= v->flush_due_ns) {
+        if ((v->flush_due_ns && pyhv_monotonic_ns() >= v->flush_due_ns) ||
+            (v->nfast && output_full(v))) {
             ex->reason = PYHV_EXIT_OUTPUT_FULL;    /* due: Python delivers it, runs again */
             break;
         }
-        int r = ioctl(v->fd, KVM_RUN, 0);
-        int err = errno;
-        v->stats.runs++;
+        int r, err = 0;
+        if (v->exit_waiting) {
+            /* an exit the kernel raised while pyhv flushed state (state.c): report it now */
+            v->exit_waiting = 0;
+            r = 0;
+        } else {
+            r = ioctl(v->fd, KVM_RUN, 0);
+            err = errno;
+            v->stats.runs++;
+        }
         if (r == 0) {
             entered = 1;
             /* IO and MMIO exits (among others) are finished by the next KVM_RUN */

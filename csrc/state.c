@@ -1,6 +1,7 @@
 /* state.c - a vCPU's whole state in one call each way, and page-granular memory images. */
 #include "internal.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -23,7 +24,7 @@ _Static_assert(sizeof(struct kvm_lapic_state) == 1024, "kvm_lapic_state size");
    registers back into the run area and returns before running guest code.  Afterwards the
    vCPU's state is self-contained.  (Kernels older than 5.x returned before applying sync
    regs, so pending ones are written with ioctls first.) */
-static int flush_pending(struct pyhv_vcpu *v, uint64_t store)
+static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
 {
     struct kvm_run *run = v->run;
     long r;
@@ -40,10 +41,33 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store)
     uint64_t valid = run->kvm_valid_regs;
     run->kvm_valid_regs = valid | store;
     run->immediate_exit = 1;
-    r = pyhv_ioctl(v->fd, KVM_RUN, NULL);
+    /* Finishing one exit can raise the next at once (the second half of a 16-byte MMIO
+       access, the next chunk of string IO): KVM_RUN then returns 0 with a new exit.  That
+       state cannot be saved faithfully; when it is about to be overwritten (discard), the
+       reads are answered with all ones until the instruction is done. */
+    int rounds = 0;
+    while ((r = pyhv_ioctl(v->fd, KVM_RUN, NULL)) == 0) {
+        if (!discard) {
+            v->exit_waiting = 1;     /* the next pyhv_vcpu_run hands it to Python */
+            r = -EBUSY;
+            break;
+        }
+        if (++rounds > 64) {
+            r = -EBUSY;
+            break;
+        }
+        if (run->exit_reason == KVM_EXIT_MMIO && !run->mmio.is_write)
+            memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
+        else if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_IN &&
+                 run->io.data_offset >= sizeof(*run) && run->io.data_offset < v->run_size)
+            memset((uint8_t *)run + run->io.data_offset, 0xff,
+                   v->run_size - run->io.data_offset);
+    }
     run->immediate_exit = 0;
     run->kvm_valid_regs = valid;
     v->pending = PYHV_PENDING_NONE;
+    if (r == -EBUSY)
+        return (int)r;       /* a new exit is pending: the caller must let Python see it */
     v->needs_flush = 0;
     if (r < 0 && r != -EINTR)
         return (int)r;
@@ -79,7 +103,7 @@ int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_
     /* the flush stores registers, special registers and events in the run area for us */
     uint64_t sync = v->sync_state ? KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS
                                   : 0;
-    int rc = flush_pending(v, sync);
+    int rc = flush_pending(v, sync, 0);
     if (rc < 0)
         return rc;
     memset(out, 0, sizeof(*out));
@@ -125,7 +149,7 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
     if (in->version != PYHV_STATE_VERSION || in->nmsrs > PYHV_STATE_MAX_MSRS)
         return -EINVAL;
     int rc;
-    if (v->needs_flush && (rc = flush_pending(v, 0)) < 0)   /* drop a stale completion */
+    if (v->needs_flush && (rc = flush_pending(v, 0, 1)) < 0)   /* drop a stale completion */
         return rc;
     struct kvm_run *run = v->run;
     run->kvm_dirty_regs = 0;
@@ -134,7 +158,10 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
        debug registers.  Registers, special registers and events go through the run area
        where KVM offers it (loaded at the next entry, before anything else): each vCPU ioctl
        costs microseconds on some backends. */
-    int sync = v->sync_state && (in->present & PYHV_HAS_EVENTS);
+    /* with a LAPIC the special registers (APIC base: x2APIC mode) must be in place before
+       KVM_SET_LAPIC, so they go by ioctl, in order */
+    int sync = v->sync_state && (in->present & PYHV_HAS_EVENTS) &&
+               !(in->present & PYHV_HAS_LAPIC);
     if (sync) {
         memcpy(&run->s.regs.regs, in->regs, sizeof(run->s.regs.regs));
         memcpy(&run->s.regs.sregs, in->sregs, sizeof(run->s.regs.sregs));
@@ -210,8 +237,38 @@ int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64
     return 0;
 }
 
+/* Pages that hold data: present or swapped out, from /proc/self/pagemap (bits 63 and 62).
+   mincore, the fallback, cannot see swapped-out anonymous pages. */
+static int resident_from_pagemap(const void *addr, uint64_t npages, uint64_t *pages)
+{
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    enum { CHUNK = 8192 };
+    uint64_t *entries = malloc(CHUNK * sizeof(uint64_t));
+    int rc = entries ? 0 : -ENOMEM;
+    uint64_t first_page = (uint64_t)(uintptr_t)addr / PAGE;
+    for (uint64_t done = 0; rc == 0 && done < npages; done += CHUNK) {
+        uint64_t n = npages - done < CHUNK ? npages - done : CHUNK;
+        ssize_t got = pread(fd, entries, n * sizeof(uint64_t),
+                            (off_t)((first_page + done) * sizeof(uint64_t)));
+        if (got != (ssize_t)(n * sizeof(uint64_t))) {
+            rc = got < 0 ? -errno : -EIO;
+            break;
+        }
+        for (uint64_t i = 0; i < n; i++)
+            if (entries[i] & (3ull << 62))
+                pages[(done + i) / 64] |= 1ull << ((done + i) % 64);
+    }
+    free(entries);
+    close(fd);
+    return rc;
+}
+
 int pyhv_memory_resident(const void *addr, uint64_t npages, uint64_t *pages)
 {
+    if (resident_from_pagemap(addr, npages, pages) == 0)
+        return 0;
     /* mincore in chunks: one status byte per page */
     enum { CHUNK = 65536 };
     unsigned char *vec = malloc(CHUNK);

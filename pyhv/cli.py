@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
             part.attach(devices.Rtc())
             part.attach(devices.FwCfg(cpus=args.cpus))
             if args.debug_exit:
-                part.attach(devices.DebugExit(args.debug_exit))
+                part.attach(devices.IsaDebugExit(args.debug_exit))
             image = loaders.load(part, args.image, kind,
                                  cmdline=args.append, initrd=args.initrd,
                                  address=args.address, mode=args.mode)

@@ -287,8 +287,8 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
                 break
             elif reason == _CANCELED and life.paused:
                 handling = False
-                life.park()                  # pause(): wait for resume(), then go on
-                continue
+                if vcpu._park():             # pause(): wait for resume(), then go on
+                    continue
             elif reason == _INTERRUPTED or reason == _OUTPUT_FULL:
                 handling = False
                 continue   # Python runs its signal handlers (Ctrl-C...) here

@@ -448,7 +448,8 @@ _BUILDERS: dict[int, Callable[[Any, VCpu], Exit]] = {
     lib.PYHV_EXIT_HYPERCALL: lambda c, v: Hypercall(c.data[0], _words(c)[1:], rip=_rip(c)),
     lib.PYHV_EXIT_CANCELED: lambda c, v: Canceled(),
     lib.PYHV_EXIT_UNKNOWN: _unknown,
-    lib.PYHV_EXIT_DEBUG_EXIT: lambda c, v: DebugExit(c.code, c.data[0], c.data[1], rip=_rip(c)),
+    lib.PYHV_EXIT_DEBUG_EXIT: lambda c, v: DebugExit((c.data[0] << 1) | 1, c.data[0], c.data[1],
+                                                     rip=_rip(c)),
     lib.PYHV_EXIT_BAD_EXIT: _invalid,
 }
 
@@ -459,10 +460,14 @@ def decode(c: Any, vcpu: VCpu) -> Exit:
 
 
 __all__ = [
+    "CLEAN_ENDS",
+    "FAULTS",
     "Canceled",
     "Debug",
+    "DebugExit",
     "Exit",
     "FailEntry",
+    "GuestException",
     "Halt",
     "Hypercall",
     "InternalError",
@@ -471,9 +476,12 @@ __all__ = [
     "IoOut",
     "MmioRead",
     "MmioWrite",
+    "Reset",
     "Shutdown",
+    "Syscall",
     "SystemEvent",
     "Unknown",
+    "decode",
     "encode_answer",
     "kvm_exit_name",
 ]

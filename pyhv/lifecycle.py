@@ -45,6 +45,7 @@ class Lifecycle:
         self.ever_ran = False
         self.poison_reason: str | None = None
         self.poison_exit: Exit | None = None
+        self.stopped_while_paused = False
 
     @property
     def state(self) -> PartitionState:
@@ -74,14 +75,16 @@ class Lifecycle:
             self.active -= 1
             self._cond.notify_all()
 
-    def park(self) -> None:
-        """Called by a run that pause() stopped: wait for resume (or close)."""
+    def park(self) -> bool:
+        """Called by a run that pause() stopped: wait for resume.  Returns False when the
+        partition was closed meanwhile (the run must end)."""
         with self._cond:
             self.parked += 1
             self._cond.notify_all()
             while self.paused and not self.closed:
                 self._cond.wait()
             self.parked -= 1
+            return not self.closed
 
     def pause(self, cancel_running: Callable[[], None]) -> None:
         with self._cond:
@@ -94,14 +97,23 @@ class Lifecycle:
                 cancel_running()          # again, for a run that started just before
                 self._cond.wait(0.05)
 
-    def resume(self) -> None:
+    def resume(self, reset_cancels: Callable[[bool], None]) -> None:
+        """Wake the parked runs; ``reset_cancels(stopped)`` drops the cancels pause() sent
+        (and re-sends a stop() made during the pause) while nothing can run yet."""
         with self._cond:
             if self.closed:
                 raise ClosedError("partition is closed")
             if not self.paused:
                 raise StateError(f"partition is {self.state.value}, not paused")
+            reset_cancels(self.stopped_while_paused)
+            self.stopped_while_paused = False
             self.paused = False
             self._cond.notify_all()
+
+    def stop_requested(self) -> None:
+        with self._cond:
+            if self.paused:
+                self.stopped_while_paused = True
 
     def require_quiet(self, what: str) -> None:
         """Refuse ``what`` while a vCPU is inside the guest (paused is fine)."""

@@ -181,6 +181,7 @@ class GuestMemory:
             raise InvalidArgument(f"{value!r} does not fit: {exc}") from None
         self.write(gpa, data)
 
+    # little-endian integers at a GPA: read_u8/16/32/64 and write_u8/16/32/64
     def read_u8(self, gpa: int) -> int:
         return self._unpack("<B", gpa)
 

@@ -77,8 +77,12 @@ class _Resources:
     def __init__(self) -> None:
         self.vm_fd = -1
         self.mappings: dict[int, tuple[Any, int]] = {}   # slot -> (pointer, size)
+        self.eventfds: set[int] = set()                    # doorbells
 
     def release(self) -> None:
+        for fd in self.eventfds:
+            lib.pyhv_close(fd)
+        self.eventfds.clear()
         if self.vm_fd >= 0:
             lib.pyhv_close(self.vm_fd)
             self.vm_fd = -1
@@ -161,6 +165,7 @@ class Partition:
         self._msrs_to_save: list[int] | None = None
         self._layout_version = 0        # bumped whenever slots or vCPUs come or go
         self.devices: dict[str, Device] = {}
+        self._saved_device_states: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._max_slots = self.hypervisor.capability("KVM_CAP_NR_MEMSLOTS") or 32
         self._phys_limit = 1 << self.hypervisor.guest_phys_bits()
@@ -208,7 +213,7 @@ class Partition:
         if not self._finalizer.alive:
             return
         self._life.close()                  # parked runs wake up and end
-        for vcpu in self._vcpus:
+        for vcpu in list(self._vcpus):
             vcpu.close()
         self._vcpus.clear()
         self._tracker = None
@@ -387,6 +392,12 @@ class Partition:
         self._layout_version += 1
         return vcpu
 
+    def _forget_vcpu(self, vcpu: VCpu) -> None:
+        """A closed vCPU leaves ``vcpus`` (snapshots then cover the others)."""
+        if vcpu in self._vcpus:
+            self._vcpus.remove(vcpu)
+            self._layout_version += 1
+
     def _default_stack(self, entry: int) -> int:
         below = self.memory.slot_at(self.setup_base - 1)
         if below is not None and not below.readonly:
@@ -431,6 +442,9 @@ class Partition:
             raise InvalidArgument(f"a device named {device.name!r} is attached already")
         device.attach(self)
         self.devices[device.name] = device
+        saved = self._saved_device_states.pop(device.name, None)
+        if saved is not None:        # a partition made from a snapshot: the device's state
+            device.set_state(saved)
         return device
 
     def _enable_fast_port(self, port: int, enabled: bool) -> None:
@@ -456,17 +470,25 @@ class Partition:
 
         def cancel_running() -> None:
             for vcpu in self._vcpus:
-                if vcpu._run_thread is not None and not vcpu.closed:
-                    vcpu.cancel()
+                if vcpu._run_thread is not None and not vcpu._parked:
+                    vcpu.cancel(quiet=True)
 
         self._life.pause(cancel_running)
 
     def resume(self) -> None:
-        """Let parked runs continue (and new ones start)."""
-        for vcpu in self._vcpus:          # a cancel meant to pause a run that then ended
-            if vcpu._run_thread is None and not vcpu.closed:
+        """Let parked runs continue (and new ones start).  A stop() made during the pause
+        takes effect now: the parked runs return ``Canceled``."""
+
+        def reset_cancels(stopped: bool) -> None:
+            for vcpu in self._vcpus:
+                if vcpu.closed:
+                    continue
+                # the cancels pause() sent are spent; a stop() during the pause is not
                 lib.pyhv_vcpu_clear_cancel(vcpu._handle())
-        self._life.resume()
+                if stopped:
+                    vcpu.cancel(quiet=True)
+
+        self._life.resume(reset_cancels)
 
     def _state_msrs(self) -> list[int]:
         """The MSRs a snapshot saves: those KVM lists for save/restore that a vCPU can read
@@ -503,7 +525,15 @@ class Partition:
             raise InvalidArgument(f"restore() takes a pyhv.Snapshot, not {type(snap).__name__}")
         self._life.require_quiet("restore a snapshot")
         self._flush_bulk()
-        copied = restore_snapshot(self, snap)
+        try:
+            copied = restore_snapshot(self, snap)
+        except BaseException as exc:
+            # memory and vCPUs may be half from the snapshot, half not: unusable until a
+            # restore succeeds
+            self._life.poison(f"a restore failed halfway ({type(exc).__name__}: {exc})")
+            raise
+        for vcpu in self._vcpus:              # a restored partition starts with no cancels
+            lib.pyhv_vcpu_clear_cancel(vcpu._handle())
         self._life.cure()
         return copied
 
@@ -521,18 +551,20 @@ class Partition:
         return self.restore(self._reset_point)
 
     def _first_run(self) -> None:
-        if self._resettable and self._reset_point is None and not self._life.ever_ran:
-            self._reset_point = take_snapshot(self)
+        with self._lock:
+            if self._resettable and self._reset_point is None and not self._life.ever_ran:
+                self._reset_point = take_snapshot(self)
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot, *,
                       hypervisor: system.Hypervisor | None = None) -> Partition:
         """A new partition with ``snap``'s memory slots, vCPUs and in-kernel interrupt
         controllers, in ``snap``'s state.  Handlers, fast-path ports and devices are Python
-        objects, not part of the snapshot: register or attach them again (a device takes its
-        saved state back with ``device.set_state(snap.devices[name])``)."""
+        objects, not part of the snapshot: register or attach them again; a device attached
+        under a name the snapshot has takes its saved state."""
         part = cls(hypervisor=hypervisor, setup_base=snap.setup_base,
-                   irqchip="pic_master" in snap.chips, pit="pit" in snap.chips)
+                   irqchip="pic_master" in snap.chips, pit="pit" in snap.chips,
+                   hardened=snap.hardened)
         try:
             for slot_image in snap.slots:
                 part.map_memory(slot_image.gpa, slot_image.size, readonly=slot_image.readonly,
@@ -546,6 +578,7 @@ class Partition:
                 part._next_vcpu_id = max(part._next_vcpu_id, vcpu_image.id + 1)
                 vcpu.set_cpuid(vcpu_image.cpuid)
             part.restore(snap)
+            part._saved_device_states = dict(snap.devices)   # for devices attached later
         except BaseException:
             part.close()
             raise
@@ -593,6 +626,7 @@ class Partition:
         if handler.space == "io-fast":
             if self._fast_ports.get(handler.start) is None:
                 raise InvalidArgument(f"{handler!r} is not registered here")
+            self._life.require_quiet("remove a fast-path port")
             for vcpu in self._vcpus:
                 if handler.start in self._outputs and not vcpu.closed:
                     self._deliver_bulk(vcpu, _OutputOnly)
@@ -622,6 +656,7 @@ class Partition:
         port = _as_int("port", port)
         if not 0 <= port <= 0xFFFF:
             raise InvalidArgument(f"port {port:#x} is not a 16-bit port")
+        self._life.require_quiet("add a fast-path port")   # the C loop reads the table
         clash = None if overlay else self._io.claimed(port)
         if port in self._fast_ports or clash is not None:
             raise OverlapError(f"port {port:#x} already has a handler")
@@ -715,6 +750,7 @@ class Partition:
                                               fd), "KVM_IOEVENTFD")
         bell = Doorbell(self, fd[0], address, size, io, value)
         self._doorbells.append(bell)
+        self._res.eventfds.add(fd[0])
         return bell
 
     def _deliver_bulk(self, vcpu: VCpu, c: Any) -> None:
@@ -722,11 +758,22 @@ class Partition:
         if c.coalesced_pending and self._coalesced:
             self._drain_coalesced(vcpu)
         if c.output_pending:
+            # empty every buffer before calling any sink: a sink that raises must not leave
+            # another port's bytes piling up in C
             buf = vcpu._bulk_buffers()[0]
+            taken = []
             for port, write in self._outputs.items():
                 n = lib.pyhv_vcpu_take_output(vcpu._handle(), port, buf, len(buf))
                 if n > 0:
-                    write(ffi.buffer(buf, n)[:])
+                    taken.append((write, ffi.buffer(buf, n)[:]))
+            error: BaseException | None = None
+            for write, data in taken:
+                try:
+                    write(data)
+                except BaseException as exc:   # the others still get theirs
+                    error = error or exc
+            if error is not None:
+                raise error
 
     def _drain_coalesced(self, vcpu: VCpu) -> None:
         entries = vcpu._bulk_buffers()[1]
@@ -783,6 +830,7 @@ class Partition:
         vcpus = list(self._vcpus)
         if not vcpus:
             raise HypervisorError("the partition has no vCPU: call create_vcpu() first")
+        self._first_run()                      # one reset point, before any thread runs
         results: list[RunResult | None] = [None] * len(vcpus)
         errors: list[BaseException] = []
 
@@ -790,10 +838,10 @@ class Partition:
             try:
                 results[i] = result = self.run(timeout, vcpu=vcpu)
                 if isinstance(result.exit, MACHINE_ENDS):
-                    self.stop()                # the whole machine stopped, not one vCPU
+                    self._stop_running()       # the whole machine stopped, not one vCPU
             except BaseException as exc:       # handed to the caller's thread below
                 errors.append(exc)
-                self.stop()
+                self._stop_running()
 
         threads = [threading.Thread(target=run_one, args=(i, v), name=f"pyhv-vcpu-{v.id}")
                    for i, v in enumerate(vcpus)]
@@ -812,10 +860,18 @@ class Partition:
         return [r for r in results if r is not None]
 
     def stop(self) -> None:
-        """Cancel the runs of every vCPU (from any thread); they return ``Canceled``."""
+        """Cancel the runs of every vCPU (from any thread); they return ``Canceled``.  A vCPU
+        not running now returns ``Canceled`` from its next run; during a pause, the parked runs
+        return ``Canceled`` when resumed."""
+        self._life.stop_requested()
         for vcpu in list(self._vcpus):
-            if not vcpu.closed:
-                vcpu.cancel()
+            vcpu.cancel(quiet=True)
+
+    def _stop_running(self) -> None:
+        """Cancel only the runs in progress (leaving no cancel behind for idle vCPUs)."""
+        for vcpu in list(self._vcpus):
+            if vcpu._run_thread is not None:
+                vcpu.cancel(quiet=True)
 
 
 MACHINE_ENDS = (DebugExit, Reset, Shutdown, SystemEvent)
@@ -900,6 +956,7 @@ class Doorbell:
             return
         fd, self._fd = self._fd, -1
         self.partition._doorbells.remove(self)
+        self.partition._res.eventfds.discard(fd)
         if not self.partition.closed:
             lib.pyhv_partition_ioeventfd_remove(
                 self.partition._vm_fd, self.address, self.size, self.io,

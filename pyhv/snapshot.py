@@ -19,6 +19,7 @@ of a newer major format, of another vCPU-state layout, or with a bad checksum is
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
-from .errors import HypervisorError, check_rc
+from .errors import HypervisorError, StateError, check_rc
 from .memory import PAGE_SIZE, allocate_host_memory, free_host_memory
 from .system import CpuidEntry
 
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
 
 MAGIC = b"PYHVSNAP"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1          # 1.1: in-kernel irqchip and PIT state ("chips")
+FORMAT_MINOR = 2          # 1.1: irqchip/PIT state ("chips"); 1.2: "hardened"
 STATE_SIZE = ffi.sizeof("struct pyhv_vcpu_state")
+MAX_SLOT_IMAGE = 1 << 38      # 256 GiB: a slot no snapshot file may claim beyond
 _PREFIX = struct.Struct("<8sHHI")
 _U64 = struct.Struct("<Q")
 _RUN = struct.Struct("<QQ")
@@ -124,6 +126,7 @@ class Snapshot:
     devices: dict[str, dict[str, Any]]         # name -> state of pyhv's Python devices
     pyhv_version: str = ""
     chips: dict[str, bytes] = field(default_factory=dict)   # in-kernel irqchip / PIT state
+    hardened: bool = False                                  # Partition(hardened=True)
 
     def layout(self) -> tuple[tuple[int, int, bool], ...]:
         return tuple((s.gpa, s.size, s.readonly) for s in self.slots)
@@ -152,6 +155,7 @@ class Snapshot:
             "fast_ports": {str(p): list(kv) for p, kv in self.fast_ports.items()},
             "devices": self.devices,
             "chips": {name: state.hex() for name, state in self.chips.items()},
+            "hardened": self.hardened,
         }
         blob = json.dumps(header, sort_keys=True).encode()
         tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
@@ -230,6 +234,8 @@ class _Reader:
             if header["state_size"] != STATE_SIZE or \
                     header["state_version"] != lib.PYHV_STATE_VERSION:
                 raise self.fail("its vCPU state layout differs from this pyhv's")
+            if len(header["slots"]) > 4096 or len(header["vcpus"]) > 1024:
+                raise self.fail("implausible numbers of slots or vCPUs")
             slots = [self._slot(s) for s in header["slots"]]
             vcpus = [self._vcpu(v) for v in header["vcpus"]]
             fast_ports = {int(p): (int(kv[0]), int(kv[1]))
@@ -239,7 +245,7 @@ class _Reader:
                 raise self.fail("damaged interrupt-controller state")
             snap = Snapshot(slots, vcpus, int(header["setup_base"]), header["setup_written"],
                             fast_ports, dict(header["devices"]), str(header["pyhv_version"]),
-                            chips)
+                            chips, bool(header.get("hardened", False)))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, SnapshotFormatError):
                 raise
@@ -254,9 +260,13 @@ class _Reader:
 
     def _slot(self, s: dict[str, Any]) -> SlotImage:
         gpa, size = int(s["gpa"]), int(s["size"])
-        if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or gpa + size > 1 << 52:
+        if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or gpa + size > 1 << 52 or \
+                size > MAX_SLOT_IMAGE:
             raise self.fail(f"implausible slot [{gpa:#x}, +{size:#x})")
-        image = PageImage(size)
+        try:
+            image = PageImage(size)
+        except HypervisorError as exc:
+            raise self.fail(f"cannot map a {size:#x}-byte slot image ({exc})") from None
         (count,) = _U64.unpack(self.take(8))
         if count > image.pages or count * _RUN.size > self.total:
             raise self.fail("implausible page-run count")
@@ -360,14 +370,19 @@ def take_snapshot(partition: Partition) -> Snapshot:
     vcpus = []
     for vcpu in partition.vcpus:
         state = ffi.new("struct pyhv_vcpu_state *")
-        check_rc(lib.pyhv_vcpu_save_state(vcpu._handle(), msrs, len(msrs), state),
-                 f"saving vCPU {vcpu.id}")
+        rc = lib.pyhv_vcpu_save_state(vcpu._handle(), msrs, len(msrs), state)
+        if rc == -errno.EBUSY:
+            raise StateError(f"vCPU {vcpu.id} is inside an instruction that needs another exit "
+                             "(e.g. the second half of a 16-byte MMIO access): run it to that "
+                             "exit, answer it, and take the snapshot after")
+        check_rc(rc, f"saving vCPU {vcpu.id}")
         vcpus.append(VcpuImage(vcpu.id, vcpu.mode, vcpu._stubs, vcpu.get_cpuid(), state))
     slots = [SlotImage(s.gpa, s.size, s.readonly, s.dirty_log, capture_slot(s._pointer, s.size))
              for s in partition.memory.slots]
     devices = {name: dev.get_state() for name, dev in partition.devices.items()}
     snap = Snapshot(slots, vcpus, partition.setup_base, partition._setup_written,
-                    dict(partition._fast_ports), devices, __version__, save_chips(partition))
+                    dict(partition._fast_ports), devices, __version__, save_chips(partition),
+                    partition.hardened)
     partition._tracker = DirtyTracker(partition, snap)
     return snap
 

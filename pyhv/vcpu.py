@@ -97,6 +97,8 @@ class VCpu:
         self._sregs_c = ffi.new("struct pyhv_sregs *")
         self._run_lock = threading.Lock()
         self._run_thread: int | None = None
+        self._handle_lock = threading.Lock()     # cancel() vs destroying the C object
+        self._parked = False                     # in a run parked by pause()
         self._stats_c = ffi.new("struct pyhv_stats *")
         self._buffers: tuple[Any, Any] | None = None   # made on first bulk delivery
         self._run_seconds = 0.0
@@ -125,11 +127,13 @@ class VCpu:
                                   "cancel it (or stop the partition) and close it afterwards")
         # a run on another thread holds the lock: keep canceling until it lets go
         while not self._run_lock.acquire(timeout=0.05):
-            lib.pyhv_vcpu_cancel(self._ptr)
+            self.cancel(quiet=True)
         try:
-            self._finalizer()
+            with self._handle_lock:
+                self._finalizer()
         finally:
             self._run_lock.release()
+        self.partition._forget_vcpu(self)
 
     def __enter__(self) -> VCpu:
         return self
@@ -192,8 +196,9 @@ class VCpu:
                 self.partition._deliver_bulk(self, c)
             reason = rc & 0xFF
             if reason == _CANCELED and self.partition._life.paused:
-                self.partition._life.park()      # pause(): wait for resume(), then go on
-                continue
+                if self._park():                 # pause(): wait for resume(), then go on
+                    continue
+                return c                         # closed while paused: the run ends
             if reason != _INTERRUPTED and reason != _OUTPUT_FULL:
                 return c
             # a signal for Python (Ctrl-C...) has its handler run here, between bytecodes
@@ -217,6 +222,13 @@ class VCpu:
             return exit
         finally:
             self._end(ptr, timeout)
+
+    def _park(self) -> bool:
+        self._parked = True
+        try:
+            return self.partition._life.park()
+        finally:
+            self._parked = False
 
     def _bulk_buffers(self) -> tuple[Any, Any]:
         """Where this vCPU receives buffered-port output and coalesced writes."""
@@ -284,13 +296,20 @@ class VCpu:
                          s.mmio_read, s.mmio_write, guest, max(self._run_seconds - guest, 0.0))
 
     def reset_stats(self) -> None:
+        """Zero the counters of :attr:`stats`."""
         lib.pyhv_vcpu_reset_stats(self._handle())
         self._run_seconds = 0.0
 
-    def cancel(self) -> None:
+    def cancel(self, quiet: bool = False) -> None:
         """Stop the current run of this vCPU, or the next one if it is not running.  Safe from
-        any thread; the run returns :class:`pyhv.exits.Canceled`."""
-        lib.pyhv_vcpu_cancel(self._handle())
+        any thread; the run returns :class:`pyhv.exits.Canceled`.  On a closed vCPU it raises
+        :class:`pyhv.ClosedError`, or does nothing with ``quiet=True``."""
+        with self._handle_lock:            # close() cannot free it under us
+            if not self._finalizer.alive:
+                if quiet:
+                    return
+                raise ClosedError(f"vCPU {self.id} is closed")
+            lib.pyhv_vcpu_cancel(self._ptr)
 
     # -- registers (the views in registers.py call these) ---------------------------------
     def _load_regs(self) -> Any:
@@ -359,9 +378,11 @@ class VCpu:
         check_rc(rc, op)
 
     def get_msr(self, index: int) -> int:
+        """One MSR: ``cpu.get_msr(0xC0000080)`` (EFER)."""
         return self.get_msrs([index])[index]
 
     def set_msr(self, index: int, value: int) -> None:
+        """Write one MSR."""
         self.set_msrs({index: value})
 
     def get_cpuid(self) -> tuple[CpuidEntry, ...]:

@@ -41,7 +41,7 @@ def test_uart_registers_as_a_driver_probes_them(part):
 def test_uart_receive_interrupt_through_the_in_kernel_pic(kvm):
     with pyhv.Partition(memory="1M", irqchip=True) as part:
         uart = part.attach(devices.Uart16550())
-        part.attach(devices.DebugExit())
+        part.attach(devices.IsaDebugExit())
         uart.feed(b"Z")
         part.memory.write(0x1000, pyhv.testing.assemble_file(
             __import__("pathlib").Path(__file__).parent / "guests" / "uart_irq.S", bits=16,
@@ -108,7 +108,7 @@ def test_device_state_follows_snapshots(part):
 def test_snapshots_carry_the_in_kernel_interrupt_controllers(kvm, tmp_path):
     with pyhv.Partition(memory="1M", irqchip=True, pit=True) as part:
         part.attach(devices.Uart16550())
-        part.attach(devices.DebugExit())
+        part.attach(devices.IsaDebugExit())
         part.memory.write(0x1000, pyhv.testing.assemble_file(
             __import__("pathlib").Path(__file__).parent / "guests" / "uart_irq.S", bits=16,
             origin=0x1000))
@@ -124,7 +124,7 @@ def test_snapshots_carry_the_in_kernel_interrupt_controllers(kvm, tmp_path):
         with clone:
             assert clone.irqchip and clone.pit
             uart = clone.attach(devices.Uart16550())
-            clone.attach(devices.DebugExit())
+            clone.attach(devices.IsaDebugExit())
             uart.set_state(snap.devices["com1"])
             uart.feed(b"Q")                  # the restored PIC still routes IRQ 4
             result = clone.run(timeout=30)

@@ -29,7 +29,7 @@ def linux_partition(memory: str = "256M") -> tuple[pyhv.Partition, bytearray]:
     part.attach(devices.Uart16550(console.extend))
     part.attach(devices.I8042())
     part.attach(devices.Rtc())
-    part.attach(devices.DebugExit())
+    part.attach(devices.IsaDebugExit())
     return part, console
 
 

@@ -21,7 +21,7 @@ def boot_multiboot(path, memory="32M", **load) -> tuple[pyhv.RunResult, str, pyh
     part = pyhv.Partition(memory=memory)
     out = io.BytesIO()
     part.attach(devices.Uart16550(out))
-    part.attach(devices.DebugExit())
+    part.attach(devices.IsaDebugExit())
     image = loaders.load(part, path, **load)
     assert image.format == "multiboot" and image.mode == "protected"
     image.create_vcpu(part)

@@ -4,8 +4,8 @@ where one fits.  Attach them with :meth:`pyhv.Partition.attach`::
     uart = part.attach(pyhv.devices.Uart16550(output=sys.stdout.buffer))
     part.attach(pyhv.devices.I8042())          # command 0xFE ends the run with exits.Reset
     part.attach(pyhv.devices.Rtc())            # CMOS clock at 0x70/0x71
-    part.attach(pyhv.devices.FwCfg(part))      # QEMU's fw_cfg at 0x510/0x511
-    part.attach(pyhv.devices.DebugExit(0xF4))  # QEMU's isa-debug-exit
+    part.attach(pyhv.devices.FwCfg())          # QEMU's fw_cfg at 0x510/0x511
+    part.attach(pyhv.devices.IsaDebugExit())   # QEMU's isa-debug-exit at 0xF4
 
 Each device keeps its state in JSON-able values (``get_state``/``set_state``), so snapshots
 carry it.
@@ -36,10 +36,10 @@ class Device:
         """Take back a state from :meth:`get_state`."""
 
 
-from .debugexit import DebugExit  # noqa: E402
+from .debugexit import IsaDebugExit  # noqa: E402
 from .fwcfg import FwCfg  # noqa: E402
 from .i8042 import I8042  # noqa: E402
 from .rtc import Rtc  # noqa: E402
 from .uart import Uart16550  # noqa: E402
 
-__all__ = ["Device", "Uart16550", "I8042", "Rtc", "FwCfg", "DebugExit"]
+__all__ = ["Device", "Uart16550", "I8042", "Rtc", "FwCfg", "IsaDebugExit"]

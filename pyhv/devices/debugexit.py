@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from ..partition import Partition
 
 
-class DebugExit(Device):
+class IsaDebugExit(Device):
     """Handled entirely in C (:meth:`pyhv.Partition.add_debug_exit`): the run ends with a
     :class:`pyhv.exits.DebugExit`."""
 

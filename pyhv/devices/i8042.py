@@ -21,6 +21,8 @@ STATUS_OUTPUT_FULL, STATUS_SYSTEM, STATUS_COMMAND = 0x01, 0x04, 0x08
 
 
 class I8042(Device):
+    """The keyboard controller at ports 0x60/0x64 (see the module docstring)."""
+
     name = "i8042"
 
     def __init__(self) -> None:

@@ -32,6 +32,8 @@ def _from_bcd(value: int) -> int:
 
 
 class Rtc(Device):
+    """The CMOS clock at ports 0x70/0x71; ``clock`` returns seconds since the epoch (UTC)."""
+
     name = "rtc"
 
     def __init__(self, clock: Any = time.time) -> None:

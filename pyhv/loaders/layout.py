@@ -84,6 +84,24 @@ def check_fits(partition: Partition, what: str, gpa: int, size: int) -> None:
                                    f"[{lo:#x}, {hi:#x})")
 
 
+def check_boot_data(partition: Partition) -> None:
+    """The boot data area must be writable RAM: checked before a loader writes anything."""
+    for at in range(BOOT_DATA, BOOT_DATA_END, PAGE_SIZE):
+        slot = partition.memory.slot_at(at)
+        if slot is None or slot.readonly:
+            raise ImageFormatError(f"the loader's boot data area [{BOOT_DATA:#x}, "
+                                   f"{BOOT_DATA_END:#x}) is not RAM in this partition")
+
+
+def bounded_map(partition: Partition, entry_size: int) -> list[tuple[int, int, int]]:
+    """The memory map, refused if it would spill past its page of the boot data area."""
+    entries = memory_map(partition)
+    if len(entries) * entry_size > MODULES - MEMMAP:
+        raise ImageFormatError(f"{len(entries)} memory-map entries do not fit the boot data "
+                               "area: use fewer memory slots")
+    return entries
+
+
 def page_up(value: int) -> int:
     return (value + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 

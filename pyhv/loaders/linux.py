@@ -31,6 +31,8 @@ from .layout import (
     MODULES,
     STACK_TOP,
     STRINGS,
+    bounded_map,
+    check_boot_data,
     check_fits,
     memory_map,
     page_up,
@@ -127,6 +129,7 @@ def _cmdline(cmdline: str, limit: int) -> bytes:
 def load_bzimage(partition: Partition, data: bytes, name: str, cmdline: str,
                  initrd: tuple[bytes, str] | None) -> BootImage:
     setup_size, _ = _setup_header(data, name)
+    check_boot_data(partition)
     kernel = data[setup_size:]
     align = _u(data, 0x230, 4) or 0x200000
     if align & (align - 1):
@@ -180,6 +183,7 @@ def load_pvh(partition: Partition, data: bytes, name: str, cmdline: str,
     if entry is None:
         raise ImageFormatError(f"{name}: the ELF has no PVH entry note "
                                "(XEN_ELFNOTE_PHYS32_ENTRY): not a PVH-bootable vmlinux")
+    check_boot_data(partition)
     for s in image.segments:
         check_fits(partition, "vmlinux segment", s.paddr, s.memsz)
     end = max(s.paddr + s.memsz for s in image.segments)
@@ -189,7 +193,7 @@ def load_pvh(partition: Partition, data: bytes, name: str, cmdline: str,
         ramdisk = initrd[0]
         ramdisk_at = _initrd_place(partition, len(ramdisk), 1 << 32, end)
         check_fits(partition, "initrd", ramdisk_at, len(ramdisk))
-    memmap = memory_map(partition)
+    memmap = bounded_map(partition, 24)
     start_info = struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 1 if ramdisk else 0,
                              MODULES if ramdisk else 0, STRINGS, 0, MEMMAP, len(memmap), 0)
     table = b"".join(struct.pack("<QQII", base, length, kind, 0)

@@ -23,6 +23,8 @@ from .layout import (
     MODULES,
     STACK_TOP,
     STRINGS,
+    bounded_map,
+    check_boot_data,
     check_fits,
     memory_map,
     page_up,
@@ -88,6 +90,7 @@ def load(partition: Partition, data: bytes, name: str, cmdline: str,
         image = elf_loader.parse(data, name)
         entry = image.physical(image.entry)
     end = max(s.paddr + s.memsz for s in image.segments)
+    check_boot_data(partition)
     for s in image.segments:
         check_fits(partition, "multiboot kernel segment", s.paddr, s.memsz)
 
@@ -112,7 +115,7 @@ def load(partition: Partition, data: bytes, name: str, cmdline: str,
         raise InvalidArgument("the multiboot command line and names are too long")
 
     mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind)
-                    for base, length, kind in memory_map(partition))
+                    for base, length, kind in bounded_map(partition, 24))
     ram = [(b, n) for b, n, k in memory_map(partition) if k == 1]
     lower = next((n for b, n in ram if b == 0), 0) // 1024
     upper = next((n for b, n in ram if b == 0x100000), 0) // 1024
