@@ -270,6 +270,12 @@ int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64
                                uint64_t npages);
 /* set bit i of `pages` for each resident host page of [addr, addr + npages pages) */
 int pyhv_memory_resident(const void *addr, uint64_t npages, uint64_t *pages);
+/* the tracked restore of one slot in one call: fold KVM's dirty log (when `logging`) and the
+   host-write bitmap into `changed`, copy those pages from `image` to `memory`, clear both
+   bitmaps; returns the pages copied or -errno */
+int64_t pyhv_restore_slot(int vm_fd, uint32_t slot, int logging, uint8_t *memory,
+                          const uint8_t *image, uint64_t *changed, uint64_t *scratch,
+                          uint64_t *host_dirty, uint64_t npages);
 /* set `count` bits from bit `first` */
 void pyhv_bitmap_set(uint64_t *bitmap, uint64_t first, uint64_t count);
 /* OR `words` words of src into dst, then clear src */

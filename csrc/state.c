@@ -321,3 +321,16 @@ void pyhv_bitmap_move(uint64_t *dst, uint64_t *src, uint64_t words)
         src[w] = 0;
     }
 }
+
+int64_t pyhv_restore_slot(int vm_fd, uint32_t slot, int logging, uint8_t *memory,
+                          const uint8_t *image, uint64_t *changed, uint64_t *scratch,
+                          uint64_t *host_dirty, uint64_t npages)
+{
+    if (logging) {
+        int rc = pyhv_partition_dirty_merge(vm_fd, slot, changed, scratch, npages);
+        if (rc < 0)
+            return rc;
+    }
+    pyhv_bitmap_move(changed, host_dirty, (npages + 63) / 64);
+    return pyhv_copy_pages(memory, image, changed, npages);
+}

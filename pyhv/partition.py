@@ -504,6 +504,8 @@ class Partition:
         return self._msrs_to_save
 
     def _flush_bulk(self) -> None:
+        if not (self._outputs or self._coalesced):
+            return
         for vcpu in self._vcpus:
             if not vcpu.closed and (self._outputs or self._coalesced):
                 self._deliver_bulk(vcpu, _AllBulk)

@@ -414,10 +414,15 @@ def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
         pages = image.image.pages
         if fast:
             assert tracker is not None
-            changed = tracker.collect(partition, slot)   # also clears what it collected
-        else:   # everything that may differ: pages touched now or holding data in the image
-            changed = image.image.bitmap_copy()
-            check_rc(lib.pyhv_memory_resident(slot._pointer, pages, changed), "mincore")
+            n = lib.pyhv_restore_slot(partition._vm_fd, slot.slot, slot._logging,
+                                      slot._pointer, image.image.data,
+                                      tracker.changed[slot.slot], tracker._scratch[slot.slot],
+                                      slot._host_dirty, pages)
+            copied += check_rc(n, "KVM_GET_DIRTY_LOG")
+            continue
+        # any other snapshot: whatever may differ, pages touched now or holding data there
+        changed = image.image.bitmap_copy()
+        check_rc(lib.pyhv_memory_resident(slot._pointer, pages, changed), "page residency")
         copied += lib.pyhv_copy_pages(slot._pointer, image.image.data, changed, pages)
     for vcpu, vcpu_image in zip(partition.vcpus, snap.vcpus, strict=True):
         check_rc(lib.pyhv_vcpu_load_state(vcpu._handle(), vcpu_image.state),
