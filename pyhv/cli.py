@@ -256,4 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    try:
+        code = int(args.func(args))
+        sys.stdout.flush()      # a closed pipe shows here, not as noise at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `pyhv doctor | head`: the reader left; say nothing more, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141     # 128 + SIGPIPE, what a shell reports for a tool killed by it
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,16 @@ def test_stress_commands(kvm, what):
     proc = pyhv_cli("stress", what, "--count", "20")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(kvm):
+    # `pyhv doctor | head -1`: the reader is gone before pyhv writes (closed before it starts)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pyhv", "doctor"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
