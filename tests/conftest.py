@@ -7,7 +7,11 @@ environment variable set), where that is a failure.
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,3 +60,17 @@ def boot(part: pyhv.Partition, name: str, mode: str = "long", **kwargs) -> pyhv.
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def run_in_background(part: pyhv.Partition, run: Callable[[], Any]) -> tuple[threading.Thread,
+                                                                            list[Any]]:
+    """Start ``run`` (a call that runs ``part``) on a thread and return once the partition is
+    running; the list gets what ``run`` returned.  Fails if the run ends before it starts."""
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(run()))
+    runner.start()
+    deadline = time.monotonic() + 10
+    while part.state != pyhv.PartitionState.RUNNING:
+        assert runner.is_alive() and time.monotonic() < deadline, "the run never started"
+        time.sleep(0.01)
+    return runner, results

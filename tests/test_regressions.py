@@ -15,7 +15,7 @@ import pyhv
 from pyhv import devices, exits
 from pyhv.testing import assemble
 
-from .conftest import fd_count
+from .conftest import fd_count, run_in_background
 
 
 def test_a_raising_sink_cannot_overflow_another_ports_buffer(kvm):
@@ -42,10 +42,7 @@ def test_fast_ports_cannot_change_under_a_running_vcpu(part):
     part.memory.write(0x100000, assemble("jmp .", origin=0x100000))
     part.create_vcpu(mode="long", entry=0x100000)
     port = part.add_buffered_port(0x2F8, lambda data: None)
-    runner = threading.Thread(target=lambda: pytest.raises(pyhv.Timeout, part.run, 2))
-    runner.start()
-    while part.state != pyhv.PartitionState.RUNNING:
-        time.sleep(0.01)
+    runner, _ = run_in_background(part, lambda: pytest.raises(pyhv.Timeout, part.run, 2))
     with pytest.raises(pyhv.StateError):
         part.remove_handler(port)
     with pytest.raises(pyhv.StateError):
@@ -79,11 +76,7 @@ def test_closing_a_paused_partition_ends_its_parked_runs(kvm):
     part = pyhv.Partition(memory="4M")
     part.memory.write(0x100000, assemble("jmp .", origin=0x100000))
     part.create_vcpu(mode="long", entry=0x100000)
-    results = []
-    runner = threading.Thread(target=lambda: results.append(part.run(timeout=30)))
-    runner.start()
-    while part.state != pyhv.PartitionState.RUNNING:
-        time.sleep(0.01)
+    runner, results = run_in_background(part, lambda: part.run(timeout=30))
     part.pause()
     started = time.monotonic()
     part.close()
@@ -96,11 +89,7 @@ def test_stop_during_a_pause_takes_effect_on_resume(kvm):
     with pyhv.Partition(memory="4M") as part:
         part.memory.write(0x100000, assemble("jmp .", origin=0x100000))
         part.create_vcpu(mode="long", entry=0x100000)
-        results = []
-        runner = threading.Thread(target=lambda: results.append(part.run(timeout=30)))
-        runner.start()
-        while part.state != pyhv.PartitionState.RUNNING:
-            time.sleep(0.01)
+        runner, results = run_in_background(part, lambda: part.run(timeout=30))
         part.pause()
         part.stop()
         part.resume()

@@ -10,7 +10,7 @@ import pytest
 import pyhv
 from pyhv import PartitionState, exits
 
-from .conftest import boot, guest_code
+from .conftest import boot, guest_code, run_in_background
 
 COUNTER = 0x200000
 
@@ -71,10 +71,7 @@ def test_illegal_transitions_are_refused(part):
     with pytest.raises(pyhv.StateError):
         part.run(timeout=1)
     part.resume()
-    runner = threading.Thread(target=lambda: part.run(timeout=30))
-    runner.start()
-    while part.state != PartitionState.RUNNING:
-        time.sleep(0.01)
+    runner, _ = run_in_background(part, lambda: part.run(timeout=30))
     with pytest.raises(pyhv.StateError, match="pause"):
         part.snapshot()                                     # a moving target
     with pytest.raises(pyhv.StateError, match="pause"):
