@@ -75,16 +75,21 @@ class Lifecycle:
             self.active -= 1
             self._cond.notify_all()
 
-    def park(self) -> bool:
+    def park(self, leaving: Callable[[], bool]) -> bool:
         """Called by a run that pause() stopped: wait for resume.  Returns False when the
-        partition was closed meanwhile (the run must end)."""
+        partition was closed meanwhile, or ``leaving()`` turned true (the run must end)."""
         with self._cond:
             self.parked += 1
             self._cond.notify_all()
-            while self.paused and not self.closed:
+            while self.paused and not self.closed and not leaving():
                 self._cond.wait()
             self.parked -= 1
-            return not self.closed
+            return not (self.closed or leaving())
+
+    def wake(self) -> None:
+        """Have parked runs look again at why they wait (a vCPU of theirs is closing)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def pause(self, cancel_running: Callable[[], None]) -> None:
         with self._cond:

@@ -99,6 +99,7 @@ class VCpu:
         self._run_thread: int | None = None
         self._handle_lock = threading.Lock()     # cancel() vs destroying the C object
         self._parked = False                     # in a run parked by pause()
+        self._closing = False                    # close() waits for this vCPU's run to end
         self._stats_c = ffi.new("struct pyhv_stats *")
         self._buffers: tuple[Any, Any] | None = None   # made on first bulk delivery
         self._run_seconds = 0.0
@@ -125,7 +126,10 @@ class VCpu:
         if self._run_thread == threading.get_ident():
             raise HypervisorError(f"vCPU {self.id} cannot be closed from inside its own run; "
                                   "cancel it (or stop the partition) and close it afterwards")
-        # a run on another thread holds the lock: keep canceling until it lets go
+        # a run on another thread holds the lock: keep canceling until it lets go (a run
+        # parked by pause() is woken to end instead)
+        self._closing = True
+        self.partition._life.wake()
         while not self._run_lock.acquire(timeout=0.05):
             self.cancel(quiet=True)
         try:
@@ -226,7 +230,7 @@ class VCpu:
     def _park(self) -> bool:
         self._parked = True
         try:
-            return self.partition._life.park()
+            return self.partition._life.park(lambda: self._closing)
         finally:
             self._parked = False
 

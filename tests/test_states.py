@@ -111,3 +111,16 @@ def test_pause_parks_every_vcpu_of_run_all(kvm):
         part.stop()
         runner.join(10)
         assert [type(r.exit) for r in results] == [exits.Canceled, exits.Canceled]
+
+
+def test_closing_a_vcpu_whose_run_is_parked_ends_that_run(part):
+    cpu = spinning_user_guest(part)
+    runner, results = run_in_background(part, lambda: cpu.run(timeout=30))
+    part.pause()
+    started = time.monotonic()
+    cpu.close()                           # used to spin canceling until someone resumed
+    runner.join(10)
+    assert not runner.is_alive() and time.monotonic() - started < 5
+    assert isinstance(results[0], exits.Canceled) and cpu.closed
+    part.resume()
+    assert part.vcpus == ()
