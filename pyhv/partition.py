@@ -835,15 +835,22 @@ class Partition:
         self._first_run()                      # one reset point, before any thread runs
         results: list[RunResult | None] = [None] * len(vcpus)
         errors: list[BaseException] = []
+        ended = threading.Event()
+
+        def end_machine() -> None:
+            # sticky cancels: a vCPU whose thread has not entered its run yet stops at once
+            ended.set()
+            for vcpu in vcpus:
+                vcpu.cancel(quiet=True)
 
         def run_one(i: int, vcpu: VCpu) -> None:
             try:
                 results[i] = result = self.run(timeout, vcpu=vcpu)
                 if isinstance(result.exit, MACHINE_ENDS):
-                    self._stop_running()       # the whole machine stopped, not one vCPU
+                    end_machine()              # the whole machine stopped, not one vCPU
             except BaseException as exc:       # handed to the caller's thread below
                 errors.append(exc)
-                self._stop_running()
+                end_machine()
 
         threads = [threading.Thread(target=run_one, args=(i, v), name=f"pyhv-vcpu-{v.id}")
                    for i, v in enumerate(vcpus)]
@@ -857,6 +864,10 @@ class Partition:
             for t in threads:
                 t.join()
             raise
+        if ended.is_set():                     # the runs are over: their cancels are spent
+            for vcpu in vcpus:
+                if not vcpu.closed:
+                    lib.pyhv_vcpu_clear_cancel(vcpu._handle())
         if errors:
             raise errors[0]
         return [r for r in results if r is not None]
@@ -868,12 +879,6 @@ class Partition:
         self._life.stop_requested()
         for vcpu in list(self._vcpus):
             vcpu.cancel(quiet=True)
-
-    def _stop_running(self) -> None:
-        """Cancel only the runs in progress (leaving no cancel behind for idle vCPUs)."""
-        for vcpu in list(self._vcpus):
-            if vcpu._run_thread is not None:
-                vcpu.cancel(quiet=True)
 
 
 MACHINE_ENDS = (DebugExit, Reset, Shutdown, SystemEvent)

@@ -8,7 +8,8 @@ import time
 import pytest
 
 import pyhv
-from pyhv import stress
+from pyhv import exits, stress
+from pyhv.testing import assemble
 
 from .conftest import guest_code
 
@@ -89,3 +90,23 @@ def test_a_thousand_cancel_races_lose_no_exit(kvm):
     # pyhv.stress raises if an OUT is lost, repeated or out of order, or a cancel is doubled
     seen, canceled = stress.cancel_races(1000, seed=2026)
     assert 1 <= canceled <= 1000 and seen > canceled
+
+
+def test_run_all_stops_a_vcpu_that_had_not_started_when_the_machine_ended(part, monkeypatch):
+    part.memory.write(0x1000, assemble("mov $0xf4, %dx\nout %al, %dx\nhlt", origin=0x1000))
+    part.memory.write(0x2000, guest_code("spin", origin=0x2000))
+    part.add_debug_exit(0xF4)
+    first = part.create_vcpu(mode="long", entry=0x1000, stack=0x70000)
+    late = part.create_vcpu(mode="long", entry=0x2000, stack=0x60000)
+    begin = late._begin
+
+    def slow_begin(timeout):              # its thread enters the run after vCPU 0 has ended
+        time.sleep(0.5)
+        return begin(timeout)
+
+    monkeypatch.setattr(late, "_begin", slow_begin)
+    results = part.run_all(timeout=10)    # used to spin until this timeout
+    assert isinstance(results[0].exit, exits.DebugExit) and results[0].vcpu is first
+    assert isinstance(results[1].exit, exits.Canceled)
+    monkeypatch.undo()
+    assert isinstance(first.run(timeout=10), exits.Halt)   # no cancel left behind
