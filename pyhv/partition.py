@@ -504,11 +504,12 @@ class Partition:
         return self._msrs_to_save
 
     def _flush_bulk(self) -> None:
+        """Deliver what the C core and the kernel hold: every vCPU's buffered output, and the
+        coalesced ring (one per VM, so drained once)."""
         if not (self._outputs or self._coalesced):
             return
-        for vcpu in self._vcpus:
-            if not vcpu.closed and (self._outputs or self._coalesced):
-                self._deliver_bulk(vcpu, _AllBulk)
+        for i, vcpu in enumerate(self._vcpus):
+            self._deliver_bulk(vcpu, _OutputOnly if i else _AllBulk)
 
     def snapshot(self) -> Snapshot:
         """Capture memory (touched pages of every slot), every vCPU's whole state and the
@@ -640,6 +641,9 @@ class Partition:
             return
         for i, (start, _end, pio, _write) in enumerate(self._coalesced):
             if start == handler.start and pio == (handler.space == "io"):
+                # writes the kernel queued for this zone go to its handler first
+                self._life.require_quiet("remove a coalesced zone")
+                self._flush_bulk()
                 check_rc(lib.pyhv_partition_coalesced_zone(self._vm_fd, start,
                                                            handler.end - start, pio, 0),
                          "KVM_UNREGISTER_COALESCED_MMIO")
@@ -757,7 +761,7 @@ class Partition:
 
     def _deliver_bulk(self, vcpu: VCpu, c: Any) -> None:
         """Hand buffered-port output and coalesced writes to their sinks (in guest order)."""
-        if c.coalesced_pending and self._coalesced:
+        if c.coalesced_pending:
             self._drain_coalesced(vcpu)
         if c.output_pending:
             # empty every buffer before calling any sink: a sink that raises must not leave
