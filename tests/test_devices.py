@@ -90,6 +90,73 @@ def test_rtc_binary_and_12_hour_modes_and_guest_set_time():
     assert other._read_data(0x71, 1) == 0x32
 
 
+def rtc_guest(steps: list[tuple[str, int, int]]) -> str:
+    """Long-mode code that writes (``"w"``, register, value) and reports (``"r"``, register, 0)
+    CMOS registers on port 0xE9, then halts."""
+    lines = []
+    for op, reg, value in steps:
+        lines.append(f"mov ${reg:#x}, %al\nout %al, $0x70")
+        lines.append(f"mov ${value:#x}, %al\nout %al, $0x71" if op == "w"
+                     else "in $0x71, %al\nout %al, $0xE9")
+    return "\n".join(lines) + "\nhlt"
+
+
+def test_rtc_set_by_a_guest_field_by_field(part):
+    # the clock reads Monday 2031-02-10 13:45:56; each group sets it the way a guest may
+    part.attach(devices.Rtc(clock=lambda: calendar.timegm((2031, 2, 10, 13, 45, 56, 0, 0, 0))))
+    seen = reports(part)
+    W, R = "w", "r"
+    part.memory.write(0x1000, pyhv.testing.assemble(rtc_guest([
+        # without SET: day 31 (no such day in February), then January -> January 31
+        (W, 0x07, 0x31), (R, 0x07, 0), (W, 0x08, 0x01), (R, 0x07, 0), (R, 0x08, 0),
+        # with SET: Feb 29 (no such day in 2031) then 2032: applied once SET is cleared
+        (W, 0x0B, 0x82), (W, 0x07, 0x29), (W, 0x08, 0x02), (R, 0x07, 0), (W, 0x09, 0x32),
+        (W, 0x0B, 0x02), (R, 0x07, 0), (R, 0x08, 0), (R, 0x09, 0),
+        # 12-hour mode: 1 PM is hour 13
+        (W, 0x0B, 0x00), (W, 0x04, 0x81), (R, 0x04, 0), (W, 0x0B, 0x02), (R, 0x04, 0),
+        # the weekday reads back what was written
+        (W, 0x06, 0x05), (R, 0x06, 0),
+    ]), origin=0x1000))
+    part.create_vcpu(mode="long", entry=0x1000)
+    assert part.run(timeout=30).halted
+    assert seen == [0x31, 0x31, 0x01,             # January 31, not March 3 then January 3
+                    0x29, 0x29, 0x02, 0x32,       # February 29 2032, not March 1
+                    0x81, 0x13,                   # 1 PM, in 24-hour form 13
+                    0x05]
+
+
+def test_rtc_stops_while_set_and_keeps_its_weekday_counter():
+    now = [float(calendar.timegm((2031, 7, 24, 23, 59, 50, 0, 0, 0)))]   # a Thursday
+    rtc = devices.Rtc(clock=lambda: now[0])
+
+    def read(reg):
+        rtc._write_index(0x70, 1, reg)
+        return rtc._read_data(0x71, 1)
+
+    def write(reg, value):
+        rtc._write_index(0x70, 1, reg)
+        rtc._write_data(0x71, 1, value)
+
+    assert read(0x06) == 5                       # Thursday (1 = Sunday)
+    write(0x0B, 0x82)                            # SET: the clock stops
+    now[0] += 100
+    assert read(0x00) == 0x50 and read(0x04) == 0x23
+    write(0x00, 0x55)
+    assert read(0x00) == 0x55
+    other = devices.Rtc(clock=lambda: now[0])
+    other.set_state(rtc.get_state())             # a stopped clock survives a snapshot
+    for clock in (rtc, other):
+        clock._write_index(0x70, 1, 0x0B)
+        clock._write_data(0x71, 1, 0x02)         # SET cleared: runs from 23:59:55
+    now[0] += 3
+    assert read(0x00) == 0x58 and read(0x07) == 0x24
+    write(0x06, 0x02)                            # the guest calls it Monday
+    now[0] += 2
+    assert read(0x07) == 0x25 and read(0x06) == 3   # midnight: Tuesday by its counter
+    other._write_index(0x70, 1, 0x07)
+    assert other._read_data(0x71, 1) == 0x25
+
+
 def test_device_state_follows_snapshots(part):
     uart = part.attach(devices.Uart16550(io.BytesIO()))
     seen = reports(part)
