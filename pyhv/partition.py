@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import threading
 import weakref
@@ -369,10 +368,8 @@ class Partition:
         try:
             if self.irqchip:
                 lib.pyhv_vcpu_set_irqchip(vcpu._handle(), 1)
-            if table is None and self.hardened:
-                vcpu.set_cpuid(sanitized_cpuid(self.hypervisor.supported_cpuid(), vcpu_id))
-            elif table is None:
-                buf, n = self.hypervisor._vcpu_cpuid(vcpu_id)
+            if table is None:
+                buf, n = self.hypervisor._vcpu_cpuid(vcpu_id, sanitized=self.hardened)
                 check_rc(lib.pyhv_vcpu_set_cpuid(vcpu._handle(), buf, n), "KVM_SET_CPUID2")
             else:
                 vcpu.set_cpuid(table)
@@ -893,25 +890,6 @@ SAFE_MSRS = frozenset({
     0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083,
     0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103,
 })
-CPUID_VMX = (1, "ecx", 1 << 5)
-CPUID_SVM = (0x80000001, "ecx", 1 << 2)
-CPUID_HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
-
-
-def sanitized_cpuid(table: Iterable[CpuidEntry], vcpu_id: int) -> list[CpuidEntry]:
-    """KVM's CPUID without VMX/SVM and without the KVM paravirtual leaves, with the vCPU's
-    APIC ID in leaf 1."""
-    out = []
-    for e in table:
-        if e.function in CPUID_HYPERVISOR_LEAVES:
-            continue
-        for function, register, bit in (CPUID_VMX, CPUID_SVM):
-            if e.function == function:
-                e = dataclasses.replace(e, **{register: getattr(e, register) & ~bit})
-        if e.function == 1:
-            e = dataclasses.replace(e, ebx=(e.ebx & 0x00FFFFFF) | (vcpu_id & 0xFF) << 24)
-        out.append(e)
-    return out
 
 
 def _port_span(ports: int | range) -> tuple[int, int]:

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,7 @@ class Hypervisor:
         self._cpuid: tuple[CpuidEntry, ...] | None = None
         self._caps: dict[int, int] = {}
         self._phys_bits: int | None = None
-        self._cpuid_template: tuple[Any, int, tuple[int, ...]] | None = None
+        self._cpuid_templates: dict[bool, tuple[Any, int, tuple[int, ...]]] = {}
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -192,17 +193,21 @@ class Hypervisor:
                                     if e.function == 0x80000008), 0) or 36
         return self._phys_bits
 
-    def _vcpu_cpuid(self, vcpu_id: int) -> tuple[Any, int]:
-        """The supported CPUID table as a C array for vCPU ``vcpu_id``, its APIC ID in leaf 1
-        EBX[31:24] and leaves 0xB/0x1F EDX (built once, copied per vCPU)."""
-        if self._cpuid_template is None:
+    def _vcpu_cpuid(self, vcpu_id: int, sanitized: bool = False) -> tuple[Any, int]:
+        """The supported CPUID table (``sanitized``: as :func:`sanitized_cpuid` makes it) as
+        a C array for vCPU ``vcpu_id``: its APIC ID in leaf 1 EBX[31:24] and the x2APIC ID
+        in leaves 0xB/0x1F EDX.  The table is built once per kind and copied per vCPU."""
+        template_of = self._cpuid_templates.get(sanitized)
+        if template_of is None:
             table = self.supported_cpuid()
+            if sanitized:
+                table = tuple(sanitized_cpuid(table))
             template = ffi.new("struct pyhv_cpuid_entry[]", max(len(table), 1))
             for i, e in enumerate(table):
                 template[i] = (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
             id_leaves = tuple(i for i, e in enumerate(table) if e.function in (1, 0xB, 0x1F))
-            self._cpuid_template = (template, len(table), id_leaves)
-        template, n, id_leaves = self._cpuid_template
+            template_of = self._cpuid_templates[sanitized] = (template, len(table), id_leaves)
+        template, n, id_leaves = template_of
         buf = ffi.new("struct pyhv_cpuid_entry[]", max(n, 1))
         ffi.memmove(buf, template, ffi.sizeof(template))
         for i in id_leaves:
@@ -300,6 +305,25 @@ class Capabilities:
             mark = f"{value:<7}" if value else "absent "
             lines.append(f"  {mark} {name:36} {why}")
         return "\n".join(lines)
+
+
+# What a hardened partition hides from its guest's CPUID
+CPUID_VMX = (1, "ecx", 1 << 5)
+CPUID_SVM = (0x80000001, "ecx", 1 << 2)
+CPUID_HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
+
+
+def sanitized_cpuid(table: Iterable[CpuidEntry]) -> list[CpuidEntry]:
+    """``table`` without VMX/SVM and without the KVM paravirtual leaves (0x4000_00xx)."""
+    out = []
+    for e in table:
+        if e.function in CPUID_HYPERVISOR_LEAVES:
+            continue
+        for function, register, bit in (CPUID_VMX, CPUID_SVM):
+            if e.function == function:
+                e = dataclasses.replace(e, **{register: getattr(e, register) & ~bit})
+        out.append(e)
+    return out
 
 
 _default: Hypervisor | None = None

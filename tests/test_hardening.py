@@ -57,3 +57,18 @@ def test_reset_gives_back_every_byte(kvm):
         assert part.memory.read(0x300000, 4) == b"\xef\xbe\xad\xde"
         part.reset()
         assert part.memory.read(0, 8 << 20) == before
+
+
+def test_each_hardened_vcpu_reports_its_own_apic_ids(kvm):
+    with pyhv.Partition(memory="4M", hardened=True) as part:
+        part.memory.write(0x100000, assemble(
+            "mov $1, %eax\ncpuid\nmov %ebx, %esi\nmov $0xb, %eax\nxor %ecx, %ecx\ncpuid\nhlt",
+            origin=0x100000))
+        cpus = [part.create_vcpu(mode="long", entry=0x100000, stack=0x70000 - 0x1000 * i)
+                for i in range(2)]
+        has_x2apic_leaf = any(e.function == 0xB for e in cpus[1].get_cpuid())
+        for cpu in cpus:
+            assert isinstance(cpu.run(timeout=10), exits.Halt)
+            assert cpu.regs.rsi >> 24 == cpu.id                 # initial APIC ID
+            if has_x2apic_leaf:
+                assert cpu.regs.rdx == cpu.id                   # x2APIC ID: was 0 for all
