@@ -67,6 +67,64 @@ def test_clock_fw_cfg_and_reset(part):
     assert int.from_bytes(ram, "little") == 16 << 20
 
 
+class CountingFiles(dict):
+    """fw_cfg's file table, counting how often it is walked."""
+
+    walks = 0
+
+    def values(self):
+        CountingFiles.walks += 1
+        return super().values()
+
+    def items(self):
+        CountingFiles.walks += 1
+        return super().items()
+
+
+def test_fw_cfg_arch_selectors_and_a_file_read_once(part):
+    fw = part.attach(devices.FwCfg())
+    for i in range(50):
+        fw.add_file(f"etc/file{i}", bytes([i]) * 64)
+    payload = bytes(range(256)) * 16
+    fw.add_file("etc/payload", payload)                  # selector 0x20 + 50
+    fw.files = CountingFiles(fw.files)
+    seen = reports(part)
+    part.memory.write(0x1000, pyhv.testing.assemble("""
+        mov $0x510, %dx
+        mov $0x8003, %ax                  /* QEMU's arch-specific e820 table: not offered */
+        out %ax, %dx
+        mov $0x511, %dx
+        mov $8, %ecx
+    1:  in %dx, %al
+        out %al, $0xE9
+        loop 1b
+        mov $0x510, %dx
+        mov $0x4003, %ax                  /* the write-channel bit reads the RAM size */
+        out %ax, %dx
+        mov $0x511, %dx
+        mov $8, %ecx
+    2:  in %dx, %al
+        out %al, $0xE9
+        loop 2b
+        mov $0x510, %dx
+        mov $0x52, %ax
+        out %ax, %dx
+        mov $0x511, %dx
+        mov $0x200000, %edi
+        mov $4096, %ecx
+        cld
+        rep insb
+        hlt
+    """, origin=0x1000))
+    part.create_vcpu(mode="long", entry=0x1000)
+    CountingFiles.walks = 0
+    assert part.run(timeout=60).halted
+    assert bytes(seen[:8]) == bytes(8)                   # not the RAM size of item 0x0003
+    assert int.from_bytes(bytes(seen[8:16]), "little") == 16 << 20
+    assert part.memory.read(0x200000, 4096) == payload
+    assert CountingFiles.walks <= 3                      # once a selection, not once a byte
+
+
 def test_rtc_binary_and_12_hour_modes_and_guest_set_time():
     rtc = devices.Rtc(clock=lambda: FIXED_TIME)
 

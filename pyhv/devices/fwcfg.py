@@ -2,7 +2,9 @@
 
 Items: the signature ("QEMU"), the interface ID, RAM size, CPU counts, the file directory,
 and any files added with :meth:`FwCfg.add_file` (``etc/...`` style names, as QEMU uses).
-Numbers are little-endian, the file directory big-endian, as in QEMU.
+Numbers are little-endian, the file directory big-endian, as in QEMU.  Selectors with bit 15
+set are QEMU's architecture-specific items (its e820 table, ACPI tables): none is offered, so
+they read as empty.  The selected item's bytes are taken once, when it is selected.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 SELECTOR, DATA = 0x510, 0x511
 SIGNATURE, ID, RAM_SIZE, NB_CPUS, MAX_CPUS, FILE_DIR = 0x00, 0x01, 0x03, 0x05, 0x0F, 0x19
 FILE_FIRST = 0x20
+ARCH_LOCAL, ENTRY_MASK = 0x8000, 0x3FFF    # bit 14 (the write channel) reads as clear
 NAME_SIZE = 56
 
 
@@ -33,6 +36,7 @@ class FwCfg(Device):
         self.files: dict[str, bytes] = {}
         self.selector = 0
         self.offset = 0
+        self._data: bytes | None = None   # the selected item's bytes, taken when selected
 
     def add_file(self, name: str, data: bytes) -> None:
         """Offer ``data`` to the guest as fw_cfg file ``name``."""
@@ -41,35 +45,51 @@ class FwCfg(Device):
         if len(self.files) >= 0x4000 - FILE_FIRST:
             raise InvalidArgument("too many fw_cfg files")
         self.files[name] = bytes(data)
+        self._data = None
 
     def attach(self, partition: Partition) -> None:
         super().attach(partition)
         partition.add_io_handler(SELECTOR, write=self._select, read=lambda p, s: self.selector)
         partition.add_io_handler(DATA, read=self._read)
 
-    def _items(self) -> dict[int, bytes]:
+    def _item(self, key: int) -> bytes:
+        """The data of item ``key`` (the selector without its write-channel bit); empty for
+        architecture-specific items (bit 15, QEMU's e820 table and the like) and unknown
+        keys."""
+        if key & ARCH_LOCAL:
+            return b""
+        key &= ENTRY_MASK
+        if key >= FILE_FIRST:
+            files = list(self.files.values())
+            return files[key - FILE_FIRST] if key - FILE_FIRST < len(files) else b""
         part = self.partition
-        ram = self.ram_size if self.ram_size is not None else sum(
-            s.size for s in part.memory.slots if not s.readonly)
-        cpus = self.cpus if self.cpus is not None else max(len(part.vcpus), 1)
-        directory = struct.pack(">I", len(self.files)) + b"".join(
-            struct.pack(">IHH", len(data), FILE_FIRST + i, 0) + name.encode().ljust(NAME_SIZE,
-                                                                                    b"\0")
-            for i, (name, data) in enumerate(self.files.items()))
-        items = {SIGNATURE: b"QEMU", ID: struct.pack("<I", 1), RAM_SIZE: struct.pack("<Q", ram),
-                 NB_CPUS: struct.pack("<H", cpus), MAX_CPUS: struct.pack("<H", cpus),
-                 FILE_DIR: directory}
-        for i, data in enumerate(self.files.values()):
-            items[FILE_FIRST + i] = data
-        return items
+        if key == SIGNATURE:
+            return b"QEMU"
+        if key == ID:
+            return struct.pack("<I", 1)
+        if key == RAM_SIZE:
+            ram = self.ram_size if self.ram_size is not None else sum(
+                s.size for s in part.memory.slots if not s.readonly)
+            return struct.pack("<Q", ram)
+        if key in (NB_CPUS, MAX_CPUS):
+            cpus = self.cpus if self.cpus is not None else max(len(part.vcpus), 1)
+            return struct.pack("<H", cpus)
+        if key == FILE_DIR:
+            return struct.pack(">I", len(self.files)) + b"".join(
+                struct.pack(">IHH", len(data), FILE_FIRST + i, 0)
+                + name.encode().ljust(NAME_SIZE, b"\0")
+                for i, (name, data) in enumerate(self.files.items()))
+        return b""
 
     def _select(self, port: int, size: int, value: int) -> None:
         self.selector = value & 0xFFFF
         self.offset = 0
+        self._data = self._item(self.selector)
 
     def _read(self, port: int, size: int) -> int:
-        data = self._items().get(self.selector & 0x3FFF, b"")
-        out = data[self.offset:self.offset + size].ljust(size, b"\0")
+        if self._data is None:                # after set_state or add_file
+            self._data = self._item(self.selector)
+        out = self._data[self.offset:self.offset + size].ljust(size, b"\0")
         self.offset += size
         return int.from_bytes(out, "little")
 
@@ -81,3 +101,4 @@ class FwCfg(Device):
         self.selector = int(state["selector"]) & 0xFFFF
         self.offset = int(state["offset"])
         self.files = {str(n): bytes.fromhex(d) for n, d in state["files"].items()}
+        self._data = None
