@@ -67,6 +67,44 @@ def test_clock_fw_cfg_and_reset(part):
     assert int.from_bytes(ram, "little") == 16 << 20
 
 
+def i8042_guest(steps: list[tuple[str, int]]) -> str:
+    """Long-mode code: ("cmd", c) writes port 0x64, ("data", v) port 0x60, ("status", 0) and
+    ("read", 0) report ports 0x64 and 0x60 on port 0xE9; then hlt."""
+    code = {"cmd": "mov ${:#x}, %al\nout %al, $0x64", "data": "mov ${:#x}, %al\nout %al, $0x60",
+            "status": "in $0x64, %al\nout %al, $0xE9", "read": "in $0x60, %al\nout %al, $0xE9"}
+    return "\n".join(code[op].format(value) for op, value in steps) + "\nhlt"
+
+
+def test_i8042_output_port_aux_echo_and_interface_bits(part):
+    i8042 = part.attach(devices.I8042())
+    seen = reports(part)
+    part.memory.write(0x1000, pyhv.testing.assemble(i8042_guest([
+        ("cmd", 0xD0), ("read", 0),                           # output port: 0x03
+        ("cmd", 0xD1), ("data", 0x01), ("cmd", 0xD0), ("read", 0),   # A20 off
+        ("cmd", 0xD1), ("data", 0x03), ("cmd", 0xD0), ("read", 0),   # A20 on again
+        ("cmd", 0xD3), ("data", 0x5A), ("status", 0), ("read", 0),   # from the mouse port
+        ("cmd", 0xD2), ("data", 0x5B), ("status", 0), ("read", 0),   # from the keyboard
+        ("cmd", 0xA7), ("cmd", 0x20), ("read", 0),            # mouse port disabled: bit 5
+        ("cmd", 0xAD), ("cmd", 0x20), ("read", 0),            # keyboard disabled: bit 4
+        ("cmd", 0xA8), ("cmd", 0xAE), ("cmd", 0x20), ("read", 0),    # both enabled again
+        ("cmd", 0xD1), ("data", 0x02),                        # reset line low: reset
+    ]), origin=0x1000))
+    part.create_vcpu(mode="long", entry=0x1000)
+    result = part.run(timeout=30)
+    assert result.exit == exits.Reset(source="i8042 output port bit 0 cleared",
+                                      rip=result.exit.rip)
+    assert seen == [0x03, 0x01, 0x03,
+                    0x25, 0x5A,                 # output full, system, aux data
+                    0x05, 0x5B,                 # the same without the aux bit
+                    0x65, 0x75, 0x45]
+    state = i8042.get_state()
+    assert state["output_port"] == 0x02
+    other = devices.I8042()
+    other.set_state(state)
+    other._write_command(0x64, 1, 0xD0)
+    assert other._read_data(0x60, 1) == 0x02
+
+
 class CountingFiles(dict):
     """fw_cfg's file table, counting how often it is walked."""
 
