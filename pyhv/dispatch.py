@@ -20,6 +20,17 @@ from typing import TYPE_CHECKING, Any
 from ._ffi import ffi, lib
 from .errors import InvalidArgument, KvmError, OverlapError, StaleExitError, Timeout, UnhandledExit
 from .exits import CLEAN_ENDS, Exit, Halt, Syscall, decode, encode_answer
+from .vcpu import (
+    _BULK,
+    _CANCELED,
+    _HALT,
+    _INTERRUPTED,
+    _IO,
+    _MMIO,
+    _OUTPUT_FULL,
+    _SINGLE_OUT,
+    _TIMEOUT,
+)
 
 if TYPE_CHECKING:
     from .vcpu import VCpu
@@ -150,16 +161,7 @@ class RunResult:
         return self
 
 
-_IO = lib.PYHV_EXIT_IO
-_MMIO = lib.PYHV_EXIT_MMIO
-_HALT = lib.PYHV_EXIT_HALT
-_INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
-_OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
-_TIMEOUT = lib.PYHV_EXIT_TIMEOUT
-_CANCELED = lib.PYHV_EXIT_CANCELED
 _MISSING = object()
-_BULK = lib.PYHV_RUN_BULK
-_SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
 _LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32, 8: 1 << 64}
 
 

@@ -308,6 +308,7 @@ class GuestException(Exit):
     _vcpu: Any = field(default=None, kw_only=True, repr=False, compare=False)
     _frame: int = field(default=0, kw_only=True, repr=False, compare=False)
     _width: int = field(default=64, kw_only=True, repr=False, compare=False)
+    _seq: int = field(default=0, kw_only=True, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -317,6 +318,8 @@ class GuestException(Exit):
         """Return from the exception to ``rip`` instead (e.g. past a faulting instruction)."""
         if self._vcpu is None:
             raise StaleExitError("this exception does not belong to a vCPU")
+        if self._vcpu._exit.seq != self._seq:   # its frame on the guest stack may be reused
+            raise StaleExitError("the vCPU has run since this exception; move it first")
         size = self._width // 8
         if not 0 <= rip < 1 << self._width:
             raise HandlerError(f"rip {rip:#x} does not fit {self._width}-bit code")

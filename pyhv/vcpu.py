@@ -35,12 +35,21 @@ from .system import CpuidEntry, _read_cpuid
 if TYPE_CHECKING:
     from .partition import Partition
 
+# what pyhv_vcpu_run returns: a reason in the low byte, PYHV_RUN_* flags above it
+_IO = lib.PYHV_EXIT_IO
+_MMIO = lib.PYHV_EXIT_MMIO
+_HALT = lib.PYHV_EXIT_HALT
 _INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
 _TIMEOUT = lib.PYHV_EXIT_TIMEOUT
 _OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
-_BULK = lib.PYHV_RUN_BULK
 _CANCELED = lib.PYHV_EXIT_CANCELED
-_MASK64 = (1 << 64) - 1
+_BULK = lib.PYHV_RUN_BULK
+_SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
+
+
+def _awaits_answer(c: Any) -> bool:
+    """The exit in ``c`` is a read the guest waits on (IN, MMIO read)."""
+    return bool((c.reason == _IO and c.io_in) or (c.reason == _MMIO and not c.mmio_write))
 
 
 @dataclass(frozen=True)
@@ -197,7 +206,13 @@ class VCpu:
             if rc < 0:
                 raise KvmError(-rc, f"KVM_RUN on vCPU {self.id}")
             if rc & _BULK:
-                self.partition._deliver_bulk(self, c)
+                try:
+                    self.partition._deliver_bulk(self, c)
+                except BaseException as exc:
+                    if _awaits_answer(c):          # lost: the guest would read garbage
+                        self.partition._life.poison(
+                            f"vCPU {self.id}: {type(exc).__name__} in an output sink: {exc}")
+                    raise
             reason = rc & 0xFF
             if reason == _CANCELED and self.partition._life.paused:
                 if self._park():                 # pause(): wait for resume(), then go on
@@ -247,7 +262,7 @@ class VCpu:
         if self._stubs:
             linear = rip
             if not self._stub_lo < rip <= self._stub_hi and rip <= 0xFFFF:
-                linear = self.get_sregs().cs.base + rip          # real mode
+                linear = self._load_sregs().cs.base + rip        # real mode
             if self._stub_lo < linear <= self._stub_hi:
                 meaning = decode_stub_halt(self.partition.setup_base, linear)
                 if meaning is not None:
@@ -263,7 +278,7 @@ class VCpu:
         width = int(kind[len("exception"):])
         size = width // 8
         memory = self.partition.memory
-        sregs = self.get_sregs()
+        sregs = self._load_sregs()
         frame = (sregs.ss.base + (regs.rsp & 0xFFFF)) if width == 16 else regs.rsp
         error_code = None
         if width != 16 and vector in ERROR_CODE_VECTORS:
@@ -282,7 +297,8 @@ class VCpu:
             memory.write(frame + 16, regs.r11.to_bytes(8, "little"))
             return self._stub_exit(("syscall", 0), seq)
         return GuestException(vector, error_code, sregs.cr2 if vector == 14 else None,
-                              bool(cs & 3), rip=rip, _vcpu=self, _frame=frame, _width=width)
+                              bool(cs & 3), rip=rip, _vcpu=self, _frame=frame, _width=width,
+                              _seq=seq)
 
     def _enable_stubs(self) -> None:
         self._stubs = True

@@ -153,3 +153,21 @@ def test_a_coalesced_zone_cannot_be_removed_under_a_running_vcpu(part):
     delivered = len(seen)
     part.remove_handler(zone)                 # quiet now: nothing queued is dropped
     assert delivered > 0 and set(seen) == {7} and len(seen) == delivered
+
+
+def test_a_raising_sink_poisons_the_partition_when_it_loses_a_read(part):
+    # the buffered OUT is delivered with the IN that follows it; the sink raises, so the IN
+    # never gets its answer: running on would let the guest read garbage
+    part.memory.write(0x100000, assemble("mov $0x3f8, %dx\nout %al, %dx\nin $0x60, %al\nhlt",
+                                         origin=0x100000))
+    cpu = part.create_vcpu(mode="long", entry=0x100000)
+
+    def broken(data):
+        raise OSError("disk full")
+
+    part.add_buffered_port(0x3F8, broken)
+    with pytest.raises(OSError):
+        cpu.run(timeout=10)
+    assert part.state == pyhv.PartitionState.POISONED
+    with pytest.raises(pyhv.PoisonedError):
+        cpu.run(timeout=10)

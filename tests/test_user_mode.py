@@ -129,8 +129,11 @@ def test_exceptions_in_other_modes_when_asked(kvm, mode, width):
         ex = cpu.run(timeout=10)
         assert isinstance(ex, exits.GuestException) and (ex.vector, ex.rip) == (6, 0x1000)
         assert not ex.user and ex.error_code is None
-        assert cpu.run(timeout=10) == ex                  # a fault repeats...
-        ex.resume_at(0x1002)                              # ...unless moved past
+        again = cpu.run(timeout=10)
+        assert again == ex                                # a fault repeats...
+        with pytest.raises(pyhv.StaleExitError):
+            ex.resume_at(0x1002)                          # (its frame is the new one's now)
+        again.resume_at(0x1002)                           # ...unless moved past
         ex = cpu.run(timeout=10)
         assert isinstance(ex, exits.GuestException) and ex.vector == 0
         assert ex.rip == 0x1002 + len(assemble("xor %cx, %cx", bits=width))
