@@ -73,7 +73,8 @@ class Lifecycle:
     def end_run(self) -> None:
         with self._cond:
             self.active -= 1
-            self._cond.notify_all()
+            if self.paused:               # only pause() waits for runs to end or park
+                self._cond.notify_all()
 
     def park(self, leaving: Callable[[], bool]) -> bool:
         """Called by a run that pause() stopped: wait for resume.  Returns False when the

@@ -551,6 +551,8 @@ class Partition:
         return self.restore(self._reset_point)
 
     def _first_run(self) -> None:
+        if not self._resettable or self._life.ever_ran:    # every run asks: keep it cheap
+            return
         with self._lock:
             if self._resettable and self._reset_point is None and not self._life.ever_ran:
                 self._reset_point = take_snapshot(self)
