@@ -185,12 +185,17 @@ def mapped_gibs(partition: Partition) -> list[int]:
     return sorted(gibs)
 
 
+def _table_pages(gibs: list[int], supervisor: tuple[int, int]) -> tuple[list[int], list[int]]:
+    """The PDPT indices and the 2 MiB pages split into 4 KiB tables, for :func:`page_tables`."""
+    lo, hi = supervisor
+    return sorted({g >> 9 for g in gibs}), list(range(lo // PAGE_2M, (hi - 1) // PAGE_2M + 1))
+
+
 def page_tables(at: int, gibs: list[int], supervisor: tuple[int, int]) -> bytes:
     """Identity-mapping page tables placed at ``at``: PML4, PDPTs, 4 KiB tables for the 2 MiB
     pages that hold ``supervisor`` (a range only ring 0 may touch), then one PD per GiB."""
     lo, hi = supervisor
-    small = sorted(range(lo // PAGE_2M, (hi - 1) // PAGE_2M + 1))
-    pdpts = sorted({g >> 9 for g in gibs})
+    pdpts, small = _table_pages(gibs, supervisor)
     next_page = iter(range(at + 0x1000, at + 0x1000 * (2 + len(pdpts) + len(small) + len(gibs)),
                            0x1000))
     pdpt_at = {p: next(next_page) for p in pdpts}
@@ -219,21 +224,26 @@ def page_tables(at: int, gibs: list[int], supervisor: tuple[int, int]) -> bytes:
 
 
 # -- the setup region ---------------------------------------------------------------------
-def _layout(partition: Partition, long_mode: bool) -> tuple[int, bytes]:
-    """Size of the setup region and its page tables.  The whole SETUP_MAX_SIZE range is
-    supervisor-only, whatever part of it is used, so the tables need not size themselves."""
+def _supervisor_range(partition: Partition) -> tuple[int, int]:
+    # the whole SETUP_MAX_SIZE range is supervisor-only, whatever part of it is used, so the
+    # tables need not size themselves
+    return partition.setup_base, partition.setup_base + SETUP_MAX_SIZE
+
+
+def setup_region_size(partition: Partition, long_mode: bool) -> int:
+    """Bytes of the setup region: fixed, plus the page tables in long mode (counted, not
+    built: this is asked before every vCPU is made)."""
     if not long_mode:
-        return PAGE_TABLES_OFFSET, b""
-    base = partition.setup_base
-    tables = page_tables(base + PAGE_TABLES_OFFSET, mapped_gibs(partition),
-                         (base, base + SETUP_MAX_SIZE))
-    return PAGE_TABLES_OFFSET + len(tables), tables
+        return PAGE_TABLES_OFFSET
+    gibs = mapped_gibs(partition)
+    pdpts, small = _table_pages(gibs, _supervisor_range(partition))
+    return PAGE_TABLES_OFFSET + 0x1000 * (1 + len(pdpts) + len(small) + len(gibs))
 
 
 def check_setup_region(partition: Partition, long_mode: bool) -> None:
     """Raise :class:`InvalidArgument` unless the setup region fits in writable RAM."""
     base = partition.setup_base
-    size, _ = _layout(partition, long_mode)
+    size = setup_region_size(partition, long_mode)
     if size > SETUP_MAX_SIZE:
         raise InvalidArgument(
             f"long-mode page tables for this memory layout need {size:#x} bytes, more than "
@@ -251,7 +261,6 @@ def write_setup_region(partition: Partition, long_mode: bool) -> None:
     """Write the GDT, IDTs, stubs and (for long mode) page tables into the setup region."""
     check_setup_region(partition, long_mode)
     base = partition.setup_base
-    _, tables = _layout(partition, long_mode)
     memory = partition.memory
     memory.fill(base, PAGE_TABLES_OFFSET)
     memory.write(base + GDT_OFFSET, gdt_bytes(base))
@@ -260,7 +269,8 @@ def write_setup_region(partition: Partition, long_mode: bool) -> None:
     for i in range(MAX_STUB_VCPUS):
         memory.write(base + TSS_OFFSET + i * TSS_SIZE, tss_bytes(base, i))
     if long_mode:
-        memory.write(base + PAGE_TABLES_OFFSET, tables)
+        at = base + PAGE_TABLES_OFFSET
+        memory.write(at, page_tables(at, mapped_gibs(partition), _supervisor_range(partition)))
 
 
 def needs_setup_region(mode: str, exceptions: bool) -> bool:
@@ -304,9 +314,9 @@ def _flat(c: Any, selector: int, code: bool, long: bool = False, dpl: int = 0) -
 
 def setup_vcpu(vcpu: VCpu, mode: str, entry: int, stack: int, exceptions: bool = False,
                allow_port_io: bool = False) -> None:
-    """Put ``vcpu`` in ``mode`` with RIP at ``entry`` and the stack pointer at ``stack``."""
+    """Put ``vcpu`` in ``mode`` with RIP at ``entry`` and the stack pointer at ``stack``
+    (arguments :func:`check_mode` accepted: the caller checks before making the vCPU)."""
     partition = vcpu.partition
-    check_mode(partition, mode, entry, stack, exceptions, vcpu.id)
     base = partition.setup_base
     if needs_setup_region(mode, exceptions):
         partition._prepare_setup_region(mode in ("long", "user"))

@@ -6,7 +6,16 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.modes import CODE32_SELECTOR, CODE64_SELECTOR, DEFAULT_SETUP_BASE, PAGE_TABLES_OFFSET
+from pyhv.modes import (
+    CODE32_SELECTOR,
+    CODE64_SELECTOR,
+    DEFAULT_SETUP_BASE,
+    PAGE_TABLES_OFFSET,
+    SETUP_MAX_SIZE,
+    mapped_gibs,
+    page_tables,
+    setup_region_size,
+)
 
 from .conftest import boot
 
@@ -110,3 +119,18 @@ def test_custom_setup_base(kvm):
         cpu = part.create_vcpu(mode="long", entry=0x1000)
         assert cpu.sregs.gdt.base == 0x10000 and cpu.regs.rsp == 0x10000
         assert isinstance(cpu.run(timeout=10), exits.Halt)
+
+
+@pytest.mark.parametrize("slots", [[], [0x1_0000_0000], [0x1_0000_0000, 0x80_0000_0000]])
+def test_the_setup_region_size_is_counted_exactly(kvm, slots):
+    # the size is counted without building the tables; the tables written must match it
+    with pyhv.Partition(memory="4M") as part:
+        for gpa in slots:
+            part.map_memory(gpa, 0x200000)
+        boot(part, "above_4g")
+        size = setup_region_size(part, long_mode=True)
+        at = part.setup_base + PAGE_TABLES_OFFSET
+        tables = page_tables(at, mapped_gibs(part), (part.setup_base,
+                                                     part.setup_base + SETUP_MAX_SIZE))
+        assert size == PAGE_TABLES_OFFSET + len(tables)
+        assert part.memory.read(at, len(tables)) == tables
