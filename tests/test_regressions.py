@@ -207,18 +207,23 @@ def test_loaders_check_the_boot_data_area_before_writing(kvm, tmp_path):
     from pyhv.loaders.samples import sample_images
     with pyhv.Partition() as part:             # RAM only from 1 MiB: no boot data area
         part.map_memory(0x100000, 0x4000000)
-        pristine = part.memory.read(0x100000, 0x100000)
+        part.memory.fill(0x100000, 0x4000000, 0xA5)    # so zeros written would show too
+        pristine = part.memory.read(0x100000, 0x4000000)   # all RAM: linux/pvh load at 16 MiB
         for fmt in ("multiboot", "linux", "pvh"):
             with pytest.raises(pyhv.ImageFormatError, match="boot data area"):
                 pyhv.loaders.load(part, sample_images()[fmt], "linux" if fmt == "pvh" else fmt)
-        assert part.memory.read(0x100000, 0x100000) == pristine
+            assert part.memory.read(0x100000, 0x4000000) == pristine, fmt
 
 
-def test_uart_loopback_is_bounded_by_its_fifo(part):
+@pytest.mark.parametrize("fifo", [False, True], ids=["no-fifo", "fifo"])
+def test_uart_loopback_is_bounded_by_its_fifo(part, fifo):
+    # 100000 bytes looped back, none read: a 16550A holds 1 (FIFOs off) or 16 (FIFOs on)
     uart = part.attach(devices.Uart16550())
+    enable_fifo = "mov $0x3fa, %dx\nmov $0x01, %al\nout %al, %dx\n" if fifo else ""
     part.memory.write(0x100000, assemble(
-        "mov $0x3fc, %dx\nmov $0x10, %al\nout %al, %dx\nmov $0x3f8, %dx\nmov $100000, %ecx\n"
-        "1: out %al, %dx\nloop 1b\nhlt", origin=0x100000))
+        enable_fifo + "mov $0x3fc, %dx\nmov $0x10, %al\nout %al, %dx\nmov $0x3f8, %dx\n"
+        "mov $100000, %ecx\n1: out %al, %dx\nloop 1b\nhlt", origin=0x100000))
     part.create_vcpu(mode="long", entry=0x100000)
     assert part.run(timeout=120).halted
     assert len(uart.rx) <= 16
+    assert len(uart.rx) == (16 if fifo else 1)
