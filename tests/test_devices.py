@@ -11,7 +11,7 @@ import pytest
 import pyhv
 from pyhv import devices, exits
 
-from .conftest import boot
+from .conftest import boot, guest_code
 
 FIXED_TIME = calendar.timegm((2031, 7, 24, 13, 45, 56, 0, 0, 0))
 
@@ -43,9 +43,7 @@ def test_uart_receive_interrupt_through_the_in_kernel_pic(kvm):
         uart = part.attach(devices.Uart16550())
         part.attach(devices.IsaDebugExit())
         uart.feed(b"Z")
-        part.memory.write(0x1000, pyhv.testing.assemble_file(
-            __import__("pathlib").Path(__file__).parent / "guests" / "uart_irq.S", bits=16,
-            origin=0x1000))
+        part.memory.write(0x1000, guest_code("uart_irq", "real"))
         part.create_vcpu(mode="real", entry=0x1000, stack=0x8000)
         result = part.run(timeout=30)
         assert isinstance(result.exit, exits.DebugExit) and result.exit.value == ord("Z")
@@ -272,9 +270,7 @@ def test_snapshots_carry_the_in_kernel_interrupt_controllers(kvm, tmp_path):
     with pyhv.Partition(memory="1M", irqchip=True, pit=True) as part:
         part.attach(devices.Uart16550())
         part.attach(devices.IsaDebugExit())
-        part.memory.write(0x1000, pyhv.testing.assemble_file(
-            __import__("pathlib").Path(__file__).parent / "guests" / "uart_irq.S", bits=16,
-            origin=0x1000))
+        part.memory.write(0x1000, guest_code("uart_irq", "real"))
         part.create_vcpu(mode="real", entry=0x1000, stack=0x8000)
         with pytest.raises(pyhv.Timeout):
             part.run(timeout=0.5)            # PIC programmed, interrupts on, halted
