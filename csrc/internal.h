@@ -80,4 +80,22 @@ int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_
 /* the kick signal (run.c) */
 int pyhv_kick_signal_number(void);
 
+#define PYHV_IO_DATA_MAX 4096u   /* most data one IO exit carries: KVM's one PIO page */
+
+/* Where the data of the IO exit in v->run lies: io.size * io.count bytes at io.data_offset,
+   which must be inside the mapped run area, past the kvm_run header, and fit one page.  The
+   pointer and length, or NULL when the kernel's description breaks those bounds. */
+static inline uint8_t *pyhv_io_data(const struct pyhv_vcpu *v, uint64_t *len_out)
+{
+    const struct kvm_run *run = v->run;
+    uint32_t size = run->io.size, count = run->io.count;
+    uint64_t offset = run->io.data_offset;
+    uint64_t len = (uint64_t)size * count;
+    if ((size != 1 && size != 2 && size != 4) || count == 0 || offset < sizeof(struct kvm_run) ||
+        offset > v->run_size || len > v->run_size - offset || len > PYHV_IO_DATA_MAX)
+        return NULL;
+    *len_out = len;
+    return (uint8_t *)run + offset;
+}
+
 #endif

@@ -19,15 +19,40 @@ _Static_assert(sizeof(struct kvm_lapic_state) == 1024, "kvm_lapic_state size");
 
 #define PAGE 4096u
 
+/* A discarded completion's reads (an IN or MMIO read waiting in the run area) are answered
+   with all ones, as an empty bus would.  Only the exit's own data is touched: the pages after
+   the PIO page (the VM-wide coalesced ring) are not the vCPU's to clear. */
+static void answer_with_ones(struct pyhv_vcpu *v)
+{
+    struct kvm_run *run = v->run;
+    uint64_t len;
+    uint8_t *data;
+    if (run->exit_reason == KVM_EXIT_MMIO && !run->mmio.is_write)
+        memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
+    else if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_IN &&
+             (data = pyhv_io_data(v, &len)) != NULL)
+        memset(data, 0xff, len);
+}
+
 /* Re-enter KVM_RUN with immediate_exit set: the kernel applies pending sync regs, finishes an
    IN or MMIO read whose data Python supplied (only applied at the next entry), stores the
    registers back into the run area and returns before running guest code.  Afterwards the
    vCPU's state is self-contained.  (Kernels older than 5.x returned before applying sync
-   regs, so pending ones are written with ioctls first.) */
+   regs, so pending ones are written with ioctls first.)
+
+   An exit an earlier flush raised and Python has not seen yet (exit_waiting) must reach
+   Python first: saving refuses with -EBUSY and leaves it waiting; discarding answers it and
+   drops it, so the next run does not report it. */
 static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
 {
     struct kvm_run *run = v->run;
     long r;
+    if (v->exit_waiting) {
+        if (!discard)
+            return -EBUSY;
+        v->exit_waiting = 0;
+        answer_with_ones(v);
+    }
     if ((run->kvm_dirty_regs & KVM_SYNC_X86_REGS) &&
         (r = pyhv_ioctl(v->fd, KVM_SET_REGS, &run->s.regs.regs)) < 0)
         return (int)r;
@@ -56,12 +81,7 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
             r = -EBUSY;
             break;
         }
-        if (run->exit_reason == KVM_EXIT_MMIO && !run->mmio.is_write)
-            memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
-        else if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_IN &&
-                 run->io.data_offset >= sizeof(*run) && run->io.data_offset < v->run_size)
-            memset((uint8_t *)run + run->io.data_offset, 0xff,
-                   v->run_size - run->io.data_offset);
+        answer_with_ones(v);
     }
     run->immediate_exit = 0;
     run->kvm_valid_regs = valid;
@@ -149,8 +169,8 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
     if (in->version != PYHV_STATE_VERSION || in->nmsrs > PYHV_STATE_MAX_MSRS)
         return -EINVAL;
     int rc;
-    if (v->needs_flush && (rc = flush_pending(v, 0, 1)) < 0)   /* drop a stale completion */
-        return rc;
+    if ((v->needs_flush || v->exit_waiting) && (rc = flush_pending(v, 0, 1)) < 0)
+        return rc;                                         /* (drops a stale completion) */
     struct kvm_run *run = v->run;
     run->kvm_dirty_regs = 0;
     long r;
