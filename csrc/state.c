@@ -173,6 +173,9 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
         return rc;                                         /* (drops a stale completion) */
     struct kvm_run *run = v->run;
     run->kvm_dirty_regs = 0;
+    /* until the end the run area's registers may be neither the old nor the new ones: on a
+       failure on the way, readers must ask the kernel */
+    v->regs_in_run = 0;
     long r;
     /* QEMU's order: registers, FPU, XCRs, special registers, MSRs, events, MP state, APIC,
        debug registers.  Registers, special registers and events go through the run area
@@ -182,13 +185,8 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
        KVM_SET_LAPIC, so they go by ioctl, in order */
     int sync = v->sync_state && (in->present & PYHV_HAS_EVENTS) &&
                !(in->present & PYHV_HAS_LAPIC);
-    if (sync) {
-        memcpy(&run->s.regs.regs, in->regs, sizeof(run->s.regs.regs));
-        memcpy(&run->s.regs.sregs, in->sregs, sizeof(run->s.regs.sregs));
-        memcpy(&run->s.regs.events, in->events, sizeof(run->s.regs.events));
-    } else if ((r = pyhv_ioctl(v->fd, KVM_SET_REGS, (void *)in->regs)) < 0) {
+    if (!sync && (r = pyhv_ioctl(v->fd, KVM_SET_REGS, (void *)in->regs)) < 0)
         return (int)r;
-    }
     if (in->present & PYHV_HAS_XSAVE)
         r = pyhv_ioctl(v->fd, KVM_SET_XSAVE, (void *)in->xsave);
     else
@@ -218,10 +216,12 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
         (r = pyhv_ioctl(v->fd, KVM_SET_DEBUGREGS, (void *)in->debugregs)) < 0)
         return (int)r;
     if (sync) {
+        /* only now that nothing can fail: the kernel takes them at the next entry */
+        memcpy(&run->s.regs.regs, in->regs, sizeof(run->s.regs.regs));
+        memcpy(&run->s.regs.sregs, in->sregs, sizeof(run->s.regs.sregs));
+        memcpy(&run->s.regs.events, in->events, sizeof(run->s.regs.events));
         run->kvm_dirty_regs = KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS;
         v->regs_in_run = 1;
-    } else {
-        v->regs_in_run = 0;
     }
     return 0;
 }

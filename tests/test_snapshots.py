@@ -16,7 +16,7 @@ import pytest
 import pyhv
 from pyhv import exits
 from pyhv._ffi import ffi, lib
-from pyhv.snapshot import MAGIC
+from pyhv.snapshot import MAGIC, STATE_SIZE
 from pyhv.testing import assemble
 
 from .conftest import boot, guest_code
@@ -281,3 +281,19 @@ def test_restore_inside_a_string_in_keeps_the_coalesced_ring(part):
     assert lib.pyhv_vcpu_drain_coalesced(handle, writes, 4) == 1
     assert (writes[0].address, writes[0].len) == (0xD0000000, 4)
     assert bytes(writes[0].data)[:4] == (7).to_bytes(4, "little")
+
+
+def test_a_failed_state_load_leaves_the_registers_readable(part):
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    good = part.snapshot().vcpus[0].state
+    if not good.present & lib.PYHV_HAS_XCRS:
+        pytest.skip("no XCRs to damage on this backend")
+    bad = ffi.new("struct pyhv_vcpu_state *")
+    ffi.memmove(bad, good, STATE_SIZE)
+    struct.pack_into("<Q", ffi.buffer(bad.regs), 16 * 8, 0xBAD000)      # kvm_regs.rip
+    struct.pack_into("<I", ffi.buffer(bad.xcrs), 4, 1)                  # kvm_xcrs.flags
+    assert lib.pyhv_vcpu_load_state(cpu._handle(), bad) < 0
+    assert cpu.regs.rip == 0x1000                  # what the kernel has, not the snapshot's
+    assert lib.pyhv_vcpu_load_state(cpu._handle(), good) == 0
+    assert isinstance(cpu.run(timeout=10), exits.Halt)
