@@ -150,7 +150,8 @@ enum pyhv_state_parts {
     PYHV_STATE_VERSION = 1,
     PYHV_STATE_MAX_MSRS = 256,
     PYHV_HAS_XSAVE = 1, PYHV_HAS_XCRS = 2, PYHV_HAS_DEBUGREGS = 4, PYHV_HAS_EVENTS = 8,
-    PYHV_HAS_MP_STATE = 16, PYHV_HAS_LAPIC = 32
+    PYHV_HAS_MP_STATE = 16, PYHV_HAS_LAPIC = 32,
+    PYHV_KVM_CAP_DEBUGREGS = 50        /* KVM_CAP_DEBUGREGS (state.c checks the value) */
 };
 struct pyhv_vcpu_state {
     uint32_t version;
@@ -253,9 +254,11 @@ int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);
 void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
 
 /* whole-state save and load; save first completes a pending IN/MMIO read (KVM_RUN with
-   immediate_exit), load first discards one, so neither straddles an exit */
+   immediate_exit), load first discards one, so neither straddles an exit.  Save returns
+   -EBUSY when an exit Python has not seen is pending.  `optional`: which of PYHV_HAS_XCRS and
+   PYHV_HAS_DEBUGREGS the backend offers (its capabilities), so only those are asked for */
 int pyhv_vcpu_save_state(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t nmsrs,
-                         struct pyhv_vcpu_state *out);
+                         uint32_t optional, struct pyhv_vcpu_state *out);
 int pyhv_vcpu_load_state(struct pyhv_vcpu *vcpu, const struct pyhv_vcpu_state *in);
 /* which of these MSRs KVM lets this vCPU read and write back: their indices go to ok
    (returns the count) */

@@ -16,6 +16,7 @@ _Static_assert(sizeof(struct kvm_xcrs) == 392, "kvm_xcrs size");
 _Static_assert(sizeof(struct kvm_debugregs) == 128, "kvm_debugregs size");
 _Static_assert(sizeof(struct kvm_vcpu_events) == 64, "kvm_vcpu_events size");
 _Static_assert(sizeof(struct kvm_lapic_state) == 1024, "kvm_lapic_state size");
+_Static_assert(PYHV_KVM_CAP_DEBUGREGS == KVM_CAP_DEBUGREGS, "KVM_CAP_DEBUGREGS");
 
 #define PAGE 4096u
 
@@ -116,7 +117,7 @@ int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint32
 }
 
 int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_t nmsrs,
-                         struct pyhv_vcpu_state *out)
+                         uint32_t optional, struct pyhv_vcpu_state *out)
 {
     if (nmsrs > PYHV_STATE_MAX_MSRS)
         return -E2BIG;
@@ -145,20 +146,25 @@ int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_
     } else if ((r = pyhv_ioctl(v->fd, KVM_GET_FPU, out->fpu)) < 0) {
         return (int)r;
     }
-    /* the optional parts: absent on some backends */
-    if (pyhv_ioctl(v->fd, KVM_GET_XCRS, out->xcrs) == 0)
+    /* the optional parts, absent on some backends: XCRs and debug registers where the
+       caller found the capability, MP state and LAPIC with in-kernel interrupt controllers
+       (without them every vCPU is runnable and has no LAPIC: a failed ioctl each time) */
+    if ((optional & PYHV_HAS_XCRS) && pyhv_ioctl(v->fd, KVM_GET_XCRS, out->xcrs) == 0)
         out->present |= PYHV_HAS_XCRS;
-    if (pyhv_ioctl(v->fd, KVM_GET_DEBUGREGS, out->debugregs) == 0)
+    if ((optional & PYHV_HAS_DEBUGREGS) &&
+        pyhv_ioctl(v->fd, KVM_GET_DEBUGREGS, out->debugregs) == 0)
         out->present |= PYHV_HAS_DEBUGREGS;
     if (!sync && pyhv_ioctl(v->fd, KVM_GET_VCPU_EVENTS, out->events) == 0)
         out->present |= PYHV_HAS_EVENTS;
-    struct kvm_mp_state mp;
-    if (pyhv_ioctl(v->fd, KVM_GET_MP_STATE, &mp) == 0) {
-        out->mp_state = mp.mp_state;
-        out->present |= PYHV_HAS_MP_STATE;
+    if (v->irqchip) {
+        struct kvm_mp_state mp;
+        if (pyhv_ioctl(v->fd, KVM_GET_MP_STATE, &mp) == 0) {
+            out->mp_state = mp.mp_state;
+            out->present |= PYHV_HAS_MP_STATE;
+        }
+        if (pyhv_ioctl(v->fd, KVM_GET_LAPIC, out->lapic) == 0)
+            out->present |= PYHV_HAS_LAPIC;
     }
-    if (pyhv_ioctl(v->fd, KVM_GET_LAPIC, out->lapic) == 0)
-        out->present |= PYHV_HAS_LAPIC;
     memcpy(out->msr_index, msr_index, nmsrs * sizeof(uint32_t));
     out->nmsrs = nmsrs;
     return msrs_io(v, KVM_GET_MSRS, out->msr_index, out->msr_value, nmsrs);

@@ -363,14 +363,23 @@ def load_chips(partition: Partition, chips: dict[str, bytes]) -> None:
                      f"KVM_SET_IRQCHIP {name}")
 
 
+def _optional_parts(partition: Partition) -> int:
+    """The optional vCPU-state parts the backend offers (the hypervisor caches the answers),
+    so that saving does not try, and fail, the others every time."""
+    caps = partition.hypervisor.capability
+    return ((lib.PYHV_HAS_XCRS if caps("KVM_CAP_XCRS") else 0) |
+            (lib.PYHV_HAS_DEBUGREGS if caps(lib.PYHV_KVM_CAP_DEBUGREGS) else 0))
+
+
 def take_snapshot(partition: Partition) -> Snapshot:
     """A :class:`Snapshot` of ``partition`` (which is not running)."""
     from . import __version__
     msrs = partition._state_msrs()
+    optional = _optional_parts(partition)
     vcpus = []
     for vcpu in partition.vcpus:
         state = ffi.new("struct pyhv_vcpu_state *")
-        rc = lib.pyhv_vcpu_save_state(vcpu._handle(), msrs, len(msrs), state)
+        rc = lib.pyhv_vcpu_save_state(vcpu._handle(), msrs, len(msrs), optional, state)
         if rc == -errno.EBUSY:
             raise StateError(f"vCPU {vcpu.id} is inside an instruction that needs another exit "
                              "(e.g. the second half of a 16-byte MMIO access): run it to that "

@@ -231,6 +231,13 @@ def test_partition_pool_hands_out_fresh_guests(kvm):
         pool.acquire()
 
 
+def halting_partition(**kwargs) -> pyhv.Partition:
+    part = pyhv.Partition(memory="4M", **kwargs)
+    part.memory.write(0x1000, b"\xf4")
+    part.create_vcpu(mode="long", entry=0x1000)
+    return part
+
+
 def test_a_waiting_exit_blocks_every_snapshot_and_restore_drops_it(part):
     # a 16-byte MMIO load is two 8-byte exits: after the first is answered the second waits
     part.memory.write(0x100000, assemble("mov $0xD0000000, %ebx\nmovdqu (%rbx), %xmm0\nhlt",
@@ -297,3 +304,27 @@ def test_a_failed_state_load_leaves_the_registers_readable(part):
     assert cpu.regs.rip == 0x1000                  # what the kernel has, not the snapshot's
     assert lib.pyhv_vcpu_load_state(cpu._handle(), good) == 0
     assert isinstance(cpu.run(timeout=10), exits.Halt)
+
+
+def test_saved_state_parts_follow_the_interrupt_controllers(kvm, tmp_path):
+    lapic, mp = lib.PYHV_HAS_LAPIC, lib.PYHV_HAS_MP_STATE
+    with halting_partition() as plain:
+        snap = plain.snapshot()
+        state = snap.vcpus[0].state
+        assert not state.present & (lapic | mp)          # no irqchip: not even asked for
+        xcrs = plain.hypervisor.capability("KVM_CAP_XCRS")
+        assert bool(state.present & lib.PYHV_HAS_XCRS) == bool(xcrs)
+        # a state saved with the MP state (older pyhv) still loads
+        older = ffi.new("struct pyhv_vcpu_state *")
+        ffi.memmove(older, state, STATE_SIZE)
+        older.present |= mp
+        older.mp_state = 0                                 # KVM_MP_STATE_RUNNABLE
+        assert lib.pyhv_vcpu_load_state(plain.vcpus[0]._handle(), older) == 0
+        assert isinstance(plain.vcpus[0].run(timeout=10), exits.Halt)
+    with halting_partition(irqchip=True) as chips:
+        snap = chips.snapshot()
+        assert snap.vcpus[0].state.present & lapic and snap.vcpus[0].state.present & mp
+        chips.vcpus[0].regs.rip = 0x2000
+        snap.save(tmp_path / "chips")
+        chips.restore(pyhv.Snapshot.load(tmp_path / "chips"))     # a full restore
+        assert chips.vcpus[0].regs.rip == 0x1000
