@@ -260,8 +260,8 @@ void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
 int pyhv_vcpu_save_state(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t nmsrs,
                          uint32_t optional, struct pyhv_vcpu_state *out);
 int pyhv_vcpu_load_state(struct pyhv_vcpu *vcpu, const struct pyhv_vcpu_state *in);
-/* which of these MSRs KVM lets this vCPU read and write back: their indices go to ok
-   (returns the count) */
+/* which of these MSRs KVM lets this vCPU read and write back (their current values, in a
+   few bulk calls): their indices go to ok (returns the count, or -errno) */
 int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t n,
                             uint32_t *ok);
 

@@ -104,16 +104,49 @@ static int msrs_io(struct pyhv_vcpu *v, unsigned long request, const uint32_t *i
     return pyhv_msrs_transfer(v, request, index, value, n, &done);
 }
 
+/* KVM refuses more than this many MSRs in one call (MAX_IO_MSRS is 256, exclusive) */
+#define MSR_CHUNK 128u
+
+/* Transfer index[0..n) (values in value[]) with as few ioctls as KVM allows: a call stops at
+   the first MSR KVM refuses, which is dropped, and the next call goes on after it.  The
+   accepted indices and their values are packed to the front of index[] and value[] (in
+   place); returns how many, or -errno when an ioctl fails for another reason. */
+static int keep_accepted(struct pyhv_vcpu *v, unsigned long request, uint32_t *index,
+                         uint64_t *value, uint32_t n)
+{
+    uint32_t kept = 0, next = 0;
+    while (next < n) {
+        uint32_t chunk = n - next < MSR_CHUNK ? n - next : MSR_CHUNK;
+        uint32_t done = 0;
+        int rc = pyhv_msrs_transfer(v, request, index + next, value + next, chunk, &done);
+        if (rc < 0 && rc != -EINVAL)
+            return rc;
+        for (uint32_t i = 0; i < done; i++, kept++) {   /* kept <= next + i: safe in place */
+            index[kept] = index[next + i];
+            value[kept] = value[next + i];
+        }
+        next += done;
+        if (rc < 0)
+            next++;            /* index[next] was refused */
+    }
+    return (int)kept;
+}
+
 int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint32_t n, uint32_t *ok)
 {
-    uint32_t count = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t value;
-        if (msrs_io(v, KVM_GET_MSRS, &index[i], &value, 1) == 0 &&
-            msrs_io(v, KVM_SET_MSRS, &index[i], &value, 1) == 0)
-            ok[count++] = index[i];
-    }
-    return (int)count;
+    /* KVM_SET_MSRS is the only test of whether an MSR can be written back: the values just
+       read go back in bulk (a few calls in all, not two per MSR) */
+    if (n == 0)
+        return 0;
+    uint64_t *value = calloc(n, sizeof(*value));
+    if (!value)
+        return -ENOMEM;
+    memcpy(ok, index, n * sizeof(*ok));
+    int count = keep_accepted(v, KVM_GET_MSRS, ok, value, n);
+    if (count > 0)
+        count = keep_accepted(v, KVM_SET_MSRS, ok, value, (uint32_t)count);
+    free(value);
+    return count;
 }
 
 int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_t nmsrs,

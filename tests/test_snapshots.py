@@ -328,3 +328,23 @@ def test_saved_state_parts_follow_the_interrupt_controllers(kvm, tmp_path):
         snap.save(tmp_path / "chips")
         chips.restore(pyhv.Snapshot.load(tmp_path / "chips"))     # a full restore
         assert chips.vcpus[0].regs.rip == 0x1000
+
+
+def test_restorable_msrs_skip_the_ones_kvm_refuses(part):
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    handle = cpu._handle()
+    bogus = [0x4B564DFF, 0xDEAD0000, 0xDEAD0001]          # no such MSRs
+    listed = list(part.hypervisor.msr_index_list())
+    candidates = bogus[:1] + listed[:5] + bogus[1:] + listed[5:]
+    expected = []                                          # probed one by one
+    value, done = ffi.new("uint64_t[1]"), ffi.new("uint32_t *")
+    for index in candidates:
+        if lib.pyhv_vcpu_get_msrs(handle, [index], value, 1, done) == 0 and \
+                lib.pyhv_vcpu_set_msrs(handle, [index], value, 1, done) == 0:
+            expected.append(index)
+    assert not set(bogus) & set(expected)
+    ok = ffi.new("uint32_t[]", len(candidates))
+    n = lib.pyhv_vcpu_restorable_msrs(handle, candidates, len(candidates), ok)
+    assert list(ok)[:n] == expected
+    assert lib.pyhv_vcpu_restorable_msrs(handle, [], 0, ok) == 0
