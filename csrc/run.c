@@ -28,6 +28,7 @@
 static PYHV_TLS struct kvm_run *volatile tls_run;        /* the run area of this thread's vCPU */
 static PYHV_TLS volatile sig_atomic_t tls_kicked;        /* our signal arrived during the run */
 static PYHV_TLS pid_t tls_tid;                           /* gettid() is a syscall: ask once */
+static PYHV_TLS uint64_t tls_armed_ns;                   /* the thread timer's expiry, or 0 */
 
 static pid_t current_tid(void)
 {
@@ -102,6 +103,7 @@ static void forget_thread_in_child(void)
 {
     tls_tid = 0;
     tls_timer = NULL;
+    tls_armed_ns = 0;
     pthread_setspecific(timer_key, NULL);
 }
 
@@ -137,8 +139,11 @@ uint64_t pyhv_monotonic_ns(void)
 }
 
 /* Arm this thread's timer for the vCPU's next reason to leave the guest: its deadline, or the
-   time buffered output is due (whichever comes first); disarm it when there is none. */
-static int arm_kick(struct pyhv_vcpu *v)
+   time buffered output is due (whichever comes first).  Each timer_settime is a syscall, so an
+   earlier expiry already armed is kept (the run loop re-arms after a kick that came early),
+   and with nothing due the timer is disarmed only when `lazy` is 0: pyhv_vcpu_run leaves an
+   output flush armed between exits, and Python's end of run (set_deadline 0) disarms it. */
+static int arm_kick(struct pyhv_vcpu *v, int lazy)
 {
     uint64_t when = v->deadline_ns;
     if (v->flush_due_ns && (!when || v->flush_due_ns < when))
@@ -146,10 +151,15 @@ static int arm_kick(struct pyhv_vcpu *v)
     struct itimerspec at;
     memset(&at, 0, sizeof(at));
     if (when == 0) {
-        if (tls_timer)
-            timer_settime(tls_timer->id, 0, &at, NULL);   /* disarm */
+        if (tls_armed_ns && !lazy) {
+            if (tls_timer)
+                timer_settime(tls_timer->id, 0, &at, NULL);   /* disarm */
+            tls_armed_ns = 0;
+        }
         return 0;
     }
+    if (tls_armed_ns && tls_armed_ns <= when && pyhv_monotonic_ns() < tls_armed_ns)
+        return 0;          /* an earlier kick is still to come */
     if (!kick_signal)
         return -ENOSYS;   /* pyhv_init() was not called */
     struct thread_timer *t = thread_timer();
@@ -160,13 +170,18 @@ static int arm_kick(struct pyhv_vcpu *v)
     at.it_value.tv_nsec = (long)(when % 1000000000ull);
     if (timer_settime(t->id, TIMER_ABSTIME, &at, NULL) < 0)
         return -errno;
+    tls_armed_ns = when;
     return 0;
 }
+
+static int output_pending(const struct pyhv_vcpu *v);
 
 int pyhv_vcpu_set_deadline(struct pyhv_vcpu *v, uint64_t deadline_ns)
 {
     v->deadline_ns = deadline_ns;
-    return arm_kick(v);
+    if (!deadline_ns && v->flush_due_ns && !output_pending(v))
+        v->flush_due_ns = 0;        /* a run ends: its output was delivered */
+    return arm_kick(v, 0);
 }
 
 void pyhv_vcpu_set_flush_interval(struct pyhv_vcpu *v, uint64_t interval_ns)
@@ -365,7 +380,7 @@ static enum fast_action fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         if (f->fill == 0 && !v->flush_due_ns && v->flush_interval_ns) {
             /* a guest that prints, then computes for long, still shows its output soon */
             v->flush_due_ns = pyhv_monotonic_ns() + v->flush_interval_ns;
-            arm_kick(v);
+            arm_kick(v, 1);
         }
         /* the run loop never enters the guest while a buffer is past half full and an exit
            carries at most a page, so this always fits; check anyway */
@@ -513,10 +528,8 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     ex->code = 0;
     ex->seq = ++v->seq;
     v->pending = PYHV_PENDING_NONE;
-    if (v->flush_due_ns && !output_pending(v)) {
-        v->flush_due_ns = 0;        /* delivered since: back to the deadline alone */
-        arm_kick(v);
-    }
+    if (v->flush_due_ns && !output_pending(v))
+        v->flush_due_ns = 0;        /* delivered since: a kick still armed for it is harmless */
 
     pthread_mutex_lock(&v->kick_lock);
     v->running_tid = current_tid();
@@ -532,15 +545,22 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             ex->reason = PYHV_EXIT_CANCELED;
             break;
         }
-        if (v->deadline_ns && pyhv_monotonic_ns() >= v->deadline_ns) {
+        uint64_t now = v->deadline_ns || v->flush_due_ns ? pyhv_monotonic_ns() : 0;
+        if (v->deadline_ns && now >= v->deadline_ns) {
             ex->reason = PYHV_EXIT_TIMEOUT;
             break;
         }
-        if ((v->flush_due_ns && pyhv_monotonic_ns() >= v->flush_due_ns) ||
-            (v->nfast && output_full(v))) {
+        /* a buffer past half full ends the run where it fills (fast_io), so this is only
+           true on entry, when Python has not taken that output yet */
+        if ((v->flush_due_ns && now >= v->flush_due_ns) ||
+            (!entered && v->nfast && output_full(v))) {
             ex->reason = PYHV_EXIT_OUTPUT_FULL;    /* due: Python delivers it, runs again */
             break;
         }
+        /* something is due later but the timer has fired (early, for an output delivered
+           since) or was never armed: arm it */
+        if (now && tls_armed_ns <= now)
+            arm_kick(v, 1);
         int r, err = 0;
         if (v->exit_waiting) {
             /* an exit the kernel raised while pyhv flushed state (state.c): report it now */
@@ -577,12 +597,13 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         }
         entered = 1;
         v->needs_flush = 0;     /* an interrupted entry completed what was pending */
-        if (!tls_kicked) {
+        if (!tls_kicked && !atomic_load(&v->cancel_requested)) {
             /* somebody else's signal (Ctrl-C...): Python must get to run its handler */
             ex->reason = PYHV_EXIT_INTERRUPTED;
             break;
         }
-        /* our kick: the checks at the top decide whether it meant anything */
+        /* our kick (or a cancel that set immediate_exit before its signal came): the checks
+           at the top decide whether it meant anything */
     }
 
     v->stats.guest_ns += pyhv_monotonic_ns() - started;

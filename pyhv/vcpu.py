@@ -189,8 +189,8 @@ class VCpu:
 
     def _end(self, ptr: Any, timeout: float | None) -> None:
         self._run_seconds += time.perf_counter() - self._run_started
-        if timeout is not None:
-            lib.pyhv_vcpu_set_deadline(ptr, 0)
+        if timeout is not None or self.partition._outputs:
+            lib.pyhv_vcpu_set_deadline(ptr, 0)   # disarms the thread's timer (output flush)
         self._run_thread = None
         self.partition._life.end_run()
         self._run_lock.release()

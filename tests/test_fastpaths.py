@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import select
+import time
 
 import pytest
 
@@ -171,3 +172,30 @@ def test_a_raising_sink_poisons_the_partition_when_it_loses_a_read(part):
     assert part.state == pyhv.PartitionState.POISONED
     with pytest.raises(pyhv.PoisonedError):
         cpu.run(timeout=10)
+
+
+def test_buffered_output_arrives_while_the_guest_computes(part):
+    # nothing exits after the byte: the C core's flush timer (50 ms) hands it over anyway
+    part.memory.write(0x100000, assemble("mov $0x3f8, %dx\nmov $0x41, %al\nout %al, %dx\n"
+                                         "jmp .", origin=0x100000))
+    part.create_vcpu(mode="long", entry=0x100000)
+    arrived = []
+    started = time.monotonic()
+    part.add_buffered_port(0x3F8, lambda data: arrived.append((data, time.monotonic())))
+    with pytest.raises(pyhv.Timeout):
+        part.run(timeout=3)
+    assert arrived and arrived[0][0] == b"A" and arrived[0][1] - started < 1.5
+
+
+def test_the_deadline_still_fires_after_an_early_flush_kick(part):
+    # the flush timer is armed for the buffered byte, the byte goes out with the Python exit
+    # that follows, and the timer kicks the run anyway: the deadline must be armed again
+    part.memory.write(0x100000, assemble("mov $0x3f8, %dx\nout %al, %dx\nout %al, $0x80\n"
+                                         "jmp .", origin=0x100000))
+    part.create_vcpu(mode="long", entry=0x100000)
+    part.add_buffered_port(0x3F8, lambda data: None)
+    part.add_io_handler(0x80, write=lambda *args: None)
+    started = time.monotonic()
+    with pytest.raises(pyhv.Timeout):
+        part.run(timeout=1)
+    assert time.monotonic() - started < 10
