@@ -268,17 +268,20 @@ int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *vcpu, const uint32_t *msr_index,
 /* memory images: copy the pages whose bit is set in `pages` (then clear the bits); returns
    how many were copied */
 int64_t pyhv_copy_pages(uint8_t *dst, const uint8_t *src, uint64_t *pages, uint64_t npages);
-/* accumulate KVM's dirty log of a slot into `pages` (scratch: a bitmap of the same size) */
+/* accumulate KVM's dirty log of a slot (reading it resets it) into `pages` and into `user`,
+   either may be NULL (scratch: a bitmap of the same size).  `user` keeps the log for
+   Partition.dirty_pages() of dirty_log=True slots, so other readers do not lose it */
 int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64_t *scratch,
-                               uint64_t npages);
+                               uint64_t npages, uint64_t *user);
 /* set bit i of `pages` for each resident host page of [addr, addr + npages pages) */
 int pyhv_memory_resident(const void *addr, uint64_t npages, uint64_t *pages);
 /* the tracked restore of one slot in one call: fold KVM's dirty log (when `logging`) and the
    host-write bitmap into `changed`, copy those pages from `image` to `memory`, clear both
-   bitmaps; returns the pages copied or -errno */
+   bitmaps; the log also goes into `user` (may be NULL, see dirty_merge); returns the pages
+   copied or -errno */
 int64_t pyhv_restore_slot(int vm_fd, uint32_t slot, int logging, uint8_t *memory,
                           const uint8_t *image, uint64_t *changed, uint64_t *scratch,
-                          uint64_t *host_dirty, uint64_t npages);
+                          uint64_t *host_dirty, uint64_t *user, uint64_t npages);
 /* set `count` bits from bit `first` */
 void pyhv_bitmap_set(uint64_t *bitmap, uint64_t first, uint64_t count);
 /* OR `words` words of src into dst, then clear src */

@@ -284,15 +284,19 @@ int64_t pyhv_copy_pages(uint8_t *dst, const uint8_t *src, uint64_t *pages, uint6
 }
 
 int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64_t *scratch,
-                               uint64_t npages)
+                               uint64_t npages, uint64_t *user)
 {
     uint64_t words = (npages + 63) / 64;
     memset(scratch, 0, words * sizeof(uint64_t));
     int rc = pyhv_partition_get_dirty_log(vm_fd, slot, scratch);
     if (rc < 0)
         return rc;
-    for (uint64_t w = 0; w < words; w++)
-        pages[w] |= scratch[w];
+    for (uint64_t w = 0; w < words; w++) {
+        if (pages)
+            pages[w] |= scratch[w];
+        if (user)
+            user[w] |= scratch[w];
+    }
     return 0;
 }
 
@@ -383,10 +387,10 @@ void pyhv_bitmap_move(uint64_t *dst, uint64_t *src, uint64_t words)
 
 int64_t pyhv_restore_slot(int vm_fd, uint32_t slot, int logging, uint8_t *memory,
                           const uint8_t *image, uint64_t *changed, uint64_t *scratch,
-                          uint64_t *host_dirty, uint64_t npages)
+                          uint64_t *host_dirty, uint64_t *user, uint64_t npages)
 {
     if (logging) {
-        int rc = pyhv_partition_dirty_merge(vm_fd, slot, changed, scratch, npages);
+        int rc = pyhv_partition_dirty_merge(vm_fd, slot, changed, scratch, npages, user);
         if (rc < 0)
             return rc;
     }

@@ -310,19 +310,14 @@ class Partition:
 
     def dirty_pages(self, slot: MemorySlot) -> list[int]:
         """GPAs of the pages of ``slot`` written since the last call (``dirty_log=True``
-        slots only).  Reading the log resets it."""
+        slots only).  Reading the log resets it; writes that snapshot() or restore() read
+        from the log in between are still reported."""
+        from .snapshot import take_dirty_pages
         if not slot.dirty_log:
             raise InvalidArgument(f"{slot} was not mapped with dirty_log=True")
-        pages = slot.size // PAGE_SIZE
-        bitmap = ffi.new("uint64_t[]", (pages + 63) // 64)
-        check_rc(lib.pyhv_partition_get_dirty_log(self._vm_fd, slot.slot, bitmap),
-                 "KVM_GET_DIRTY_LOG")
-        if self._tracker is not None:       # the log is shared with restore()'s bookkeeping
-            changed = self._tracker.changed[slot.slot]
-            for i in range((pages + 63) // 64):
-                changed[i] |= bitmap[i]
+        bitmap = take_dirty_pages(self, slot)
         dirty = []
-        for word_index in range((pages + 63) // 64):
+        for word_index in range((slot.size // PAGE_SIZE + 63) // 64):
             word = bitmap[word_index]
             while word:
                 bit = (word & -word).bit_length() - 1

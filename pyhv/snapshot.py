@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
 from .errors import HypervisorError, StateError, check_rc
-from .memory import PAGE_SIZE, allocate_host_memory, free_host_memory
+from .memory import PAGE_SIZE, MemorySlot, allocate_host_memory, free_host_memory
 from .system import CpuidEntry
 
 if TYPE_CHECKING:
@@ -299,6 +299,41 @@ def capture_slot(pointer: Any, size: int) -> PageImage:
 
 
 # -- taking and restoring (Partition's snapshot/restore/from_snapshot call these) ----------
+# Pages of each dirty_log=True slot the guest wrote that Partition.dirty_pages() has not
+# reported yet.  KVM's log has one reader's worth of state (reading it resets it): whoever reads
+# it (snapshot, restore, dirty_pages) ORs what it read in here.
+_user_dirty: weakref.WeakKeyDictionary[MemorySlot, Any] = weakref.WeakKeyDictionary()
+
+
+def user_dirty(slot: MemorySlot) -> Any:
+    """The bitmap of ``slot``'s guest writes kept for dirty_pages(); NULL for slots without
+    ``dirty_log``, whose log is pyhv's own."""
+    if not slot.dirty_log:
+        return ffi.NULL
+    bitmap = _user_dirty.get(slot)
+    if bitmap is None:
+        bitmap = _user_dirty[slot] = ffi.new("uint64_t[]", max(_words(slot.size // PAGE_SIZE),
+                                                                1))
+    return bitmap
+
+
+def take_dirty_pages(partition: Partition, slot: MemorySlot) -> Any:
+    """The pages of ``slot`` (a dirty_log=True one) the guest wrote since the last call, as a
+    bitmap; the current restore tracking keeps what the log said too."""
+    pages = slot.size // PAGE_SIZE
+    words = max(_words(pages), 1)
+    tracker = partition._tracker
+    changed = ffi.NULL
+    if tracker is not None and tracker.layout_version == partition._layout_version:
+        changed = tracker.changed[slot.slot]
+    fresh = ffi.new("uint64_t[]", words)
+    user = user_dirty(slot)
+    check_rc(lib.pyhv_partition_dirty_merge(partition._vm_fd, slot.slot, changed, fresh, pages,
+                                            user), "KVM_GET_DIRTY_LOG")
+    lib.pyhv_bitmap_move(fresh, user, words)
+    return fresh
+
+
 class DirtyTracker:
     """Pages of each slot changed since a base snapshot: the kernel's dirty log records the
     guest's writes, the slots' own bitmaps the host's.  Restoring the base copies only those."""
@@ -310,28 +345,22 @@ class DirtyTracker:
         self._scratch: dict[int, Any] = {}
         vm_fd = partition._vm_fd
         for slot in partition.memory.slots:
-            words = max(_words(slot.size // PAGE_SIZE), 1)
+            pages = slot.size // PAGE_SIZE
+            words = max(_words(pages), 1)
             self.changed[slot.slot] = ffi.new("uint64_t[]", words)
-            self._scratch[slot.slot] = ffi.new("uint64_t[]", words)
+            self._scratch[slot.slot] = scratch = ffi.new("uint64_t[]", words)
             if not slot.readonly and not slot._logging:
                 flags = lib.KVM_MEM_LOG_DIRTY_PAGES
                 check_rc(lib.pyhv_partition_set_slot(vm_fd, slot.slot, flags, slot.gpa,
                                                      slot.size, slot._pointer),
                          "turning on dirty logging")
                 slot._logging = True
-            self.collect(partition, slot)                  # start from a clean log...
-            ffi.memmove(self.changed[slot.slot], bytes(words * 8), words * 8)   # ...and slate
-
-    def collect(self, partition: Partition, slot: Any) -> Any:
-        """Fold the kernel's log and the host's writes into the slot's changed-pages bitmap."""
-        changed = self.changed[slot.slot]
-        pages = slot.size // PAGE_SIZE
-        if slot._logging:
-            check_rc(lib.pyhv_partition_dirty_merge(partition._vm_fd, slot.slot, changed,
-                                                    self._scratch[slot.slot], pages),
-                     "KVM_GET_DIRTY_LOG")
-        lib.pyhv_bitmap_move(changed, slot._host_dirty, max(_words(pages), 1))
-        return changed
+            # start from a clean log (what it held stays for dirty_pages()) and host bitmap
+            if slot._logging:
+                check_rc(lib.pyhv_partition_dirty_merge(vm_fd, slot.slot, ffi.NULL, scratch,
+                                                        pages, user_dirty(slot)),
+                         "KVM_GET_DIRTY_LOG")
+            ffi.memmove(slot._host_dirty, bytes(words * 8), words * 8)
 
 
 _CHIPS = {"pic_master": 0, "pic_slave": 1, "ioapic": 2}
@@ -426,7 +455,7 @@ def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
             n = lib.pyhv_restore_slot(partition._vm_fd, slot.slot, slot._logging,
                                       slot._pointer, image.image.data,
                                       tracker.changed[slot.slot], tracker._scratch[slot.slot],
-                                      slot._host_dirty, pages)
+                                      slot._host_dirty, user_dirty(slot), pages)
             copied += check_rc(n, "KVM_GET_DIRTY_LOG")
             continue
         # any other snapshot: whatever may differ, pages touched now or holding data there

@@ -238,6 +238,24 @@ def halting_partition(**kwargs) -> pyhv.Partition:
     return part
 
 
+def test_dirty_pages_sees_writes_that_snapshots_and_restores_read(part):
+    logged = part.map_memory(0x4000000, 0x100000, dirty_log=True)
+    part.memory.write(0x1000, assemble("movl $1, 0x4000000\nhlt\nmovl $2, 0x4005010\nhlt"))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    start = part.snapshot()
+    assert isinstance(cpu.run(timeout=10), exits.Halt)
+    snap = part.snapshot()                                 # reads the log
+    assert part.dirty_pages(logged) == [0x4000000]
+    assert part.dirty_pages(logged) == []
+    assert isinstance(cpu.run(timeout=10), exits.Halt)
+    part.restore(snap)                                     # a tracked restore reads it
+    assert part.dirty_pages(logged) == [0x4005000]
+    assert isinstance(cpu.run(timeout=10), exits.Halt)
+    part.restore(start)                                    # so does a full one
+    assert part.dirty_pages(logged) == [0x4005000]
+    assert part.dirty_pages(logged) == []
+
+
 def test_a_waiting_exit_blocks_every_snapshot_and_restore_drops_it(part):
     # a 16-byte MMIO load is two 8-byte exits: after the first is answered the second waits
     part.memory.write(0x100000, assemble("mov $0xD0000000, %ebx\nmovdqu (%rbx), %xmm0\nhlt",
