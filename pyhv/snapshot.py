@@ -13,8 +13,12 @@
     SHA-256 of everything above (32 bytes)
 
 Memory is stored sparsely: only pages that were ever touched and are not all zero.  A file
-of a newer major format, of another vCPU-state layout, or with a bad checksum is refused with
-:class:`SnapshotFormatError`.
+of a newer major format, of another vCPU-state layout, with a bad checksum or with a header
+that does not hold what pyhv writes is refused with :class:`SnapshotFormatError`.
+
+The header's ``fast_ports`` is always empty: fast-path ports are Python-side registrations,
+never part of a snapshot.  Older files that list some still load (the list is ignored), and
+the empty entry stays so that older pyhv versions, which require it, read newer files.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ._ffi import ffi, lib
 from .errors import HypervisorError, StateError, check_rc
 from .memory import PAGE_SIZE, MemorySlot, allocate_host_memory, free_host_memory
+from .modes import MODES
 from .system import CpuidEntry
 
 if TYPE_CHECKING:
@@ -41,6 +46,8 @@ FORMAT_MAJOR = 1
 FORMAT_MINOR = 2          # 1.1: irqchip/PIT state ("chips"); 1.2: "hardened"
 STATE_SIZE = ffi.sizeof("struct pyhv_vcpu_state")
 MAX_SLOT_IMAGE = 1 << 38      # 256 GiB: a slot no snapshot file may claim beyond
+MAX_VCPU_ID = 1023             # the highest vCPU id a snapshot file may name
+_SETUP_WRITTEN = (None, "protected", "long")
 _PREFIX = struct.Struct("<8sHHI")
 _U64 = struct.Struct("<Q")
 _RUN = struct.Struct("<QQ")
@@ -122,7 +129,6 @@ class Snapshot:
     vcpus: list[VcpuImage]
     setup_base: int
     setup_written: str | None
-    fast_ports: dict[int, tuple[int, int]]     # port -> (kind, value), pyhv's C devices
     devices: dict[str, dict[str, Any]]         # name -> state of pyhv's Python devices
     pyhv_version: str = ""
     chips: dict[str, bytes] = field(default_factory=dict)   # in-kernel irqchip / PIT state
@@ -152,7 +158,7 @@ class Snapshot:
                        "dirty_log": s.dirty_log} for s in self.slots],
             "vcpus": [{"id": v.id, "mode": v.mode, "stubs": v.stubs,
                        "cpuid": [list(_cpuid_tuple(e)) for e in v.cpuid]} for v in self.vcpus],
-            "fast_ports": {str(p): list(kv) for p, kv in self.fast_ports.items()},
+            "fast_ports": {},           # never part of a snapshot; older pyhv reads it
             "devices": self.devices,
             "chips": {name: state.hex() for name, state in self.chips.items()},
             "hardened": self.hardened,
@@ -218,6 +224,19 @@ class _Reader:
             raise self.fail("truncated")
         self.digest.update(view)
 
+    def check(self, ok: bool, why: str) -> None:
+        if not ok:
+            raise self.fail(why)
+
+    def integer(self, value: Any, what: str, low: int = 0, high: int = (1 << 64) - 1) -> int:
+        """``value`` if it is an integer (not a bool, float or string) in [low, high]."""
+        self.check(type(value) is int and low <= value <= high, f"implausible {what} {value!r}")
+        return int(value)
+
+    def flag(self, value: Any, what: str) -> bool:
+        self.check(type(value) is bool, f"{what} is not true or false")
+        return bool(value)
+
     def read(self) -> Snapshot:
         if self.total < _PREFIX.size + 32:
             raise self.fail("too short to be a pyhv snapshot")
@@ -230,26 +249,13 @@ class _Reader:
         if length > self.total:
             raise self.fail("header length beyond the end of the file")
         try:
-            header = json.loads(self.take(length))
-            if header["state_size"] != STATE_SIZE or \
-                    header["state_version"] != lib.PYHV_STATE_VERSION:
-                raise self.fail("its vCPU state layout differs from this pyhv's")
-            if len(header["slots"]) > 4096 or len(header["vcpus"]) > 1024:
-                raise self.fail("implausible numbers of slots or vCPUs")
-            slots = [self._slot(s) for s in header["slots"]]
-            vcpus = [self._vcpu(v) for v in header["vcpus"]]
-            fast_ports = {int(p): (int(kv[0]), int(kv[1]))
-                          for p, kv in header["fast_ports"].items()}
-            chips = {str(k): bytes.fromhex(v) for k, v in header.get("chips", {}).items()}
-            if any(len(v) != _CHIP_SIZES.get(k, -1) for k, v in chips.items()):
-                raise self.fail("damaged interrupt-controller state")
-            snap = Snapshot(slots, vcpus, int(header["setup_base"]), header["setup_written"],
-                            fast_ports, dict(header["devices"]), str(header["pyhv_version"]),
-                            chips, bool(header.get("hardened", False)))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            snap = self._header(json.loads(self.take(length)))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
+                RecursionError) as exc:
+            # RecursionError: deeply nested JSON; OverflowError: 1e999 where a number belongs
             if isinstance(exc, SnapshotFormatError):
                 raise
-            raise self.fail(f"malformed header ({exc!r})") from None
+            raise self.fail(f"malformed header ({type(exc).__name__}: {exc})"[:300]) from None
         expected = self.digest.digest()
         stored = self.f.read(32)
         if stored != expected:
@@ -258,10 +264,60 @@ class _Reader:
             raise self.fail("data after the checksum")
         return snap
 
+    def _header(self, header: Any) -> Snapshot:
+        self.check(isinstance(header, dict), "the header is not a JSON object")
+        if header["state_size"] != STATE_SIZE or \
+                header["state_version"] != lib.PYHV_STATE_VERSION:
+            raise self.fail("its vCPU state layout differs from this pyhv's")
+        self.check(isinstance(header["slots"], list) and isinstance(header["vcpus"], list),
+                   "slots and vCPUs are not lists")
+        if len(header["slots"]) > 4096 or len(header["vcpus"]) > 1024:
+            raise self.fail("implausible numbers of slots or vCPUs")
+        setup_base = self.integer(header["setup_base"], "setup_base", high=(1 << 32) - 1)
+        self.check(setup_base % PAGE_SIZE == 0, f"setup_base {setup_base:#x} not page-aligned")
+        setup_written = header["setup_written"]
+        self.check(setup_written in _SETUP_WRITTEN, f"unknown setup_written {setup_written!r}")
+        devices = header["devices"]
+        self.check(isinstance(devices, dict) and all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in devices.items()),
+            "device states are not a map of names to states")
+        self._legacy_fast_ports(header.get("fast_ports", {}))
+        chips = {}
+        raw_chips = header.get("chips", {})
+        self.check(isinstance(raw_chips, dict), "damaged interrupt-controller state")
+        for name, state in raw_chips.items():
+            self.check(name in _CHIP_SIZES and isinstance(state, str),
+                       "damaged interrupt-controller state")
+            chips[name] = bytes.fromhex(state)
+            self.check(len(chips[name]) == _CHIP_SIZES[name], "damaged interrupt-controller state")
+        version = header["pyhv_version"]
+        self.check(isinstance(version, str), "pyhv_version is not a string")
+        hardened = self.flag(header.get("hardened", False), "hardened")
+        slots = [self._slot(s) for s in header["slots"]]
+        vcpus = [self._vcpu(v) for v in header["vcpus"]]
+        ids = [v.id for v in vcpus]
+        self.check(len(set(ids)) == len(ids), "two vCPUs with one id")
+        return Snapshot(slots, vcpus, setup_base, setup_written, dict(devices), version,
+                        chips, hardened)
+
+    def _legacy_fast_ports(self, ports: Any) -> None:
+        """Older files list fast-path ports, which nothing restores: the list is ignored but
+        must still be well formed (port -> [kind, value])."""
+        self.check(isinstance(ports, dict), "damaged fast-port list")
+        for port, kind_value in ports.items():
+            self.check(isinstance(port, str) and port.isdigit() and int(port) <= 0xFFFF and
+                       isinstance(kind_value, list) and len(kind_value) == 2,
+                       "damaged fast-port list")
+            for part in kind_value:
+                self.integer(part, "fast-port entry", high=(1 << 32) - 1)
+
     def _slot(self, s: dict[str, Any]) -> SlotImage:
-        gpa, size = int(s["gpa"]), int(s["size"])
-        if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or gpa + size > 1 << 52 or \
-                size > MAX_SLOT_IMAGE:
+        self.check(isinstance(s, dict), "a slot is not a JSON object")
+        gpa = self.integer(s["gpa"], "slot address", high=1 << 52)
+        size = self.integer(s["size"], "slot size", high=MAX_SLOT_IMAGE)
+        readonly, dirty_log = self.flag(s["readonly"], "readonly"), \
+            self.flag(s["dirty_log"], "dirty_log")
+        if size <= 0 or size % PAGE_SIZE or gpa % PAGE_SIZE or gpa + size > 1 << 52:
             raise self.fail(f"implausible slot [{gpa:#x}, +{size:#x})")
         try:
             image = PageImage(size)
@@ -276,18 +332,28 @@ class _Reader:
             if n == 0 or first + n > image.pages:
                 raise self.fail(f"page run {first}+{n} outside its slot")
             self.take_into(ffi.buffer(image.data + first * PAGE_SIZE, n * PAGE_SIZE))
-            for page in range(first, first + n):
-                image.populated[page // 64] |= 1 << (page % 64)
-        return SlotImage(gpa, size, bool(s["readonly"]), bool(s["dirty_log"]), image)
+            lib.pyhv_bitmap_set(image.populated, first, n)
+        return SlotImage(gpa, size, readonly, dirty_log, image)
 
     def _vcpu(self, v: dict[str, Any]) -> VcpuImage:
+        self.check(isinstance(v, dict), "a vCPU is not a JSON object")
+        vcpu_id = self.integer(v["id"], "vCPU id", high=MAX_VCPU_ID)
+        mode = v["mode"]
+        self.check(mode is None or mode in MODES, f"unknown vCPU mode {mode!r}")
+        stubs = self.flag(v["stubs"], "stubs")
+        self.check(isinstance(v["cpuid"], list) and len(v["cpuid"]) <= 4096,
+                   "damaged CPUID table")
+        cpuid = []
+        for entry in v["cpuid"]:
+            self.check(isinstance(entry, list) and len(entry) == 7, "damaged CPUID table")
+            cpuid.append(CpuidEntry(*(self.integer(x, "CPUID value", high=(1 << 32) - 1)
+                                      for x in entry)))
         state = ffi.new("struct pyhv_vcpu_state *")
         self.take_into(ffi.buffer(state))
         if state.version != lib.PYHV_STATE_VERSION or \
                 state.nmsrs > lib.PYHV_STATE_MAX_MSRS:
             raise self.fail("damaged vCPU state")
-        cpuid = tuple(CpuidEntry(*map(int, e)) for e in v["cpuid"])
-        return VcpuImage(int(v["id"]), v["mode"], bool(v["stubs"]), cpuid, state)
+        return VcpuImage(vcpu_id, mode, stubs, tuple(cpuid), state)
 
 
 def capture_slot(pointer: Any, size: int) -> PageImage:
@@ -419,8 +485,7 @@ def take_snapshot(partition: Partition) -> Snapshot:
              for s in partition.memory.slots]
     devices = {name: dev.get_state() for name, dev in partition.devices.items()}
     snap = Snapshot(slots, vcpus, partition.setup_base, partition._setup_written,
-                    dict(partition._fast_ports), devices, __version__, save_chips(partition),
-                    partition.hardened)
+                    devices, __version__, save_chips(partition), partition.hardened)
     partition._tracker = DirtyTracker(partition, snap)
     return snap
 

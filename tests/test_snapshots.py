@@ -231,6 +231,85 @@ def test_partition_pool_hands_out_fresh_guests(kvm):
         pool.acquire()
 
 
+def rewrite_header(raw: bytes, change) -> bytes:
+    """``raw`` (a snapshot file) with its header changed by ``change(header)``, which edits
+    the dict or returns the new header text; the checksum is made to match."""
+    header_len = struct.unpack_from("<I", raw, 12)[0]
+    header = json.loads(raw[16:16 + header_len])
+    text = change(header)
+    blob = (text if text is not None else json.dumps(header)).encode()
+    body = raw[:12] + struct.pack("<I", len(blob)) + blob + raw[16 + header_len:-32]
+    return body + hashlib.sha256(body).digest()
+
+
+def two_vcpu_snapshot_file(tmp_path) -> bytes:
+    with pyhv.Partition(memory="4M") as part:
+        part.memory.write(0x1000, b"\xf4")
+        part.create_vcpu(mode="long", entry=0x1000)
+        part.create_vcpu(mode="long", entry=0x1000)
+        part.snapshot().save(tmp_path / "good")
+    return (tmp_path / "good").read_bytes()
+
+
+def test_hostile_headers_are_format_errors(kvm, tmp_path):
+    raw = two_vcpu_snapshot_file(tmp_path)
+    pyhv.Snapshot.load(tmp_path / "good")
+
+    def setting(path, value):
+        def change(header):
+            target = header
+            for key in path[:-1]:
+                target = target[key]
+            target[path[-1]] = value
+        return change
+
+    def huge_number(header):                   # 1e999 is a float infinity to json
+        header["setup_base"] = "HUGE"
+        return json.dumps(header).replace('"HUGE"', "1e999")
+
+    def deeply_nested(header):
+        header["devices"] = {"rtc": "DEEP"}
+        return json.dumps(header).replace('"DEEP"', "[" * 100000 + "]" * 100000)
+
+    cases = {
+        "short fast port": setting(["fast_ports"], {"1": [1]}),
+        "huge number": huge_number,
+        "huge slot address": lambda h: json.dumps(h).replace('"gpa": 0', '"gpa": 1e999', 1),
+        "deep nesting": deeply_nested,
+        "negative slot": setting(["slots", 0, "gpa"], -4096),
+        "string slot size": setting(["slots", 0, "size"], str(4 << 20)),
+        "odd setup_written": setting(["setup_written"], "sideways"),
+        "devices list": setting(["devices"], []),
+        "device state number": setting(["devices"], {"rtc": 5}),
+        "unknown mode": setting(["vcpus", 0, "mode"], "warp"),
+        "twin vCPUs": setting(["vcpus", 1, "id"], 0),
+        "vCPU id too big": setting(["vcpus", 1, "id"], 1024),
+        "negative vCPU id": setting(["vcpus", 0, "id"], -1),
+        "short CPUID entry": setting(["vcpus", 0, "cpuid", 0], [1, 2]),
+        "header list": lambda h: "[]",
+    }
+    for name, change in cases.items():
+        path = tmp_path / name.replace(" ", "_")
+        path.write_bytes(rewrite_header(raw, change))
+        with pytest.raises(pyhv.SnapshotFormatError):
+            pyhv.Snapshot.load(path)
+
+
+def test_fast_ports_are_not_part_of_a_snapshot(part, tmp_path):
+    part.memory.write(0x1000, b"\xf4")
+    part.create_vcpu(mode="long", entry=0x1000)
+    part.add_constant_port(0x2FD, 0x60)
+    part.snapshot().save(tmp_path / "new")
+    raw = (tmp_path / "new").read_bytes()
+    header = json.loads(raw[16:16 + struct.unpack_from("<I", raw, 12)[0]])
+    assert header["fast_ports"] == {}                # kept, empty, for older readers
+    # an older file that lists the ports still loads and restores
+    old = tmp_path / "old"
+    old.write_bytes(rewrite_header(raw, lambda h: h.update(fast_ports={"765": [2, 96]})))
+    part.restore(pyhv.Snapshot.load(old))
+    assert isinstance(part.vcpus[0].run(timeout=10), exits.Halt)
+
+
 def halting_partition(**kwargs) -> pyhv.Partition:
     part = pyhv.Partition(memory="4M", **kwargs)
     part.memory.write(0x1000, b"\xf4")
