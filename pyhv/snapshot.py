@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._ffi import ffi, lib
-from .errors import HypervisorError, StateError, check_rc
+from .errors import HypervisorError, InvalidArgument, StateError, check_rc
 from .memory import PAGE_SIZE, MemorySlot, allocate_host_memory, free_host_memory
 from .modes import MODES
 from .system import CpuidEntry
@@ -491,7 +491,12 @@ def take_snapshot(partition: Partition) -> Snapshot:
 
 
 def check_layout(partition: Partition, snap: Snapshot) -> None:
-    from .errors import InvalidArgument
+    if snap.setup_base != partition.setup_base:
+        raise InvalidArgument("the snapshot's setup_base differs from this partition's: "
+                              f"{snap.setup_base:#x} vs {partition.setup_base:#x}")
+    if snap.hardened != partition.hardened:
+        raise InvalidArgument(f"the snapshot was taken with hardened={snap.hardened}, this "
+                              f"partition has hardened={partition.hardened}")
     mine = tuple((s.gpa, s.size, s.readonly) for s in partition.memory.slots)
     if mine != snap.layout():
         raise InvalidArgument("the snapshot's memory slots differ from this partition's: "
@@ -512,6 +517,17 @@ def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
             and tracker.layout_version == partition._layout_version)
     if not fast:
         check_layout(partition, snap)
+    # vCPUs first: loading one may first finish an instruction it was inside (a string IN
+    # writes guest memory), which the memory copy below must then undo
+    for vcpu, vcpu_image in zip(partition.vcpus, snap.vcpus, strict=True):
+        check_rc(lib.pyhv_vcpu_load_state(vcpu._handle(), vcpu_image.state),
+                 f"loading the state of vCPU {vcpu.id}")
+        vcpu.mode = vcpu_image.mode
+        if vcpu_image.stubs:
+            vcpu._enable_stubs()
+        else:          # the snapshot's vCPU had no stubs: halts there are plain halts
+            vcpu._stubs = False
+            vcpu._stub_lo = vcpu._stub_hi = partition.setup_base
     copied = 0
     for slot, image in zip(partition.memory.slots, snap.slots, strict=True):
         pages = image.image.pages
@@ -527,12 +543,6 @@ def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
         changed = image.image.bitmap_copy()
         check_rc(lib.pyhv_memory_resident(slot._pointer, pages, changed), "page residency")
         copied += lib.pyhv_copy_pages(slot._pointer, image.image.data, changed, pages)
-    for vcpu, vcpu_image in zip(partition.vcpus, snap.vcpus, strict=True):
-        check_rc(lib.pyhv_vcpu_load_state(vcpu._handle(), vcpu_image.state),
-                 f"loading the state of vCPU {vcpu.id}")
-        vcpu.mode = vcpu_image.mode
-        if vcpu_image.stubs:
-            vcpu._enable_stubs()
     load_chips(partition, snap.chips)
     for name, state in snap.devices.items():
         device = partition.devices.get(name)

@@ -16,6 +16,7 @@ import pytest
 import pyhv
 from pyhv import exits
 from pyhv._ffi import ffi, lib
+from pyhv.modes import DEFAULT_SETUP_BASE, SYSCALL_STUB
 from pyhv.snapshot import MAGIC, STATE_SIZE
 from pyhv.testing import assemble
 
@@ -231,6 +232,7 @@ def test_partition_pool_hands_out_fresh_guests(kvm):
         pool.acquire()
 
 
+# -- hostile files ------------------------------------------------------------------------
 def rewrite_header(raw: bytes, change) -> bytes:
     """``raw`` (a snapshot file) with its header changed by ``change(header)``, which edits
     the dict or returns the new header text; the checksum is made to match."""
@@ -310,6 +312,7 @@ def test_fast_ports_are_not_part_of_a_snapshot(part, tmp_path):
     assert isinstance(part.vcpus[0].run(timeout=10), exits.Halt)
 
 
+# -- restore: what must match, what it sets -----------------------------------------------
 def halting_partition(**kwargs) -> pyhv.Partition:
     part = pyhv.Partition(memory="4M", **kwargs)
     part.memory.write(0x1000, b"\xf4")
@@ -317,6 +320,35 @@ def halting_partition(**kwargs) -> pyhv.Partition:
     return part
 
 
+def test_restore_refuses_another_setup_base_or_hardening(kvm):
+    with halting_partition() as base, halting_partition(setup_base=0x90000) as moved, \
+            halting_partition(hardened=True) as hardened:
+        snap = base.snapshot()
+        with pytest.raises(pyhv.InvalidArgument, match="setup_base"):
+            moved.restore(snap)
+        with pytest.raises(pyhv.InvalidArgument, match="hardened"):
+            hardened.restore(snap)
+        with pytest.raises(pyhv.InvalidArgument, match="hardened"):
+            base.restore(hardened.snapshot())
+
+
+def test_restore_turns_stubs_off_as_well_as_on(kvm):
+    syscall_stub = DEFAULT_SETUP_BASE + SYSCALL_STUB
+    with pyhv.Partition(memory="16M") as plain, pyhv.Partition(memory="16M") as user:
+        plain.create_vcpu(mode="long", entry=syscall_stub)
+        plain.memory.write(syscall_stub, b"\xf4")      # a plain hlt where stubs would be
+        without_stubs = plain.snapshot()
+        user.memory.write(0x100000, guest_code("user_syscalls", origin=0x100000))
+        cpu = user.create_vcpu(mode="user", entry=0x100000)
+        with_stubs = user.snapshot()
+        user.restore(without_stubs)
+        assert isinstance(cpu.run(timeout=10), exits.Halt)     # not a Syscall
+        user.restore(with_stubs)
+        ex = cpu.run(timeout=10)
+        assert isinstance(ex, exits.Syscall) and ex.nr == 1
+
+
+# -- the dirty log has one reader ---------------------------------------------------------
 def test_dirty_pages_sees_writes_that_snapshots_and_restores_read(part):
     logged = part.map_memory(0x4000000, 0x100000, dirty_log=True)
     part.memory.write(0x1000, assemble("movl $1, 0x4000000\nhlt\nmovl $2, 0x4005010\nhlt"))
@@ -335,6 +367,7 @@ def test_dirty_pages_sees_writes_that_snapshots_and_restores_read(part):
     assert part.dirty_pages(logged) == []
 
 
+# -- exits pending inside an instruction ---------------------------------------------------
 def test_a_waiting_exit_blocks_every_snapshot_and_restore_drops_it(part):
     # a 16-byte MMIO load is two 8-byte exits: after the first is answered the second waits
     part.memory.write(0x100000, assemble("mov $0xD0000000, %ebx\nmovdqu (%rbx), %xmm0\nhlt",
@@ -364,6 +397,22 @@ def test_a_waiting_exit_blocks_every_snapshot_and_restore_drops_it(part):
 STRING_IN = "mov $0x200000, %edi\nmov $0x60, %dx\nmov $8192, %ecx\nrep insb\nhlt"
 
 
+def test_restore_inside_a_string_in_keeps_the_restored_memory(part, tmp_path):
+    # the restore finishes the interrupted `rep insb` (its data goes to guest memory) before
+    # it copies the snapshot's memory back
+    part.memory.write(0x100000, assemble(STRING_IN, origin=0x100000))
+    part.memory.write(0x200000, b"\x11" * 8192)
+    cpu = part.create_vcpu(mode="long", entry=0x100000)
+    start = part.snapshot()
+    start.save(tmp_path / "start")
+    for snap in (start, pyhv.Snapshot.load(tmp_path / "start")):   # tracked, then full
+        ex = cpu.run(timeout=10)
+        assert isinstance(ex, exits.IoIn) and ex.port == 0x60
+        part.restore(snap)
+        assert part.memory.read(0x200000, 8192) == b"\x11" * 8192
+        assert cpu.regs.rip == 0x100000
+
+
 def test_restore_inside_a_string_in_keeps_the_coalesced_ring(part):
     # discarding the rest of a `rep insb` may clear its data in the run area, never the
     # VM-wide coalesced ring page behind it.  (KVM finishes a string IN one read-ahead batch
@@ -387,6 +436,7 @@ def test_restore_inside_a_string_in_keeps_the_coalesced_ring(part):
     assert bytes(writes[0].data)[:4] == (7).to_bytes(4, "little")
 
 
+# -- the C state functions -----------------------------------------------------------------
 def test_a_failed_state_load_leaves_the_registers_readable(part):
     part.memory.write(0x1000, b"\xf4")
     cpu = part.create_vcpu(mode="long", entry=0x1000)
