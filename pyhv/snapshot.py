@@ -96,7 +96,8 @@ class PageImage:
 
     @property
     def populated_bytes(self) -> int:
-        return sum(n for _, n in self.runs()) * PAGE_SIZE
+        words = ffi.unpack(self.populated, len(self.populated))
+        return sum(word.bit_count() for word in words) * PAGE_SIZE
 
 
 @dataclass
@@ -438,11 +439,11 @@ def save_chips(partition: Partition) -> dict[str, bytes]:
     vm_fd = partition._vm_fd
     if partition.irqchip:
         for name, chip in _CHIPS.items():
-            buf = ffi.new("uint8_t[]", 512)
+            buf = ffi.new("uint8_t[]", _CHIP_SIZES[name])
             check_rc(lib.pyhv_partition_get_irqchip(vm_fd, chip, buf), f"KVM_GET_IRQCHIP {name}")
             chips[name] = bytes(buf)
     if partition.pit:
-        buf = ffi.new("uint8_t[]", 112)
+        buf = ffi.new("uint8_t[]", _CHIP_SIZES["pit"])
         check_rc(lib.pyhv_partition_get_pit(vm_fd, buf), "KVM_GET_PIT2")
         chips["pit"] = bytes(buf)
     return chips
