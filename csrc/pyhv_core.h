@@ -79,7 +79,6 @@ struct pyhv_exit {
     uint32_t seq;             /* counts runs of this vCPU; completions must name the latest */
     uint32_t output_pending;  /* a buffered port holds bytes for Python */
     uint32_t coalesced_pending; /* the kernel's coalesced ring holds writes for Python */
-    uint32_t bulk_pending;    /* either of the two: one field for the hot loop to test */
 
     /* PYHV_EXIT_IO: size*count bytes at io_data (inside the run area, checked) */
     uint16_t io_port;
@@ -291,7 +290,7 @@ int64_t pyhv_pages_drop_zero(const uint8_t *addr, uint64_t *pages, uint64_t npag
 
 /* running: -errno, or a summary of the exit: its reason | the PYHV_RUN_* flags that apply */
 enum pyhv_run_flags {
-    PYHV_RUN_BULK = 0x100,        /* bulk_pending is set */
+    PYHV_RUN_BULK = 0x100,        /* output_pending or coalesced_pending is set */
     PYHV_RUN_SINGLE_OUT = 0x200   /* an IO exit: an OUT of one element (io_count == 1) */
 };
 int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit);
@@ -300,7 +299,8 @@ int pyhv_vcpu_complete_in(struct pyhv_vcpu *vcpu, uint32_t seq, const uint8_t *d
                           uint32_t len);
 /* the same for a single IN/read of at most 8 bytes, given as a number (little-endian) */
 int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value);
-/* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none */
+/* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none, which also
+   disarms the calling thread's timer once a run is over (call it from the running thread) */
 int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);
 /* how long buffered-port output may wait before the run hands it to Python (default 50 ms;
    0 = until the buffer fills or an exit comes) */

@@ -609,7 +609,6 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     v->stats.guest_ns += pyhv_monotonic_ns() - started;
     ex->output_pending = v->nfast ? (uint32_t)output_pending(v) : 0;
     ex->coalesced_pending = (uint32_t)ring_pending(v);
-    ex->bulk_pending = ex->output_pending | ex->coalesced_pending;
     tls_run = NULL;
     pthread_mutex_lock(&v->kick_lock);
     v->running_tid = 0;
@@ -620,7 +619,7 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         return rc;
     /* a summary for Python's hot loop, so the common case costs it no field reads */
     int summary = (int)ex->reason;
-    if (ex->bulk_pending)
+    if (ex->output_pending | ex->coalesced_pending)
         summary |= PYHV_RUN_BULK;
     if (ex->reason == PYHV_EXIT_IO && !ex->io_in && ex->io_count == 1)
         summary |= PYHV_RUN_SINGLE_OUT;

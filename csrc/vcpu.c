@@ -9,6 +9,21 @@
 
 #define PYHV_MAX_MSRS_PER_CALL 1024u
 
+/* Capabilities every vCPU asks about; the kernel module's answers do not change, so each is
+   asked once per process (-2: not asked yet) instead of three syscalls per vCPU. */
+static int cap_xsave = -2, cap_coalesced = -2, cap_sync_regs = -2;
+
+static int cached_extension(int vm_fd, long capability, int *cache)
+{
+    int value = __atomic_load_n(cache, __ATOMIC_RELAXED);
+    if (value == -2) {
+        value = pyhv_check_extension(vm_fd, capability);
+        if (value >= 0)      /* an error is not an answer: ask again next time */
+            __atomic_store_n(cache, value, __ATOMIC_RELAXED);
+    }
+    return value;
+}
+
 int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out)
 {
     if (mmap_size < sizeof(struct kvm_run))
@@ -34,17 +49,17 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
     v->run_size = mmap_size;
     pthread_mutex_init(&v->kick_lock, NULL);
     atomic_init(&v->cancel_requested, 0);
-    v->has_xsave = pyhv_check_extension(vm_fd, KVM_CAP_XSAVE) > 0;
+    v->has_xsave = cached_extension(vm_fd, KVM_CAP_XSAVE, &cap_xsave) > 0;
     v->flush_interval_ns = 50 * 1000 * 1000;
     /* the coalesced MMIO/PIO ring is a page of the vCPU mapping, shared by the whole VM */
     long page = sysconf(_SC_PAGESIZE);
-    int ring_page = pyhv_check_extension(vm_fd, KVM_CAP_COALESCED_MMIO);
+    int ring_page = cached_extension(vm_fd, KVM_CAP_COALESCED_MMIO, &cap_coalesced);
     if (ring_page > 0 && (size_t)(ring_page + 1) * (size_t)page <= mmap_size) {
         v->ring = (struct kvm_coalesced_mmio_ring *)((uint8_t *)run + (size_t)ring_page * page);
         v->ring_max = (uint32_t)((page - sizeof(struct kvm_coalesced_mmio_ring)) /
                                  sizeof(struct kvm_coalesced_mmio));
     }
-    int sync = pyhv_check_extension(vm_fd, KVM_CAP_SYNC_REGS);
+    int sync = cached_extension(vm_fd, KVM_CAP_SYNC_REGS, &cap_sync_regs);
     if (sync & KVM_SYNC_X86_REGS) {
         v->sync_regs = 1;
         v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
