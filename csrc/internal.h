@@ -23,7 +23,7 @@ enum pyhv_pending {
 struct pyhv_fast_port {
     uint16_t port;
     atomic_int enabled;      /* off: exits go to Python (flipped from any thread) */
-    uint32_t kind;           /* enum pyhv_port_kind; NONE = free entry */
+    uint32_t kind;           /* enum pyhv_port_kind (entries in use are packed at the front) */
     uint32_t value;          /* CONSTANT: the answer */
     uint32_t fill;           /* BUFFERED: bytes in buffer */
     uint8_t *buffer;         /* BUFFERED: PYHV_OUTPUT_BUFFER bytes */

@@ -34,7 +34,8 @@ enum pyhv_exit_reason {
     PYHV_EXIT_INTERRUPTED = 12,   /* a signal that is not pyhv's own: let Python handle it */
     PYHV_EXIT_UNKNOWN = 13,       /* a KVM exit pyhv does not decode; kvm_reason says which */
     PYHV_EXIT_BAD_EXIT = 14,      /* the kernel described an exit pyhv refuses to trust */
-    PYHV_EXIT_DEBUG_EXIT = 15,    /* the guest wrote V to a debug-exit port: code = (V<<1)|1 */
+    PYHV_EXIT_DEBUG_EXIT = 15,    /* the guest wrote V to a debug-exit port: data[0] = V,
+                                     data[1] = the port (Python makes (V << 1) | 1) */
     PYHV_EXIT_OUTPUT_FULL = 16    /* a buffered port's buffer needs emptying; then run again */
 };
 
