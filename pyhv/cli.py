@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args))
         sys.stdout.flush()      # a closed pipe shows here, not as noise at interpreter exit
         return code
+    except HypervisorError as exc:     # e.g. no usable /dev/kvm for `pyhv stress`
+        print(f"pyhv {args.command}: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # `pyhv doctor | head`: the reader left; say nothing more, as other Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -30,6 +30,19 @@ REAL_ENTRY = 0x7000            # real mode runs below 1 MiB
 MAX_EXITS_PER_CASE = 64
 RSS_TOLERANCE = 4 << 20        # soak RSS growth allowed for allocator noise
 
+# Long-mode guests at 0x1000, encoded here so that `pyhv stress` needs no assembler;
+# tests/test_stress.py checks each against its source in GUEST_SOURCES.
+SOAK_LIFECYCLE_GUEST = bytes.fromhex("bf0000200048c70701000000b055e680f4")
+SOAK_SNAPSHOT_GUEST = bytes.fromhex("bf00004000b90800000048890f4881c700100000e2f4f4")
+CANCEL_RACE_GUEST = bytes.fromhex("31c066ba1005efffc0ebfb")
+GUEST_SOURCES = {
+    "SOAK_LIFECYCLE_GUEST": "mov $0x200000, %edi; movq $1, (%rdi); mov $0x55, %al; "
+                            "out %al, $0x80; hlt",
+    "SOAK_SNAPSHOT_GUEST": "mov $0x400000, %edi; mov $8, %ecx; 1: movq %rcx, (%rdi); "
+                           "add $4096, %rdi; loop 1b; hlt",
+    "CANCEL_RACE_GUEST": "xor %eax, %eax; mov $0x510, %dx; 1: out %eax, %dx; inc %eax; jmp 1b",
+}
+
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
@@ -64,11 +77,15 @@ class FuzzReport:
 
 def _fuzz_partition(mode: str) -> tuple[Partition, Any, int]:
     part = Partition(memory=FUZZ_MEMORY)
-    part.ignore_unclaimed_ports()
-    entry = REAL_ENTRY if mode == "real" else FUZZ_ENTRY
-    part.memory.write(entry, b"\xf4")
-    part.create_vcpu(mode=mode, entry=entry, exceptions=mode != "user")
-    return part, part.snapshot(), entry
+    try:
+        part.ignore_unclaimed_ports()
+        entry = REAL_ENTRY if mode == "real" else FUZZ_ENTRY
+        part.memory.write(entry, b"\xf4")
+        part.create_vcpu(mode=mode, entry=entry, exceptions=mode != "user")
+        return part, part.snapshot(), entry
+    except BaseException:
+        part.close()
+        raise
 
 
 def _answer(ex: exits.Exit, rng: random.Random) -> None:
@@ -97,8 +114,10 @@ def fuzz(count: int, seed: int = 0, modes: tuple[str, ...] = MODES, length: int 
     report = FuzzReport(seed=seed)
     report.fds = (fd_count(), 0)
     report.rss = (rss_bytes(), 0)
-    setups = {mode: _fuzz_partition(mode) for mode in modes}
+    setups: dict[str, tuple[Partition, Any, int]] = {}
     try:
+        for mode in modes:
+            setups[mode] = _fuzz_partition(mode)
         for case in range(count):
             mode = modes[case % len(modes)]
             part, snap, entry = setups[mode]
@@ -170,9 +189,7 @@ def _soak(name: str, cycles: int, step: Callable[[], None], warmup: int) -> Soak
 
 def soak_lifecycle(cycles: int) -> SoakReport:
     """Create a partition, run a guest that touches memory and does port IO, destroy it."""
-    from .testing import assemble
-    code = assemble("mov $0x200000, %edi\nmovq $1, (%rdi)\nmov $0x55, %al\nout %al, $0x80\n"
-                    "hlt", origin=0x1000)
+    code = SOAK_LIFECYCLE_GUEST
 
     def step() -> None:
         with Partition(memory="4M") as part:
@@ -188,13 +205,14 @@ def soak_lifecycle(cycles: int) -> SoakReport:
 
 def soak_snapshots(cycles: int) -> SoakReport:
     """Snapshot a guest, run it (it dirties memory), restore, on one partition."""
-    from .testing import assemble
     part = Partition(memory="16M")
-    part.memory.write(0x1000, assemble(
-        "mov $0x400000, %edi\nmov $8, %ecx\n1: movq %rcx, (%rdi)\nadd $4096, %rdi\n"
-        "loop 1b\nhlt", origin=0x1000))
-    part.create_vcpu(mode="long", entry=0x1000)
-    base = part.snapshot()
+    try:
+        part.memory.write(0x1000, SOAK_SNAPSHOT_GUEST)
+        part.create_vcpu(mode="long", entry=0x1000)
+        base = part.snapshot()
+    except BaseException:
+        part.close()
+        raise
 
     def step() -> None:
         nonlocal base
@@ -212,10 +230,8 @@ def soak_snapshots(cycles: int) -> SoakReport:
 def cancel_races(count: int, seed: int = 0) -> tuple[int, int]:
     """Cancel a vCPU ``count`` times at random moments while it makes port exits; returns
     (exits seen, cancels seen).  Raises if an exit is lost, repeated or out of order."""
-    from .testing import assemble
     with Partition(memory="1M") as part:
-        part.memory.write(0x1000, assemble("xor %eax, %eax\nmov $0x510, %dx\n"
-                                           "1: out %eax, %dx\ninc %eax\njmp 1b"))
+        part.memory.write(0x1000, CANCEL_RACE_GUEST)
         cpu = part.create_vcpu(mode="long", entry=0x1000)
         done = threading.Event()
 

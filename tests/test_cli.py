@@ -137,3 +137,15 @@ def test_output_into_a_closed_pipe_ends_quietly(kvm):
         os.close(write_end)
     assert proc.returncode == 141, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_stress_without_kvm_fails_clearly(tmp_path):
+    # the child gets a /dev/kvm path that does not exist: no traceback, a one-line error
+    proc = subprocess.run([sys.executable, "-c",
+                           "import sys, pyhv.system as s; "
+                           "s.Hypervisor.__init__.__defaults__ = (sys.argv[1],); "
+                           "from pyhv.cli import main; raise SystemExit(main(['stress', "
+                           "'races', '--count', '1']))", str(tmp_path / "kvm")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("pyhv stress: ") and "Traceback" not in proc.stderr
