@@ -81,7 +81,7 @@ class PartitionPool:
             self._out.discard(part)
         try:
             part.restore(self.template)
-        except Exception:
+        except BaseException:          # Ctrl-C too: half restored, it is not the pool's
             part.close()
             raise
         with self._lock:
