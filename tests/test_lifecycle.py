@@ -129,3 +129,21 @@ def test_hypervisor_handle(kvm):
             assert part.hypervisor is hv
     assert hv.closed and "closed" in repr(hv)
     hv.close()
+
+
+def test_a_pool_closes_a_partition_whose_restore_was_interrupted(kvm, monkeypatch):
+    with pyhv.Partition(memory="1M") as source:
+        source.memory.write(0x1000, b"\xf4")
+        source.create_vcpu(mode="real", entry=0x1000)
+        template = source.snapshot()
+    with pyhv.PartitionPool(template, size=1) as pool:
+        part = pool.acquire()
+        assert isinstance(part.run(timeout=10).exit, exits.Halt)
+
+        def interrupted(snap):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(part, "restore", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pool.release(part)
+        assert part.closed                  # not left half restored, outside the pool
