@@ -589,10 +589,13 @@ class Partition:
         ``read(port, size) -> int`` answers IN; ``write(port, size, value)`` takes OUT.
         """
         start, size = _port_span(ports)
+        self._check_no_fast_port(start, size)
+        return self._io.add(start, size, read, write)
+
+    def _check_no_fast_port(self, start: int, size: int) -> None:
         for fast in self._fast_ports:
             if start <= fast < start + size:
                 raise OverlapError(f"port {fast:#x} already has a handler")
-        return self._io.add(start, size, read, write)
 
     def add_mmio_handler(self, gpa: int, size: int, read: ReadHandler | None = None,
                          write: WriteHandler | None = None) -> Handler:
@@ -717,13 +720,11 @@ class Partition:
         if not callable(write):
             raise InvalidArgument(f"write handler {write!r} is not callable")
         space = self._io if pio else self._mmio
+        if pio:
+            self._check_no_fast_port(start, size)
         # Writes the kernel does not queue (ring full, or a backend that exits anyway) reach
         # the same handler as ordinary exits, after the queued ones: the order holds.
         handler = space.add(start, size, read, write)
-        for fast in self._fast_ports:
-            if pio and start <= fast < start + size:
-                space.remove(handler)
-                raise OverlapError(f"port {fast:#x} already has a handler")
         rc = lib.pyhv_partition_coalesced_zone(self._vm_fd, start, size, pio, 1)
         if rc < 0:
             space.remove(handler)
