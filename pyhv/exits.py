@@ -327,15 +327,13 @@ class GuestException(Exit):
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class Syscall(Exit):
+class Syscall(_Completable):
     """The user-mode payload executed ``syscall``: ``nr`` (RAX) and six ``args`` (RDI, RSI,
     RDX, R10, R8, R9).  :meth:`complete` sets the result (RAX); running the vCPU again
     returns to the payload after the ``syscall``, at ``rip``."""
 
     nr: int
     args: tuple[int, ...]
-    _vcpu: Any = field(default=None, kw_only=True, repr=False, compare=False)
-    _seq: int = field(default=0, kw_only=True, repr=False, compare=False)
 
     def complete(self, result: int) -> None:
         """Return ``result`` to the payload in RAX (negative values wrap, as -errno does)."""
