@@ -166,24 +166,22 @@ class VCpu:
         if not self._run_lock.acquire(blocking=False):
             raise HypervisorError(f"vCPU {self.id} is already running on another thread")
         life = self.partition._life
+        began = False
         try:
             if self.closed:
                 raise ClosedError(f"vCPU {self.id} is closed")
             self.partition._first_run()
             life.begin_run()
-        except BaseException:
-            self._run_lock.release()
-            raise
-        self._run_thread = threading.get_ident()
-        try:
+            began = True
             if timeout is not None:
                 deadline = lib.pyhv_monotonic_ns() + int(timeout * 1e9)
                 check_rc(lib.pyhv_vcpu_set_deadline(ptr, deadline), "arming the run timeout")
         except BaseException:
-            self._run_thread = None
-            life.end_run()
+            if began:
+                life.end_run()
             self._run_lock.release()
             raise
+        self._run_thread = threading.get_ident()
         self._run_started = time.perf_counter()
         return ptr
 
