@@ -57,7 +57,13 @@ from .modes import (
     setup_vcpu,
     write_setup_region,
 )
-from .snapshot import DirtyTracker, Snapshot, restore_snapshot, take_snapshot
+from .snapshot import (
+    DirtyTracker,
+    Snapshot,
+    check_restorable,
+    restore_snapshot,
+    take_snapshot,
+)
 from .system import CpuidEntry
 from .vcpu import VCpu, _validate_timeout
 
@@ -492,6 +498,7 @@ class Partition:
             ok = ffi.new("uint32_t[]", max(len(candidates), 1))
             n = lib.pyhv_vcpu_restorable_msrs(self._vcpus[0]._handle(), candidates,
                                             len(candidates), ok)
+            check_rc(n, "probing the MSRs a snapshot can save")
             self._msrs_to_save = [ok[i] for i in range(min(n, lib.PYHV_STATE_MAX_MSRS))]
         return self._msrs_to_save
 
@@ -519,9 +526,10 @@ class Partition:
         if not isinstance(snap, Snapshot):
             raise InvalidArgument(f"restore() takes a pyhv.Snapshot, not {type(snap).__name__}")
         self._life.require_quiet("restore a snapshot")
+        fast = check_restorable(self, snap)     # a snapshot that does not fit changes nothing
         self._flush_bulk()
         try:
-            copied = restore_snapshot(self, snap)
+            copied = restore_snapshot(self, snap, fast)
         except BaseException as exc:
             # memory and vCPUs may be half from the snapshot, half not: unusable until a
             # restore succeeds

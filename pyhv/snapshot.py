@@ -510,14 +510,21 @@ def check_layout(partition: Partition, snap: Snapshot) -> None:
                               f"{[v.id for v in snap.vcpus]} vs {[v.id for v in partition.vcpus]}")
 
 
-def restore_snapshot(partition: Partition, snap: Snapshot) -> int:
-    """Bring ``partition`` (not running, same layout) back to ``snap``; returns the number
-    of pages copied."""
+def check_restorable(partition: Partition, snap: Snapshot) -> bool:
+    """Raise unless ``snap`` fits ``partition`` (nothing is changed); returns whether the
+    tracked (fast) restore applies: ``snap`` is the base of the dirty tracking."""
     tracker = partition._tracker
     fast = (tracker is not None and tracker.base is snap
             and tracker.layout_version == partition._layout_version)
     if not fast:
         check_layout(partition, snap)
+    return fast
+
+
+def restore_snapshot(partition: Partition, snap: Snapshot, fast: bool) -> int:
+    """Bring ``partition`` (not running, checked by :func:`check_restorable`) back to
+    ``snap``; returns the number of pages copied."""
+    tracker = partition._tracker
     # vCPUs first: loading one may first finish an instruction it was inside (a string IN
     # writes guest memory), which the memory copy below must then undo
     for vcpu, vcpu_image in zip(partition.vcpus, snap.vcpus, strict=True):

@@ -330,6 +330,10 @@ def test_restore_refuses_another_setup_base_or_hardening(kvm):
             hardened.restore(snap)
         with pytest.raises(pyhv.InvalidArgument, match="hardened"):
             base.restore(hardened.snapshot())
+        # a snapshot that does not fit changes nothing: the partitions still run
+        for part in (base, moved, hardened):
+            assert part.state != pyhv.PartitionState.POISONED
+            assert isinstance(part.vcpus[0].run(timeout=10), exits.Halt)
 
 
 def test_restore_turns_stubs_off_as_well_as_on(kvm):
