@@ -20,7 +20,6 @@
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
 
-#define PYHV_IO_PAGE 4096u       /* most data one IO exit carries */
 
 /* initial-exec: the handler must not trigger a lazy TLS allocation */
 #define PYHV_TLS __thread __attribute__((tls_model("initial-exec")))
@@ -209,17 +208,15 @@ static void decode_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;
     uint32_t size = run->io.size, count = run->io.count;
-    uint64_t offset = run->io.data_offset;
-    uint64_t len = (uint64_t)size * count;
-    /* the data must lie inside the mapped run area, past the kvm_run header, and fit the
-       one page KVM uses for it (the buffered ports count on that bound) */
-    if ((size != 1 && size != 2 && size != 4) || count == 0 || offset < sizeof(struct kvm_run) ||
-        offset > v->run_size || len > v->run_size - offset || len > PYHV_IO_PAGE) {
+    uint64_t len;
+    /* bounded to the run area and one page (the buffered ports count on that bound) */
+    uint8_t *data = pyhv_io_data(v, &len);
+    if (!data) {
         ex->reason = PYHV_EXIT_BAD_EXIT;
         ex->ndata = 3;
         ex->data[0] = size;
         ex->data[1] = count;
-        ex->data[2] = offset;
+        ex->data[2] = run->io.data_offset;
         return;
     }
     ex->reason = PYHV_EXIT_IO;
@@ -227,7 +224,7 @@ static void decode_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     ex->io_size = (uint8_t)size;
     ex->io_count = count;
     ex->io_in = run->io.direction == KVM_EXIT_IO_IN;
-    ex->io_data = (uint8_t *)run + offset;
+    ex->io_data = data;
     ex->io_value = 0;
     if (ex->io_in)
         v->stats.io_in++;
