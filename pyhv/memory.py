@@ -32,10 +32,10 @@ def parse_size(value: int | str) -> int:
     """
     if type(value) is int:
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value                  # an int subclass
+    if not isinstance(value, str):
         raise InvalidArgument(f"a size must be an int or a string like '16M', not {value!r}")
-    if isinstance(value, int):
-        return value
     match = _SIZE_RE.match(value)
     if not match:
         raise InvalidArgument(f"cannot read {value!r} as a size (try '64K', '16M' or '1G')")
