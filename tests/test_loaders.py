@@ -227,3 +227,34 @@ def test_multiboot_kernel_too_big_for_the_partition(kvm, tmp_path):
     with pyhv.Partition(memory="1M") as part:
         with pytest.raises(pyhv.ImageFormatError, match="outside guest RAM"):
             loaders.load(part, kernel)
+
+
+def test_loaders_parse_check_and_map_once(kvm, monkeypatch):
+    # auto-detection hands its parsed ELF on; segments are checked once; multiboot builds its
+    # memory map once
+    import pyhv.loaders.elf as elf_loader
+    calls = {"parse": 0, "fits": 0, "map": 0}
+
+    def counting(key, real):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(elf_loader, "parse", counting("parse", elf_loader.parse))
+    monkeypatch.setattr(elf_loader, "check_fits", counting("fits", elf_loader.check_fits))
+    monkeypatch.setattr(pyhv.loaders.linux, "check_fits",
+                        counting("fits", pyhv.loaders.linux.check_fits))
+    monkeypatch.setattr(layout, "memory_map", counting("map", layout.memory_map))
+    monkeypatch.setattr(multiboot, "memory_map", counting("map", layout.memory_map),
+                        raising=False)
+    images = sample_images()
+    with pyhv.Partition(memory="32M") as part:
+        for fmt in ("elf", "elf32", "pvh"):
+            calls.update(parse=0, fits=0)
+            loaders.load(part, images[fmt])
+            segments = len(elf_loader.parse(images[fmt]).segments)
+            assert (calls["parse"] - 1, calls["fits"]) == (1, segments), fmt
+        calls.update(map=0)
+        loaders.load(part, images["multiboot"])
+        assert calls["map"] == 1

@@ -25,6 +25,7 @@ from ..errors import ImageFormatError, InvalidArgument
 if TYPE_CHECKING:
     from ..partition import Partition
     from ..vcpu import VCpu
+    from .elf import ElfImage
 
 FORMATS = ("auto", "flat", "elf", "multiboot", "linux")
 
@@ -64,14 +65,24 @@ def read_image(image: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
 
 def detect(data: bytes) -> str:
     """The format ``load(format="auto")`` would use for ``data``."""
+    return _detect(data)[0]
+
+
+def _detect(data: bytes) -> tuple[str, ElfImage | None]:
+    """The format, and for an ELF the parsed image (so that the loader need not parse it
+    again)."""
     from . import elf, linux, multiboot
     if multiboot.find_header(data) is not None:
-        return "multiboot"
+        return "multiboot", None
     if linux.is_bzimage(data):
-        return "linux"
+        return "linux", None
     if data[:4] == elf.MAGIC:
-        return "linux" if elf.pvh_entry_of(data) is not None else "elf"
-    return "flat"
+        try:
+            parsed = elf.parse(data)
+        except ImageFormatError:
+            return "elf", None                # the ELF loader says what is wrong with it
+        return ("linux" if elf.pvh_entry(parsed) is not None else "elf"), parsed
+    return "flat", None
 
 
 def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: str = "auto", *,
@@ -80,8 +91,8 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
     """Load ``image`` into ``partition``'s memory.
 
     ``cmdline`` and ``initrd`` go to multiboot (the command line is the image path followed by
-    ``cmdline``, the initrd the first module, as QEMU does) and Linux images.  ``address`` and
-    ``mode`` are for flat binaries (default 0x100000, long mode).
+    ``cmdline``, the initrd the first module, as QEMU does) and Linux images.
+    ``address`` and ``mode`` are for flat binaries (default 0x100000, long mode).
     """
     from . import elf, flat, linux, multiboot
     if format not in FORMATS:
@@ -89,15 +100,15 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
     data, name = read_image(image)
     if not data:
         raise ImageFormatError(f"{name}: the image is empty")
+    chosen, parsed = _detect(data) if format == "auto" else (format, None)
     ramdisk = None if initrd is None else read_image(initrd)
-    chosen = detect(data) if format == "auto" else format
     if chosen == "flat":
         return flat.load(partition, data, 0x100000 if address is None else address, mode)
     if chosen == "elf":
-        return elf.load(partition, data, name)
+        return elf.load(partition, data, name, parsed)
     if chosen == "multiboot":
         return multiboot.load(partition, data, name, cmdline, ramdisk)
-    return linux.load(partition, data, name, cmdline, ramdisk)
+    return linux.load(partition, data, name, cmdline, ramdisk, parsed)
 
 
 __all__ = ["BootImage", "load", "detect", "read_image", "FORMATS", "ImageFormatError"]

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import io
 import itertools
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError
 from . import BootImage
-from .layout import check_fits
+from .layout import Payload, check_fits, write_payloads
 
 if TYPE_CHECKING:
     from ..partition import Partition
@@ -51,7 +50,6 @@ def _fail(name: str, why: str) -> ImageFormatError:
 
 def parse(data: bytes, name: str = "image") -> ElfImage:
     """Check and read an ELF executable for x86 (pyelftools does the parsing)."""
-    from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     from elftools.elf.segments import NoteSegment
 
@@ -89,11 +87,10 @@ def parse(data: bytes, name: str = "image") -> ElfImage:
         entry = elf.header["e_entry"]
     except ImageFormatError:
         raise
-    except (ELFError, struct.error) as exc:
-        raise _fail(name, f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:
-        # pyelftools on hostile input can fail in its construct layer or further down with
-        # almost any exception type: all of them mean "not a loadable image"
+        # ELFError and struct.error mostly, but pyelftools on hostile input can fail in its
+        # construct layer or further down with almost any exception type: all of them mean
+        # "not a loadable image"
         raise _fail(name, f"{type(exc).__name__}: {exc}") from None
     if not segments:
         raise _fail(name, "no loadable segments")
@@ -104,15 +101,6 @@ def parse(data: bytes, name: str = "image") -> ElfImage:
     return ElfImage(bits, entry, segments, notes)
 
 
-def pvh_entry_of(data: bytes) -> int | None:
-    """The PVH entry point (Xen's PHYS32_ENTRY note) of an ELF image, if it has one."""
-    try:
-        image = parse(data)
-    except ImageFormatError:
-        return None
-    return pvh_entry(image)
-
-
 def pvh_entry(image: ElfImage) -> int | None:
     for note_name, kind, desc in image.notes:
         if note_name == "Xen" and kind == XEN_ELFNOTE_PHYS32_ENTRY and len(desc) >= 4:
@@ -121,22 +109,24 @@ def pvh_entry(image: ElfImage) -> int | None:
     return None
 
 
-def place(partition: Partition, image: ElfImage, what: str) -> list[tuple[int, int, str]]:
-    """Check every segment fits, then write them (BSS zeroed)."""
+def check(partition: Partition, image: ElfImage, what: str) -> None:
+    """Refuse the image unless every segment fits the partition (nothing is written)."""
     for s in image.segments:
         check_fits(partition, f"{what} segment", s.paddr, s.memsz)
-    regions = []
-    for s in image.segments:
-        partition.memory.write(s.paddr, s.data)
-        if s.memsz > len(s.data):
-            partition.memory.fill(s.paddr + len(s.data), s.memsz - len(s.data))
-        regions.append((s.paddr, s.memsz, f"{what} segment"))
-    return regions
 
 
-def load(partition: Partition, data: bytes, name: str) -> BootImage:
-    image = parse(data, name)
+def payloads(image: ElfImage, what: str) -> list[Payload]:
+    """The segments, as :func:`layout.write_payloads` takes them (BSS zero-filled)."""
+    return [(s.paddr, s.data, s.memsz, f"{what} segment") for s in image.segments]
+
+
+def load(partition: Partition, data: bytes, name: str,
+         image: ElfImage | None = None) -> BootImage:
+    """Load ELF ``data`` (``image``: its :func:`parse` result, when the caller has it)."""
+    if image is None:
+        image = parse(data, name)
     entry = image.physical(image.entry)
-    regions = place(partition, image, "ELF")
+    check(partition, image, "ELF")
+    regions = write_payloads(partition, payloads(image, "ELF"))
     return BootImage("elf", "long" if image.bits == 64 else "protected", entry,
                      regions=regions)

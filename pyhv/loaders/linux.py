@@ -28,6 +28,7 @@ from .layout import (
     BOOT_DATA_END,
     INFO,
     MEMMAP,
+    MEMMAP_SIZE,
     MODULES,
     STACK_TOP,
     STRINGS,
@@ -37,6 +38,7 @@ from .layout import (
     memory_map,
     page_up,
     ram_end_below,
+    write_boot_data,
 )
 
 if TYPE_CHECKING:
@@ -162,30 +164,25 @@ def load_bzimage(partition: Partition, data: bytes, name: str, cmdline: str,
     for i, (base, length, kind) in enumerate(e820):
         struct.pack_into("<QQI", zero_page, 0x2D0 + 20 * i, base, length, kind)
 
-    partition.memory.write(load_at, kernel)
-    if ramdisk:
-        partition.memory.write(ramdisk_at, ramdisk)
-    partition.memory.fill(INFO, STRINGS - INFO)
-    partition.memory.write(INFO, bytes(zero_page))
-    partition.memory.write(STRINGS, raw_cmdline)
-    regions = [(load_at, len(kernel), "Linux kernel"), (INFO, 4096, "boot_params"),
-               (STRINGS, len(raw_cmdline), "command line")]
-    if ramdisk:
-        regions.append((ramdisk_at, len(ramdisk), "initrd"))
+    payloads = [(load_at, kernel, len(kernel), "Linux kernel"),
+                (ramdisk_at, ramdisk, len(ramdisk), "initrd")]
+    regions = write_boot_data(partition, payloads, bytes(zero_page), "boot_params",
+                              strings=raw_cmdline)
     return BootImage("linux", "long", load_at + ENTRY_64_OFFSET, {"rsi": INFO}, regions,
                      stack=STACK_TOP)
 
 
 def load_pvh(partition: Partition, data: bytes, name: str, cmdline: str,
-             initrd: tuple[bytes, str] | None) -> BootImage:
-    image = elf_loader.parse(data, name)
+             initrd: tuple[bytes, str] | None,
+             image: elf_loader.ElfImage | None = None) -> BootImage:
+    if image is None:
+        image = elf_loader.parse(data, name)
     entry = elf_loader.pvh_entry(image)
     if entry is None:
         raise ImageFormatError(f"{name}: the ELF has no PVH entry note "
                                "(XEN_ELFNOTE_PHYS32_ENTRY): not a PVH-bootable vmlinux")
     check_boot_data(partition)
-    for s in image.segments:
-        check_fits(partition, "vmlinux segment", s.paddr, s.memsz)
+    elf_loader.check(partition, image, "vmlinux")
     end = max(s.paddr + s.memsz for s in image.segments)
     raw_cmdline = _cmdline(cmdline, 4096)
     ramdisk, ramdisk_at = b"", 0
@@ -193,29 +190,25 @@ def load_pvh(partition: Partition, data: bytes, name: str, cmdline: str,
         ramdisk = initrd[0]
         ramdisk_at = _initrd_place(partition, len(ramdisk), 1 << 32, end)
         check_fits(partition, "initrd", ramdisk_at, len(ramdisk))
-    memmap = bounded_map(partition, 24)
+    memmap = bounded_map(partition, MEMMAP_SIZE // 24)
     start_info = struct.pack("<IIIIQQQQII", PVH_MAGIC, 1, 0, 1 if ramdisk else 0,
                              MODULES if ramdisk else 0, STRINGS, 0, MEMMAP, len(memmap), 0)
     table = b"".join(struct.pack("<QQII", base, length, kind, 0)
                      for base, length, kind in memmap)
     modules = struct.pack("<QQQQ", ramdisk_at, len(ramdisk), 0, 0) if ramdisk else b""
 
-    regions = elf_loader.place(partition, image, "vmlinux")
-    if ramdisk:
-        partition.memory.write(ramdisk_at, ramdisk)
-        regions.append((ramdisk_at, len(ramdisk), "initrd"))
-    memory = partition.memory
-    memory.fill(INFO, STRINGS - INFO)
-    memory.write(INFO, start_info)
-    memory.write(MEMMAP, table)
-    memory.write(MODULES, modules)
-    memory.write(STRINGS, raw_cmdline)
-    regions.append((INFO, BOOT_DATA_END - INFO, "hvm_start_info"))
+    payloads = elf_loader.payloads(image, "vmlinux") + [
+        (ramdisk_at, ramdisk, len(ramdisk), "initrd")]
+    regions = write_boot_data(partition, payloads, start_info, "hvm_start_info",
+                              memmap=table, modules=modules, strings=raw_cmdline)
     return BootImage("pvh", "protected", entry, {"rbx": INFO}, regions, stack=STACK_TOP)
 
 
 def load(partition: Partition, data: bytes, name: str, cmdline: str,
-         initrd: tuple[bytes, str] | None) -> BootImage:
+         initrd: tuple[bytes, str] | None,
+         image: elf_loader.ElfImage | None = None) -> BootImage:
+    """A bzImage, or (an ELF) a vmlinux with a PVH entry; ``image``: the vmlinux's
+    :func:`elf.parse` result, when the caller has it."""
     if data[:4] == elf_loader.MAGIC:
-        return load_pvh(partition, data, name, cmdline, initrd)
+        return load_pvh(partition, data, name, cmdline, initrd, image)
     return load_bzimage(partition, data, name, cmdline, initrd)

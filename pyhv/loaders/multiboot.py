@@ -18,16 +18,18 @@ from . import BootImage
 from . import elf as elf_loader
 from .layout import (
     BOOT_DATA_END,
+    E820_RAM,
     INFO,
     MEMMAP,
+    MEMMAP_SIZE,
     MODULES,
     STACK_TOP,
     STRINGS,
     bounded_map,
     check_boot_data,
     check_fits,
-    memory_map,
     page_up,
+    write_boot_data,
 )
 
 if TYPE_CHECKING:
@@ -91,8 +93,7 @@ def load(partition: Partition, data: bytes, name: str, cmdline: str,
         entry = image.physical(image.entry)
     end = max(s.paddr + s.memsz for s in image.segments)
     check_boot_data(partition)
-    for s in image.segments:
-        check_fits(partition, "multiboot kernel segment", s.paddr, s.memsz)
+    elf_loader.check(partition, image, "multiboot kernel")
 
     # the boot information, built and checked before anything is written
     full_cmdline = f"{name} {cmdline}".strip() if cmdline else name
@@ -114,9 +115,10 @@ def load(partition: Partition, data: bytes, name: str, cmdline: str,
     if STRINGS + len(strings) > BOOT_DATA_END:
         raise InvalidArgument("the multiboot command line and names are too long")
 
+    entries = bounded_map(partition, MEMMAP_SIZE // 24)
     mmap = b"".join(struct.pack("<IQQI", 20, base, length, kind)
-                    for base, length, kind in bounded_map(partition, 24))
-    ram = [(b, n) for b, n, k in memory_map(partition) if k == 1]
+                    for base, length, kind in entries)
+    ram = [(b, n) for b, n, k in entries if k == E820_RAM]
     lower = next((n for b, n in ram if b == 0), 0) // 1024
     upper = next((n for b, n in ram if b == 0x100000), 0) // 1024
     info_flags = INFO_MEMORY | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME | \
@@ -127,16 +129,10 @@ def load(partition: Partition, data: bytes, name: str, cmdline: str,
     module_list = b"".join(struct.pack("<IIII", at, at + len(blob), name_at, 0)
                            for at, blob, name_at in modules)
 
-    regions = elf_loader.place(partition, image, "multiboot kernel")
-    for at, blob, _ in modules:
-        partition.memory.write(at, blob)
-        regions.append((at, len(blob), "multiboot module"))
-    memory = partition.memory
-    memory.fill(INFO, STRINGS - INFO)
-    memory.write(INFO, info)
-    memory.write(MEMMAP, mmap)
-    memory.write(MODULES, module_list)
-    memory.write(STRINGS, bytes(strings))
-    regions.append((INFO, BOOT_DATA_END - INFO, "multiboot information"))
+    payloads = elf_loader.payloads(image, "multiboot kernel") + [
+        (at, blob, len(blob), "multiboot module") for at, blob, _ in modules]
+    regions = write_boot_data(partition, payloads, info, "multiboot information",
+                              memmap=mmap, modules=module_list, strings=bytes(strings),
+                              strings_what="command line and names")
     return BootImage("multiboot", "protected", entry,
                      {"rax": BOOTLOADER_MAGIC, "rbx": INFO}, regions, stack=STACK_TOP)
