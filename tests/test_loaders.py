@@ -229,6 +229,31 @@ def test_multiboot_kernel_too_big_for_the_partition(kvm, tmp_path):
             loaders.load(part, kernel)
 
 
+def test_e820_table_overflow_is_refused_not_truncated(kvm):
+    # 130 slots make more memory-map entries than the zero page's 128 e820 slots hold (the
+    # PVH and multiboot maps, 170 entries a page, still fit)
+    images = sample_images()
+    with pyhv.Partition(memory="32M") as part:
+        for i in range(130):
+            part.map_memory(0x4000000 + i * 0x2000, 0x1000)
+        assert len(layout.memory_map(part)) > 128
+        with pytest.raises(pyhv.ImageFormatError, match="e820 table"):
+            loaders.load(part, images["linux"])
+        for fmt in ("pvh", "multiboot"):
+            assert loaders.load(part, images[fmt]).format == fmt
+
+
+@pytest.mark.parametrize("fmt", ["linux", "pvh"])
+def test_linux_command_line_of_the_maximum_length(kvm, fmt):
+    # the bzImage says cmdline_size 2048: 2048 bytes and the NUL after them; PVH takes 4096
+    most = 2048 if fmt == "linux" else 4096
+    with pyhv.Partition(memory="32M") as part:
+        loaders.load(part, sample_images()[fmt], cmdline="x" * most)
+        assert part.memory.read(layout.STRINGS, most + 1) == b"x" * most + b"\0"
+        with pytest.raises(pyhv.InvalidArgument, match=f"has {most + 1} bytes: at most {most} "):
+            loaders.load(part, sample_images()[fmt], cmdline="x" * (most + 1))
+
+
 def test_loaders_parse_check_and_map_once(kvm, monkeypatch):
     # auto-detection hands its parsed ELF on; segments are checked once; multiboot builds its
     # memory map once

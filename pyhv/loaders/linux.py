@@ -35,7 +35,6 @@ from .layout import (
     bounded_map,
     check_boot_data,
     check_fits,
-    memory_map,
     page_up,
     ram_end_below,
     write_boot_data,
@@ -122,10 +121,14 @@ def _initrd_place(partition: Partition, size: int, limit: int, after: int) -> in
 
 
 def _cmdline(cmdline: str, limit: int) -> bytes:
-    raw = cmdline.encode() + b"\0"
-    if len(raw) > min(limit, BOOT_DATA_END - STRINGS):
-        raise InvalidArgument(f"the kernel command line is longer than {limit - 1} bytes")
-    return raw
+    """The command line, NUL-terminated; ``limit`` is the most bytes it may have before its
+    NUL (the boot protocol's ``cmdline_size``), and the boot data area bounds it too."""
+    raw = cmdline.encode()
+    most = min(limit, BOOT_DATA_END - STRINGS - 1)
+    if len(raw) > most:
+        raise InvalidArgument(f"the kernel command line has {len(raw)} bytes: at most {most} "
+                              "fit (not counting its terminating NUL)")
+    return raw + b"\0"
 
 
 def load_bzimage(partition: Partition, data: bytes, name: str, cmdline: str,
@@ -147,7 +150,7 @@ def load_bzimage(partition: Partition, data: bytes, name: str, cmdline: str,
         limit = _u(data, 0x22C, 4) or 0x37FFFFFF
         ramdisk_at = _initrd_place(partition, len(ramdisk), limit + 1, load_at + init_size)
         check_fits(partition, "initrd", ramdisk_at, len(ramdisk))
-    e820 = memory_map(partition)[:E820_MAX]
+    e820 = bounded_map(partition, E820_MAX, "the zero page's e820 table")
 
     zero_page = bytearray(4096)
     header_end = 0x202 + data[0x201]
