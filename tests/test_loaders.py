@@ -254,6 +254,16 @@ def test_linux_command_line_of_the_maximum_length(kvm, fmt):
             loaders.load(part, sample_images()[fmt], cmdline="x" * (most + 1))
 
 
+@pytest.mark.parametrize("fmt", ["flat", "elf"])
+@pytest.mark.parametrize("detected", [False, True], ids=["named", "detected"])
+def test_flat_and_elf_images_refuse_a_command_line_or_initrd(part, fmt, detected):
+    image = b"\xf4" if fmt == "flat" else sample_images()["elf"]
+    for extra in ({"cmdline": "console=ttyS0"}, {"initrd": b"ramdisk"}):
+        with pytest.raises(pyhv.InvalidArgument, match=f"a {fmt} image takes no command line"):
+            loaders.load(part, image, "auto" if detected else fmt, **extra)
+    assert part.memory.read(0x100000, 1) == b"\0" and part.memory.read(0x200000, 1) == b"\0"
+
+
 def test_loaders_parse_check_and_map_once(kvm, monkeypatch):
     # auto-detection hands its parsed ELF on; segments are checked once; multiboot builds its
     # memory map once

@@ -91,7 +91,8 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
     """Load ``image`` into ``partition``'s memory.
 
     ``cmdline`` and ``initrd`` go to multiboot (the command line is the image path followed by
-    ``cmdline``, the initrd the first module, as QEMU does) and Linux images.
+    ``cmdline``, the initrd the first module, as QEMU does) and Linux images; flat and ELF
+    images have nowhere to put them, and refuse them (:class:`pyhv.InvalidArgument`).
     ``address`` and ``mode`` are for flat binaries (default 0x100000, long mode).
     """
     from . import elf, flat, linux, multiboot
@@ -101,6 +102,9 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
     if not data:
         raise ImageFormatError(f"{name}: the image is empty")
     chosen, parsed = _detect(data) if format == "auto" else (format, None)
+    if chosen in ("flat", "elf") and (cmdline or initrd is not None):
+        raise InvalidArgument(f"{name}: a {chosen} image takes no command line or initrd "
+                              "(only multiboot and Linux kernels do)")
     ramdisk = None if initrd is None else read_image(initrd)
     if chosen == "flat":
         return flat.load(partition, data, 0x100000 if address is None else address, mode)
