@@ -141,10 +141,17 @@ def elf_cases(elf: bytes) -> dict[str, bytes]:
     }
 
 
+def _with_flags(kernel: bytes, header: int, flags: int) -> bytes:
+    """``kernel`` with its multiboot header's flags changed (and the checksum to match)."""
+    checksum = (-(0x1BADB002 + flags)) & 0xFFFFFFFF
+    return _corrupt(kernel, header + 4, struct.pack("<II", flags, checksum))
+
+
 def multiboot_cases(kernel: bytes, header: int) -> dict[str, bytes]:
     flags_at = header + 4
     return {
         "bad checksum (no header)": _corrupt(kernel, header + 8, b"\0\0\0\0"),
+        "video mode required": _with_flags(kernel, header, 0x10003 | 0x4),
         "unknown required flag": _corrupt(kernel, flags_at, struct.pack("<I", 0x10003 | 0x20))
         [:header + 8] + struct.pack("<I", (-(0x1BADB002 + (0x10003 | 0x20))) & 0xFFFFFFFF)
         + kernel[header + 12:],
@@ -183,6 +190,7 @@ REASONS = {
     "elf/empty": "the image is empty",
     "multiboot/bad checksum (no header)": "no multiboot header",
     "multiboot/unknown required flag": r"multiboot features pyhv does not provide \(flags 0x20\)",
+    "multiboot/video mode required": r"\(flags 0x4\) \(video mode information",
     "multiboot/load address after header": "is not at or before the header address",
     "multiboot/load end beyond the file": r"load range .* does not fit the file",
     "multiboot/entry outside the image": "entry 0x50 is outside the image",

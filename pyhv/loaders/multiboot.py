@@ -5,7 +5,9 @@ flag bit 16 the header's own addresses place the image (the "a.out kludge"); oth
 kernel must be ELF and its segments are loaded.  The kernel starts in 32-bit protected mode
 with paging off and flat segments, EAX = 0x2BADB002 and EBX = the multiboot information:
 lower/upper memory, the memory map, the command line (the image path, then the appended
-text, as QEMU does), the boot loader name, and the modules (``initrd`` is the first).
+text, as QEMU does), the boot loader name, and the modules (``initrd`` is the first).  A kernel
+that requires video mode information (header flag 2) is refused, as the specification asks
+of a loader that cannot provide a required feature: pyhv has no display.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
 SEARCH = 8192
 FLAG_ALIGN_MODULES, FLAG_MEMORY_INFO, FLAG_VIDEO, FLAG_AOUT_KLUDGE = 1, 2, 4, 1 << 16
-UNDERSTOOD = FLAG_ALIGN_MODULES | FLAG_MEMORY_INFO | FLAG_VIDEO   # bits 0-15 we can honour
+# the required features (bits 0-15) pyhv provides; the spec has a loader refuse a kernel that
+# requires any other, video mode information (bit 2) included: pyhv has no display
+UNDERSTOOD = FLAG_ALIGN_MODULES | FLAG_MEMORY_INFO
 INFO_MEMORY, INFO_CMDLINE, INFO_MODULES, INFO_MMAP, INFO_LOADER_NAME = 1, 4, 8, 64, 512
 
 
@@ -83,8 +87,9 @@ def load(partition: Partition, data: bytes, name: str, cmdline: str,
     offset, flags = found
     unknown = flags & 0xFFFF & ~UNDERSTOOD
     if unknown:
+        video = " (video mode information: pyhv has no display)" if unknown & FLAG_VIDEO else ""
         raise ImageFormatError(f"{name}: the kernel requires multiboot features pyhv does not "
-                               f"provide (flags {unknown:#x})")
+                               f"provide (flags {unknown:#x}){video}")
     if flags & FLAG_AOUT_KLUDGE:
         segment, entry = _aout_segment(data, offset, name)
         image = elf_loader.ElfImage(32, entry, [segment], [])
