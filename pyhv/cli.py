@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
             part.attach(devices.FwCfg(cpus=args.cpus))
             if args.debug_exit:
                 part.attach(devices.IsaDebugExit(args.debug_exit))
-            image = loaders.load(part, args.image, kind,
+            image = loaders.load(part, data, kind, name=name,   # the file is read once
                                  cmdline=args.append, initrd=args.initrd,
                                  address=args.address, mode=args.mode)
             image.create_vcpu(part)

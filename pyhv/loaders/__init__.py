@@ -87,18 +87,20 @@ def _detect(data: bytes) -> tuple[str, ElfImage | None]:
 
 def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: str = "auto", *,
          cmdline: str = "", initrd: str | os.PathLike[str] | bytes | None = None,
-         address: int | None = None, mode: str = "long") -> BootImage:
-    """Load ``image`` into ``partition``'s memory.
+         address: int | None = None, mode: str = "long", name: str | None = None) -> BootImage:
+    """Load ``image`` (a path, or the image's bytes) into ``partition``'s memory.
 
     ``cmdline`` and ``initrd`` go to multiboot (the command line is the image path followed by
     ``cmdline``, the initrd the first module, as QEMU does) and Linux images; flat and ELF
     images have nowhere to put them, and refuse them (:class:`pyhv.InvalidArgument`).
-    ``address`` and ``mode`` are for flat binaries (default 0x100000, long mode).
+    ``address`` and ``mode`` are for flat binaries (default 0x100000, long mode).  ``name``
+    names the image in errors and multiboot command lines (default: its path).
     """
     from . import elf, flat, linux, multiboot
     if format not in FORMATS:
         raise InvalidArgument(f"unknown image format {format!r}; choose from {FORMATS}")
-    data, name = read_image(image)
+    data, path = read_image(image)
+    name = path if name is None else name
     if not data:
         raise ImageFormatError(f"{name}: the image is empty")
     chosen, parsed = _detect(data) if format == "auto" else (format, None)
