@@ -161,6 +161,16 @@ class RunResult:
         return self
 
 
+
+def sink_writer(sink: Any) -> OutputSink:
+    """The callable that takes a sink's bytes: ``sink`` itself, or its ``write`` method (a
+    binary stream); anything else is refused now rather than in the middle of a run."""
+    write = sink.write if hasattr(sink, "write") else sink
+    if not callable(write):
+        raise InvalidArgument(f"sink {sink!r} is neither callable nor a stream")
+    return write
+
+
 _MISSING = object()
 _LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32, 8: 1 << 64}
 

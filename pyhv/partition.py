@@ -27,6 +27,7 @@ from .dispatch import (
     SyscallHandler,
     WriteHandler,
     run_with_handlers,
+    sink_writer,
 )
 from .errors import (
     ClosedError,
@@ -688,10 +689,7 @@ class Partition:
         ``write``).  It gets the bytes when the buffer fills, before any exit Python sees,
         and when the run ends: a serial transmit register costs no Python call per byte.
         """
-        write = sink.write if hasattr(sink, "write") else sink
-        if not callable(write):
-            raise InvalidArgument(f"sink {sink!r} is neither callable nor a stream")
-        return self._add_fast_port(port, lib.PYHV_PORT_BUFFERED, sink=write)
+        return self._add_fast_port(port, lib.PYHV_PORT_BUFFERED, sink=sink_writer(sink))
 
     def add_constant_port(self, port: int, value: int) -> Handler:
         """Answer the guest's INs from ``port`` with ``value`` in C (e.g. a UART's line

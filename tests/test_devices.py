@@ -288,3 +288,9 @@ def test_snapshots_carry_the_in_kernel_interrupt_controllers(kvm, tmp_path):
             uart.feed(b"Q")                  # the restored PIC still routes IRQ 4
             result = clone.run(timeout=30)
             assert isinstance(result.exit, exits.DebugExit) and result.exit.value == ord("Q")
+
+
+def test_a_uart_refuses_an_output_that_cannot_take_bytes():
+    # refused when attached, not with a TypeError in the middle of a guest's run
+    with pytest.raises(pyhv.InvalidArgument, match="neither callable nor a stream"):
+        devices.Uart16550(42)

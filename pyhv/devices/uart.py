@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._ffi import lib
+from ..dispatch import sink_writer
 from . import Device
 
 if TYPE_CHECKING:
@@ -50,8 +51,7 @@ class Uart16550(Device):
         self.name = name
         self.base = base
         self.irq = irq
-        write = getattr(output, "write", output)
-        self._write: Callable[[bytes], Any] | None = write
+        self._write = None if output is None else sink_writer(output)
         self.transmitted = bytearray() if output is None else None   # kept when no sink
         self.rx: deque[int] = deque()
         self.ier = self.lcr = self.mcr = self.scr = 0
