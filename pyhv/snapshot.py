@@ -183,6 +183,8 @@ class Snapshot:
                 for v in self.vcpus:
                     put(ffi.buffer(v.state))
                 f.write(digest.digest())
+                f.flush()
+                os.fsync(f.fileno())    # on disk before the rename: complete after a crash too
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
