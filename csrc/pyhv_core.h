@@ -260,6 +260,10 @@ void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
 int pyhv_vcpu_save_state(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t nmsrs,
                          uint32_t optional, struct pyhv_vcpu_state *out);
 int pyhv_vcpu_load_state(struct pyhv_vcpu *vcpu, const struct pyhv_vcpu_state *in);
+/* finish the instruction an unanswered exit left the vCPU inside (reads get all ones), so
+   that state can be loaded: 1 when guest code ran (it may have written memory), 0 when
+   nothing was pending, or -errno */
+int pyhv_vcpu_discard_pending(struct pyhv_vcpu *vcpu);
 /* which of these MSRs KVM lets this vCPU read and write back (their current values, in a
    few bulk calls): their indices go to ok (returns the count, or -errno) */
 int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t n,

@@ -70,7 +70,7 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
     /* Finishing one exit can raise the next at once (the second half of a 16-byte MMIO
        access, the next chunk of string IO): KVM_RUN then returns 0 with a new exit.  That
        state cannot be saved faithfully; when it is about to be overwritten (discard), the
-       reads are answered with all ones until the instruction is done. */
+       reads are answered with all ones until the chunk in progress is done. */
     int rounds = 0;
     while ((r = pyhv_ioctl(v->fd, KVM_RUN, NULL)) == 0) {
         if (!discard) {
@@ -78,7 +78,10 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
             r = -EBUSY;
             break;
         }
-        if (++rounds > 64) {
+        /* a string instruction finishes the chunk it is in (one PIO page, written to MMIO
+           8 bytes or fewer at a time: at most 4096 rounds); the next chunk starts only on
+           guest entry, which immediate_exit prevents */
+        if (++rounds > 8192) {
             r = -EBUSY;
             break;
         }
@@ -201,6 +204,14 @@ int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_
     memcpy(out->msr_index, msr_index, nmsrs * sizeof(uint32_t));
     out->nmsrs = nmsrs;
     return msrs_io(v, KVM_GET_MSRS, out->msr_index, out->msr_value, nmsrs);
+}
+
+int pyhv_vcpu_discard_pending(struct pyhv_vcpu *v)
+{
+    if (!v->needs_flush && !v->exit_waiting)
+        return 0;
+    int rc = flush_pending(v, 0, 1);
+    return rc < 0 ? rc : 1;
 }
 
 int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)

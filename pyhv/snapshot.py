@@ -523,21 +523,9 @@ def check_restorable(partition: Partition, snap: Snapshot) -> bool:
     return fast
 
 
-def restore_snapshot(partition: Partition, snap: Snapshot, fast: bool) -> int:
-    """Bring ``partition`` (not running, checked by :func:`check_restorable`) back to
-    ``snap``; returns the number of pages copied."""
+def _restore_memory(partition: Partition, snap: Snapshot, fast: bool) -> int:
+    """Copy back the pages that may differ from ``snap``; returns how many were copied."""
     tracker = partition._tracker
-    # vCPUs first: loading one may first finish an instruction it was inside (a string IN
-    # writes guest memory), which the memory copy below must then undo
-    for vcpu, vcpu_image in zip(partition.vcpus, snap.vcpus, strict=True):
-        check_rc(lib.pyhv_vcpu_load_state(vcpu._handle(), vcpu_image.state),
-                 f"loading the state of vCPU {vcpu.id}")
-        vcpu.mode = vcpu_image.mode
-        if vcpu_image.stubs:
-            vcpu._enable_stubs()
-        else:          # the snapshot's vCPU had no stubs: halts there are plain halts
-            vcpu._stubs = False
-            vcpu._stub_lo = vcpu._stub_hi = partition.setup_base
     copied = 0
     for slot, image in zip(partition.memory.slots, snap.slots, strict=True):
         pages = image.image.pages
@@ -553,6 +541,32 @@ def restore_snapshot(partition: Partition, snap: Snapshot, fast: bool) -> int:
         changed = image.image.bitmap_copy()
         check_rc(lib.pyhv_memory_resident(slot._pointer, pages, changed), "page residency")
         copied += lib.pyhv_copy_pages(slot._pointer, image.image.data, changed, pages)
+    return copied
+
+
+def restore_snapshot(partition: Partition, snap: Snapshot, fast: bool) -> int:
+    """Bring ``partition`` (not running, checked by :func:`check_restorable`) back to
+    ``snap``; returns the number of pages copied."""
+    copied = _restore_memory(partition, snap, fast)
+    # A vCPU stopped inside an instruction (string IO, a split MMIO access) must finish it
+    # before its state can be loaded; that runs after the memory copy, so the instruction
+    # at its RIP is already the snapshot's (a random `rep insb` would otherwise go on for
+    # up to 2^32 rounds).  What the finish wrote is copied back in a second, short pass.
+    finished = 0
+    for vcpu in partition.vcpus:
+        finished |= check_rc(lib.pyhv_vcpu_discard_pending(vcpu._handle()),
+                             f"finishing the pending exit of vCPU {vcpu.id}")
+    if finished:
+        copied += _restore_memory(partition, snap, fast)
+    for vcpu, vcpu_image in zip(partition.vcpus, snap.vcpus, strict=True):
+        check_rc(lib.pyhv_vcpu_load_state(vcpu._handle(), vcpu_image.state),
+                 f"loading the state of vCPU {vcpu.id}")
+        vcpu.mode = vcpu_image.mode
+        if vcpu_image.stubs:
+            vcpu._enable_stubs()
+        else:          # the snapshot's vCPU had no stubs: halts there are plain halts
+            vcpu._stubs = False
+            vcpu._stub_lo = vcpu._stub_hi = partition.setup_base
     load_chips(partition, snap.chips)
     for name, state in snap.devices.items():
         device = partition.devices.get(name)

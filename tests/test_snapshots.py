@@ -499,3 +499,23 @@ def test_restorable_msrs_skip_the_ones_kvm_refuses(part):
     n = lib.pyhv_vcpu_restorable_msrs(handle, candidates, len(candidates), ok)
     assert list(ok)[:n] == expected
     assert lib.pyhv_vcpu_restorable_msrs(handle, [], 0, ok) == 0
+
+
+def test_restore_ends_a_string_instruction_with_a_huge_count(kvm):
+    # `rep insb` into MMIO: each page of input leaves as 128 eight-byte MMIO writes, and the
+    # count asks for 2^32 bytes; restore must finish the vCPU's instruction and throw it away
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x100000, b"\xf4")
+        cpu = part.create_vcpu(mode="protected", entry=0x100000)
+        snap = part.snapshot()
+        before = part.memory.read(0, 16 << 20)
+        part.memory.write(0x100000, assemble(
+            "mov $0xD0000000, %edi\nmov $0x60, %dx\nmov $0xffffffff, %ecx\ncld\nrep insb\nhlt",
+            bits=32, origin=0x100000))
+        ex = cpu.run(timeout=10)
+        assert isinstance(ex, exits.IoIn) and ex.count > 8
+        ex.complete(bytes(range(256)) * (ex.count // 256) + bytes(ex.count % 256))
+        assert isinstance(cpu.run(timeout=10), exits.MmioWrite)   # in the middle of a page
+        part.restore(snap)                       # used to fail with EBUSY
+        assert part.memory.read(0, 16 << 20) == before
+        assert isinstance(cpu.run(timeout=10), exits.Halt)
