@@ -135,24 +135,6 @@ def test_a_closed_vcpu_leaves_the_partition(part):
     part.stop()
 
 
-def test_snapshot_inside_a_two_exit_instruction(part):
-    # a 16-byte MMIO load is two 8-byte exits; a snapshot between them is refused and the
-    # second exit is still delivered
-    part.memory.write(0x100000, assemble("mov $0xD0000000, %ebx\nmovdqu (%rbx), %xmm0\nhlt",
-                                         origin=0x100000))
-    cpu = part.create_vcpu(mode="long", entry=0x100000)
-    first = cpu.run(timeout=10)
-    assert isinstance(first, exits.MmioRead) and first.size == 8
-    first.complete(0x1111)
-    with pytest.raises(pyhv.StateError, match="another exit"):
-        part.snapshot()
-    second = cpu.run(timeout=10)
-    assert isinstance(second, exits.MmioRead) and second.gpa == 0xD0000008
-    second.complete(0x2222)
-    assert isinstance(cpu.run(timeout=10), exits.Halt)
-    assert cpu.fpu.xmm[0] == struct.pack("<QQ", 0x1111, 0x2222)
-
-
 def test_doorbells_of_a_dropped_partition_are_closed(kvm):
     pyhv.check()
     before = fd_count()
