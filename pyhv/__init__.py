@@ -2,18 +2,36 @@
 
 >>> import pyhv
 >>> from pyhv import exits
->>> with pyhv.Partition(memory="16M") as part:                     # doctest: +SKIP
+>>> with pyhv.Partition(memory="16M") as part:
 ...     part.memory.write(0x1000, bytes.fromhex("b0 21 e6 f8 f4"))  # mov al,'!'; out 0xf8,al; hlt
 ...     cpu = part.create_vcpu(mode="long", entry=0x1000)
-...     match cpu.run():
+...     match cpu.run(timeout=5):
 ...         case exits.IoOut(port=0xF8, data=d): print(d)
 b'!'
+
+The package is layered: :mod:`pyhv._native` (the only user of the C core) below
+:mod:`pyhv.x86` and :mod:`pyhv.exits` (plain values), :mod:`pyhv.core` (memory, vCPUs, the
+run loop, buses, fast paths, lifecycle), then snapshots, devices and loaders, the
+:class:`Partition` facade and pool, and the tools (CLI, demo, stress, testing).
 """
 
 from __future__ import annotations
 
 from . import devices, exits, loaders
-from .dispatch import EndRun, Handler, RunResult
+from ._native import Feature
+from .core.buses import EndRun, Handler, Space
+from .core.fastpath import Doorbell, FastPort, PortKind
+from .core.hypervisor import (
+    OPTIONAL_FEATURES,
+    REQUIRED_FEATURES,
+    Capabilities,
+    Hypervisor,
+    check,
+)
+from .core.lifecycle import PartitionState
+from .core.loop import RunResult
+from .core.memory import GuestMemory, MemorySlot, parse_size
+from .core.vcpu import VCpu, VCpuStats
 from .errors import (
     ClosedError,
     GuestMemoryError,
@@ -32,21 +50,20 @@ from .errors import (
     Timeout,
     UnhandledExit,
 )
-from .lifecycle import PartitionState
-from .memory import GuestMemory, MemorySlot, parse_size
-from .partition import Doorbell, Partition
+from .partition import Partition
 from .pool import PartitionPool
-from .registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
 from .snapshot import Snapshot, SnapshotFormatError
-from .system import Capabilities, CpuidEntry, Hypervisor, check
-from .vcpu import VCpu, VCpuStats
-
-try:
-    from ._version import version as __version__
-except ImportError:  # pragma: no cover - running from a tree that was never built
-    __version__ = "0.0.0+unknown"
+from .version import __version__
+from .x86.cpuid import CpuidEntry
+from .x86.registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
 
 __all__ = [
+    "OPTIONAL_FEATURES",
+    "REQUIRED_FEATURES",
+    "FastPort",
+    "Feature",
+    "PortKind",
+    "Space",
     "devices",
     "loaders",
     "Capabilities",

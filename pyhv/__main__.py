@@ -1,5 +1,5 @@
 """``python -m pyhv`` is the ``pyhv`` command."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

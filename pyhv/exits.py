@@ -1,34 +1,67 @@
 """Typed VM exits: what :meth:`pyhv.VCpu.run` returns, one frozen dataclass per kind.
 
-They work with ``match``::
+They work with ``match``:
 
-    match cpu.run():
-        case exits.IoOut(port=0x3F8, data=d): print(d.decode())
-        case exits.IoIn(port=0x60) as io: io.complete(0x5A)
-        case exits.MmioRead(gpa=a, size=n) as m: m.complete(0)
-        case exits.MmioWrite(gpa=a, data=d): ...
-        case exits.Halt() | exits.Shutdown(): ...
+>>> from pyhv import exits
+>>> def describe(exit: exits.Exit) -> str:
+...     match exit:
+...         case exits.IoOut(port=0x3F8, data=d): return f"serial {d!r}"
+...         case exits.MmioWrite(gpa=a, data=d): return f"MMIO write at {a:#x}"
+...         case exits.Halt() | exits.Shutdown(): return "stopped"
+...         case _: return "other"
+>>> describe(exits.IoOut(0x3F8, 1, b"A"))
+"serial b'A'"
+>>> describe(exits.Halt(rip=0x1001)), exits.Halt(rip=0x1001)
+('stopped', Halt(rip=0x1001))
 
 Every exit carries ``rip``, the guest's instruction pointer after the exit (None where the
-backend does not report it cheaply).  :class:`IoIn` and :class:`MmioRead` must be answered
-with ``complete()`` before the vCPU runs again; an unanswered read sees all ones (0xFF...),
-like a read from an empty bus.
+backend does not report it cheaply).  :class:`IoIn`, :class:`MmioRead` and the MSR exits
+must be answered with ``complete()`` before the vCPU runs again; an unanswered read sees all
+ones (0xFF...), like a read from an empty bus, and an unanswered MSR access faults (#GP).
+
+Each kind says how it bears on a run (class attributes, not lists kept elsewhere):
+``fault`` (the guest cannot go on: the partition is poisoned), ``clean_end`` (ends a
+handler-driven run without poisoning it) and ``machine_end`` (the whole machine stopped, so
+:meth:`pyhv.Partition.run_all` stops every vCPU).
+
+This module is plain data: it imports nothing of KVM.  Exits that take an answer hold the
+object that delivers it (:class:`Completer`), given by whoever decoded them.
 """
 
 from __future__ import annotations
 
-import errno
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
-from ._ffi import ffi, lib
-from .errors import HandlerError, StaleExitError, check_rc
-from .system import detect_backend
+from .errors import HandlerError, StaleExitError
 
-if TYPE_CHECKING:
-    from .vcpu import VCpu
+__all__ = [
+    "Canceled",
+    "Completer",
+    "Debug",
+    "DebugExit",
+    "Exit",
+    "FailEntry",
+    "GuestException",
+    "Halt",
+    "Hypercall",
+    "InternalError",
+    "InvalidExit",
+    "IoIn",
+    "IoOut",
+    "MmioRead",
+    "MmioWrite",
+    "MsrRead",
+    "MsrWrite",
+    "Reset",
+    "Shutdown",
+    "Syscall",
+    "SystemEvent",
+    "Unknown",
+    "encode_answer",
+    "kvm_exit_name",
+]
 
 _KVM_EXIT_NAMES = (
     "UNKNOWN", "EXCEPTION", "IO", "HYPERCALL", "DEBUG", "HLT", "MMIO", "IRQ_WINDOW_OPEN",
@@ -41,12 +74,17 @@ _KVM_EXIT_NAMES = (
 
 
 def kvm_exit_name(reason: int) -> str:
-    """``KVM_EXIT_*`` name of a raw exit reason."""
+    """``KVM_EXIT_*`` name of a raw exit reason.
+
+    >>> kvm_exit_name(2), kvm_exit_name(500)
+    ('KVM_EXIT_IO', 'KVM_EXIT_500')
+    """
     if 0 <= reason < len(_KVM_EXIT_NAMES):
         return "KVM_EXIT_" + _KVM_EXIT_NAMES[reason]
     return f"KVM_EXIT_{reason}"
 
 
+_LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32, 8: 1 << 64}
 
 
 def encode_answer(value: Any, size: int, count: int, what: str) -> bytes:
@@ -54,6 +92,12 @@ def encode_answer(value: Any, size: int, count: int, what: str) -> bytes:
 
     ``value`` is an int (one element of ``size`` bytes), ``bytes`` of exactly
     ``size * count`` bytes, or a sequence of ``count`` ints (string IN).
+
+    >>> encode_answer(0x1234, 2, 1, "IN"), encode_answer([1, 2], 1, 2, "IN")
+    (b'4\\x12', b'\\x01\\x02')
+    >>> encode_answer(256, 1, 1, "IN from port 0x60")
+    Traceback (most recent call last):
+    pyhv.errors.HandlerError: IN from port 0x60: answer 0x100 does not fit in 1 byte(s)
     """
     if isinstance(value, int) and not isinstance(value, bool):
         if count != 1:
@@ -75,13 +119,48 @@ def encode_answer(value: Any, size: int, count: int, what: str) -> bytes:
     raise HandlerError(f"{what}: answer must be an int or bytes, not {type(value).__name__}")
 
 
+def fits(value: Any, size: int) -> bool:
+    """``value`` is a plain int that fits ``size`` bytes (the common answer, checked fast)."""
+    return type(value) is int and 0 <= value < _LIMITS[size]
+
+
+class Completer(Protocol):
+    """Who delivers the answer of an exit that takes one (the vCPU that made it)."""
+
+    def complete_read(self, seq: int, value: Any, size: int, count: int, what: str) -> None:
+        """Give the guest ``value`` for the IN/MMIO read of run ``seq``."""
+
+    def complete_msr(self, seq: int, value: int, fault: bool, what: str) -> None:
+        """Answer the MSR access of run ``seq``: ``value`` for a read, or #GP if ``fault``."""
+
+    def current_seq(self) -> int:
+        """The number of the vCPU's latest run (an exit of an older one is stale)."""
+
+
+class ExceptionFrames(Protocol):
+    """What :class:`GuestException` and :class:`Syscall` need of their vCPU."""
+
+    def current_seq(self) -> int:
+        """The number of the vCPU's latest run."""
+
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        """Write guest memory (the exception frame's return address)."""
+
+    def set_result(self, value: int) -> None:
+        """Set RAX (a system call's result)."""
+
+
 _HEX_FIELDS = frozenset({"rip", "port", "gpa", "pc", "dr6", "dr7", "hardware_reason", "cr2",
-                         "error_code"})
+                         "error_code", "index", "value"})
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Exit:
     """Base of all exits."""
+
+    fault: ClassVar[bool] = False          # the guest cannot go on: poisons the partition
+    clean_end: ClassVar[bool] = False      # ends a handler-driven run without poisoning it
+    machine_end: ClassVar[bool] = False    # the whole machine stopped (run_all stops all)
 
     rip: int | None = field(default=None, kw_only=True)
 
@@ -103,26 +182,22 @@ class _Completable(Exit):
     _vcpu: Any = field(default=None, kw_only=True, repr=False, compare=False)
     _seq: int = field(default=0, kw_only=True, repr=False, compare=False)
 
-    def _answer(self, value: Any, size: int, count: int, what: str) -> None:
+    def _completer(self, what: str) -> Completer:
         if self._vcpu is None:
             raise StaleExitError(f"{what}: this exit does not belong to a vCPU")
-        ptr = self._vcpu._handle()
-        if count == 1 and isinstance(value, int) and not isinstance(value, bool):
-            encode_answer(value, size, 1, what)       # range check only
-            rc = lib.pyhv_vcpu_complete_in_value(ptr, self._seq, value)
-        else:
-            data = encode_answer(value, size, count, what)
-            rc = lib.pyhv_vcpu_complete_in(ptr, self._seq, data, len(data))
-        if rc == -_ESTALE:
-            raise StaleExitError(f"{what}: the vCPU has run since this exit; complete an exit "
-                                 "before running the vCPU again")
-        check_rc(rc, what)
+        vcpu: Completer = self._vcpu
+        return vcpu
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class IoOut(Exit):
     """The guest wrote ``data`` to ``port`` (``count`` elements of ``size`` bytes: count > 1
-    for string IO such as ``rep outsb``)."""
+    for string IO such as ``rep outsb``).
+
+    >>> out = IoOut(0xE9, 2, b"\\x01\\x00\\x02\\x00", 2)
+    >>> out.value, out.values
+    (1, (1, 2))
+    """
 
     port: int
     size: int
@@ -153,8 +228,10 @@ class IoIn(_Completable):
 
     def complete(self, value: int | bytes | Sequence[int]) -> None:
         """Give the guest ``value``: an int for a single read, or bytes / a sequence of ints
-        for a string read (``rep insb``).  Sizes are checked."""
-        self._answer(value, self.size, self.count, f"IN from port {self.port:#x}")
+        for a string read (``rep insb``).  Sizes are checked; a second answer raises
+        :class:`pyhv.StaleExitError`."""
+        what = f"IN from port {self.port:#x}"
+        self._completer(what).complete_read(self._seq, value, self.size, self.count, what)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -168,7 +245,8 @@ class MmioRead(_Completable):
     def complete(self, value: int | bytes) -> None:
         """Give the guest ``value`` (an int that fits ``size`` bytes, or exactly ``size``
         bytes)."""
-        self._answer(value, self.size, 1, f"MMIO read at {self.gpa:#x}")
+        what = f"MMIO read at {self.gpa:#x}"
+        self._completer(what).complete_read(self._seq, value, self.size, 1, what)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -185,23 +263,73 @@ class MmioWrite(Exit):
         return int.from_bytes(self.data, "little")
 
 
+_MSR_REASONS = {1: "invalid", 2: "unknown", 4: "filter"}
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class MsrRead(_Completable):
+    """The guest executed ``rdmsr`` of ``index``, which pyhv routes to user space (see
+    :meth:`pyhv.Partition.add_msr_handler`).  :meth:`complete` gives EDX:EAX; :meth:`fail`
+    (or no answer at all) raises #GP in the guest."""
+
+    index: int
+    reason: int = 4
+
+    @property
+    def why(self) -> str:
+        """Why KVM handed it to user space: "filter", "unknown" or "invalid"."""
+        return _MSR_REASONS.get(self.reason, f"reason {self.reason}")
+
+    def complete(self, value: int) -> None:
+        """The guest reads ``value`` (64 bits)."""
+        what = f"RDMSR {self.index:#x}"
+        if not fits(value, 8):
+            raise HandlerError(f"{what}: answer {value!r} is not a 64-bit unsigned int")
+        self._completer(what).complete_msr(self._seq, value, False, what)
+
+    def fail(self) -> None:
+        """Raise #GP in the guest, as an unimplemented MSR does."""
+        what = f"RDMSR {self.index:#x}"
+        self._completer(what).complete_msr(self._seq, 0, True, what)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class MsrWrite(_Completable):
+    """The guest executed ``wrmsr`` of ``value`` to ``index``.  :meth:`complete` accepts it;
+    :meth:`fail` (or no answer) raises #GP in the guest."""
+
+    index: int
+    value: int
+    reason: int = 4
+
+    @property
+    def why(self) -> str:
+        return _MSR_REASONS.get(self.reason, f"reason {self.reason}")
+
+    def complete(self) -> None:
+        """Accept the write: the guest goes on after the ``wrmsr``."""
+        what = f"WRMSR {self.index:#x}"
+        self._completer(what).complete_msr(self._seq, 0, False, what)
+
+    def fail(self) -> None:
+        """Raise #GP in the guest."""
+        what = f"WRMSR {self.index:#x}"
+        self._completer(what).complete_msr(self._seq, 0, True, what)
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class Halt(Exit):
     """The guest executed ``hlt`` (with no in-kernel interrupt controller to wait on)."""
+
+    clean_end: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Shutdown(Exit):
     """The guest triple-faulted (or otherwise asked the CPU to shut down)."""
 
-
-_INTERNAL_ERRORS = {
-    1: "emulation failure: KVM could not emulate the instruction at RIP",
-    2: "an exception occurred while delivering another exception (simultaneous exceptions)",
-    3: "event delivery failed: a fault while delivering an interrupt or exception, often a "
-       "missing or broken IDT/GDT entry or an unmapped stack",
-    4: "the hardware exited for a reason KVM did not expect",
-}
+    fault: ClassVar[bool] = True
+    machine_end: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -212,6 +340,8 @@ class InternalError(Exit):
     kernel reports them (empty otherwise).
     """
 
+    fault: ClassVar[bool] = True
+
     suberror: int
     data: tuple[int, ...] = ()
     message: str = ""
@@ -221,6 +351,8 @@ class InternalError(Exit):
 @dataclass(frozen=True, slots=True, repr=False)
 class FailEntry(Exit):
     """The hardware refused to enter the guest (invalid guest state)."""
+
+    fault: ClassVar[bool] = True
 
     hardware_reason: int
     cpu: int
@@ -233,6 +365,8 @@ _SYSTEM_EVENTS = {1: "shutdown", 2: "reset", 3: "crash", 4: "wakeup", 5: "suspen
 class SystemEvent(Exit):
     """A platform event (``KVM_EXIT_SYSTEM_EVENT``): ``kind`` is "shutdown", "reset", ..."""
 
+    machine_end: ClassVar[bool] = True
+
     type: int
     data: tuple[int, ...] = ()
 
@@ -243,7 +377,10 @@ class SystemEvent(Exit):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Debug(Exit):
-    """A guest-debug exit (breakpoint, single step) when guest debugging is enabled."""
+    """A guest-debug exit (breakpoint, single step) when guest debugging is enabled.  It is
+    a stop the debugger asked for: it ends a handler-driven run without poisoning it."""
+
+    clean_end: ClassVar[bool] = True
 
     exception: int
     pc: int
@@ -263,11 +400,16 @@ class Hypercall(Exit):
 class Canceled(Exit):
     """The run was stopped by :meth:`pyhv.VCpu.cancel` / :meth:`pyhv.Partition.stop`."""
 
+    clean_end: ClassVar[bool] = True
+
 
 @dataclass(frozen=True, slots=True, repr=False)
 class DebugExit(Exit):
     """The guest wrote ``value`` to a debug-exit port (QEMU's isa-debug-exit): the run ended
     with exit status ``code`` = ``(value << 1) | 1``."""
+
+    clean_end: ClassVar[bool] = True
+    machine_end: ClassVar[bool] = True
 
     code: int
     value: int
@@ -277,6 +419,9 @@ class DebugExit(Exit):
 @dataclass(frozen=True, slots=True, repr=False)
 class Reset(Exit):
     """The guest asked the machine to reset (e.g. i8042 command 0xFE); ``source`` says how."""
+
+    clean_end: ClassVar[bool] = True
+    machine_end: ClassVar[bool] = True
 
     source: str
 
@@ -299,6 +444,9 @@ class GuestException(Exit):
     such as ``int3``), ``error_code`` is None for vectors without one, ``cr2`` is the faulting
     address of a page fault, ``user`` tells whether the guest was at CPL3.  Running the vCPU
     again returns to ``rip`` (re-executing a fault) unless :meth:`resume_at` moves it.
+
+    >>> GuestException(14, 2, cr2=0xdead0000, user=True, rip=0x100000).name
+    '#PF page fault'
     """
 
     vector: int
@@ -316,14 +464,14 @@ class GuestException(Exit):
 
     def resume_at(self, rip: int) -> None:
         """Return from the exception to ``rip`` instead (e.g. past a faulting instruction)."""
-        if self._vcpu is None:
+        vcpu: ExceptionFrames | None = self._vcpu
+        if vcpu is None:
             raise StaleExitError("this exception does not belong to a vCPU")
-        if self._vcpu._exit.seq != self._seq:   # its frame on the guest stack may be reused
+        if vcpu.current_seq() != self._seq:   # its frame on the guest stack may be reused
             raise StaleExitError("the vCPU has run since this exception; move it first")
-        size = self._width // 8
-        if not 0 <= rip < 1 << self._width:
-            raise HandlerError(f"rip {rip:#x} does not fit {self._width}-bit code")
-        self._vcpu.partition.memory.write(self._frame, rip.to_bytes(size, "little"))
+        if isinstance(rip, bool) or not isinstance(rip, int) or not 0 <= rip < 1 << self._width:
+            raise HandlerError(f"rip {rip!r} does not fit {self._width}-bit code")
+        vcpu.write_guest(self._frame, rip.to_bytes(self._width // 8, "little"))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -337,14 +485,17 @@ class Syscall(_Completable):
 
     def complete(self, result: int) -> None:
         """Return ``result`` to the payload in RAX (negative values wrap, as -errno does)."""
-        if self._vcpu is None or self._vcpu._exit.seq != self._seq:
+        vcpu: ExceptionFrames | None = self._vcpu
+        if vcpu is None or vcpu.current_seq() != self._seq:
             raise StaleExitError("the vCPU has run since this syscall; complete it first")
-        self._vcpu.regs.rax = result
+        vcpu.set_result(result)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class InvalidExit(Exit):
     """The kernel described an exit whose sizes or offsets pyhv refuses to trust."""
+
+    fault: ClassVar[bool] = True
 
     kvm_reason: int
     data: tuple[int, ...]
@@ -358,131 +509,3 @@ class Unknown(Exit):
     reason: int
     name: str
     data: tuple[int, ...] = ()
-
-
-# exits after which the guest cannot simply go on: they poison the partition
-FAULTS = (Shutdown, InternalError, FailEntry, InvalidExit)
-# exits that end a handler-driven run cleanly (anything else nobody handled poisons it)
-CLEAN_ENDS = (Halt, DebugExit, Canceled, Reset)
-
-
-# -- decoding the C core's struct pyhv_exit ------------------------------------------------
-_ESTALE = errno.ESTALE
-
-
-def _words(c: Any) -> tuple[int, ...]:
-    return tuple(c.data[i] for i in range(min(c.ndata, 16)))
-
-
-def _rip(c: Any) -> int | None:
-    return c.rip if c.rip_valid else None
-
-
-def _io(c: Any, vcpu: VCpu) -> Exit:
-    if c.io_in:
-        return IoIn(c.io_port, c.io_size, c.io_count, rip=_rip(c), _vcpu=vcpu, _seq=c.seq)
-    data = ffi.buffer(c.io_data, c.io_size * c.io_count)[:]
-    return IoOut(c.io_port, c.io_size, data, c.io_count, rip=_rip(c))
-
-
-def _mmio(c: Any, vcpu: VCpu) -> Exit:
-    if c.mmio_write:
-        return MmioWrite(c.mmio_gpa, c.mmio_len, bytes(c.mmio_data)[: c.mmio_len], rip=_rip(c))
-    return MmioRead(c.mmio_gpa, c.mmio_len, rip=_rip(c), _vcpu=vcpu, _seq=c.seq)
-
-
-_backend = functools.lru_cache(maxsize=1)(detect_backend)
-_EMULATION_FAILURE = 1
-_FLAG_INSTRUCTION_BYTES = 1
-
-
-def _failed_instruction(words: tuple[int, ...]) -> bytes:
-    """Instruction bytes of an emulation failure: data[0] holds flags, then a size byte and
-    up to 15 instruction bytes follow (KVM's ``emulation_failure`` layout)."""
-    if len(words) < 2 or not words[0] & _FLAG_INSTRUCTION_BYTES:
-        return b""
-    raw = b"".join(w.to_bytes(8, "little") for w in words[1:3])
-    size = min(raw[0], 15)
-    return raw[1:1 + size]
-
-
-def _internal(c: Any, vcpu: VCpu) -> Exit:
-    words = _words(c)
-    rip = _rip(c)
-    if rip is None:
-        rip = vcpu.regs.rip
-    text = _INTERNAL_ERRORS.get(c.code, f"suberror {c.code}")
-    message = f"KVM internal error at rip={rip:#x}: {text}"
-    instruction = _failed_instruction(words) if c.code == _EMULATION_FAILURE else b""
-    if instruction:
-        message += f" (bytes at rip: {instruction.hex(' ')})"
-        if _backend() == "kvm_pvm":
-            message += ("; kvm_pvm also reports this way some instructions that should raise "
-                        "#UD or #BP at ring 0, such as xgetbv with CR4.OSXSAVE off, rdpru, "
-                        "invpcid or int3")
-    elif words:
-        message += "; data " + " ".join(f"{w:#x}" for w in words)
-    return InternalError(c.code, words, message, instruction, rip=rip)
-
-
-def _unknown(c: Any, vcpu: VCpu) -> Exit:
-    return Unknown(c.kvm_reason, kvm_exit_name(c.kvm_reason), _words(c), rip=_rip(c))
-
-
-def _invalid(c: Any, vcpu: VCpu) -> Exit:
-    words = _words(c)
-    return InvalidExit(c.kvm_reason, words,
-                       f"{kvm_exit_name(c.kvm_reason)} with implausible fields {words}",
-                       rip=_rip(c))
-
-
-_BUILDERS: dict[int, Callable[[Any, VCpu], Exit]] = {
-    lib.PYHV_EXIT_IO: _io,
-    lib.PYHV_EXIT_MMIO: _mmio,
-    lib.PYHV_EXIT_HALT: lambda c, v: v._halt_exit(c),
-    lib.PYHV_EXIT_SHUTDOWN: lambda c, v: Shutdown(rip=_rip(c)),
-    lib.PYHV_EXIT_INTERNAL_ERROR: _internal,
-    lib.PYHV_EXIT_FAIL_ENTRY: lambda c, v: FailEntry(c.data[0], c.data[1], rip=_rip(c)),
-    lib.PYHV_EXIT_SYSTEM_EVENT: lambda c, v: SystemEvent(c.code, _words(c), rip=_rip(c)),
-    lib.PYHV_EXIT_DEBUG: lambda c, v: Debug(c.code, c.data[0], c.data[1], c.data[2],
-                                            rip=_rip(c)),
-    lib.PYHV_EXIT_HYPERCALL: lambda c, v: Hypercall(c.data[0], _words(c)[1:], rip=_rip(c)),
-    lib.PYHV_EXIT_CANCELED: lambda c, v: Canceled(),
-    lib.PYHV_EXIT_UNKNOWN: _unknown,
-    lib.PYHV_EXIT_DEBUG_EXIT: lambda c, v: DebugExit((c.data[0] << 1) | 1, c.data[0], c.data[1],
-                                                     rip=_rip(c)),
-    lib.PYHV_EXIT_BAD_EXIT: _invalid,
-}
-
-
-def decode(c: Any, vcpu: VCpu) -> Exit:
-    """Build the typed exit for the C core's ``struct pyhv_exit`` ``c``."""
-    return _BUILDERS.get(c.reason, _unknown)(c, vcpu)
-
-
-__all__ = [
-    "CLEAN_ENDS",
-    "FAULTS",
-    "Canceled",
-    "Debug",
-    "DebugExit",
-    "Exit",
-    "FailEntry",
-    "GuestException",
-    "Halt",
-    "Hypercall",
-    "InternalError",
-    "InvalidExit",
-    "IoIn",
-    "IoOut",
-    "MmioRead",
-    "MmioWrite",
-    "Reset",
-    "Shutdown",
-    "Syscall",
-    "SystemEvent",
-    "Unknown",
-    "decode",
-    "encode_answer",
-    "kvm_exit_name",
-]

@@ -1,9 +1,17 @@
 """A pool of ready partitions, each handed out in the state of a template snapshot.
 
->>> template = part.snapshot()                                  # doctest: +SKIP
->>> pool = pyhv.PartitionPool(template, size=4, setup=add_my_handlers)   # doctest: +SKIP
->>> with pool.lease() as guest:                                 # doctest: +SKIP
-...     guest.run(timeout=1)
+>>> import pyhv
+>>> with pyhv.Partition(memory="1M") as part:
+...     part.memory.write(0x1000, bytes.fromhex("48 ff c0 f4"))   # inc %rax; hlt
+...     _ = part.create_vcpu(mode="long", entry=0x1000)
+...     template = part.snapshot()
+>>> with pyhv.PartitionPool(template, size=2) as pool:
+...     for _ in range(3):
+...         with pool.lease() as guest:             # always in the template's state
+...             print(guest.run(timeout=5).exit, guest.vcpus[0].regs.rax)
+Halt(rip=0x1004) 1
+Halt(rip=0x1004) 1
+Halt(rip=0x1004) 1
 
 "Get a fresh guest, run it, give it back" then skips VM creation entirely: giving a partition
 back restores the template, which copies only the pages the guest dirtied.
@@ -15,10 +23,10 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 
+from .core.hypervisor import Hypervisor
 from .errors import ClosedError, InvalidArgument
 from .partition import Partition
 from .snapshot import Snapshot
-from .system import Hypervisor
 
 
 class PartitionPool:

@@ -74,3 +74,13 @@ def run_in_background(part: pyhv.Partition, run: Callable[[], Any]) -> tuple[thr
         assert runner.is_alive() and time.monotonic() < deadline, "the run never started"
         time.sleep(0.01)
     return runner, results
+
+
+def native_vcpu(cpu: pyhv.VCpu):
+    """The vCPU's fd wrapper (pyhv._native.VcpuFd), for tests of the C core itself."""
+    return cpu._fd
+
+
+def native_vm(part: pyhv.Partition):
+    """The partition's VM fd wrapper (pyhv._native.VmFd), for tests of the C core itself."""
+    return part._vm

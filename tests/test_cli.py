@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pyhv.demo import demo_image
+from pyhv.tools.demo import demo_image
 from pyhv.testing import assemble_file
 
 DEMO_SOURCE = Path(__file__).parents[1] / "pyhv" / "guests" / "demo.S"
@@ -142,9 +142,9 @@ def test_output_into_a_closed_pipe_ends_quietly(kvm):
 def test_stress_without_kvm_fails_clearly(tmp_path):
     # the child gets a /dev/kvm path that does not exist: no traceback, a one-line error
     proc = subprocess.run([sys.executable, "-c",
-                           "import sys, pyhv.system as s; "
+                           "import sys, pyhv.core.hypervisor as s; "
                            "s.Hypervisor.__init__.__defaults__ = (sys.argv[1],); "
-                           "from pyhv.cli import main; raise SystemExit(main(['stress', "
+                           "from pyhv.tools.cli import main; raise SystemExit(main(['stress', "
                            "'races', '--count', '1']))", str(tmp_path / "kvm")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr

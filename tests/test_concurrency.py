@@ -8,7 +8,8 @@ import time
 import pytest
 
 import pyhv
-from pyhv import exits, stress
+from pyhv import exits
+from pyhv.tools import stress
 from pyhv.testing import assemble
 
 from .conftest import guest_code
@@ -57,7 +58,8 @@ def test_run_all_runs_each_vcpu_on_its_own_thread(kvm):
         threads = set()
 
         def read(port, size):
-            threads.add(threading.get_ident())
+            # the Thread objects, not get_ident(): Linux reuses an ident once a thread ends
+            threads.add(threading.current_thread())
             return 1
 
         part.add_io_handler(range(0x60, 0x62), read=read)
@@ -65,7 +67,7 @@ def test_run_all_runs_each_vcpu_on_its_own_thread(kvm):
         results = part.run_all(timeout=30)
         assert [r.vcpu for r in results] == [a, b]
         assert all(r.halted and r.exits_handled == 5 for r in results)
-        assert len(threads) == 2 and threading.get_ident() not in threads
+        assert len(threads) == 2 and threading.current_thread() not in threads
 
 
 def test_run_all_stops_everyone_when_a_handler_raises(kvm):
@@ -98,13 +100,13 @@ def test_run_all_stops_a_vcpu_that_had_not_started_when_the_machine_ended(part, 
     part.add_debug_exit(0xF4)
     first = part.create_vcpu(mode="long", entry=0x1000, stack=0x70000)
     late = part.create_vcpu(mode="long", entry=0x2000, stack=0x60000)
-    begin = late._begin
+    serve = late.serve
 
-    def slow_begin(timeout):              # its thread enters the run after vCPU 0 has ended
+    def slow_serve(timeout):              # its thread enters the run after vCPU 0 has ended
         time.sleep(0.5)
-        return begin(timeout)
+        return serve(timeout)
 
-    monkeypatch.setattr(late, "_begin", slow_begin)
+    monkeypatch.setattr(late, "serve", slow_serve)
     results = part.run_all(timeout=10)    # used to spin until this timeout
     assert isinstance(results[0].exit, exits.DebugExit) and results[0].vcpu is first
     assert isinstance(results[1].exit, exits.Canceled)

@@ -153,7 +153,7 @@ def test_coalesced_ring_overflow_keeps_order(kvm):
 
 @pytest.mark.parametrize("mode, bits", [("real", 16), ("protected", 32), ("user", 64)])
 def test_random_code_in_every_mode_is_contained(mode, bits):
-    from pyhv import stress
+    from pyhv.tools import stress
     report = stress.fuzz(60, seed=bits, modes=(mode,), timeout=0.1)
     assert report.cases == 60 and sum(report.exits.values()) == 60
     assert report.longest < BOUND and report.fds[0] == report.fds[1]

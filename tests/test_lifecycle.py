@@ -51,8 +51,14 @@ def test_close_is_idempotent_and_closed_objects_refuse_work(kvm):
         cpu.regs.rax
     with pytest.raises(pyhv.ClosedError):
         part.map_memory(0x100000, 0x1000)
-    with pytest.raises(pyhv.GuestMemoryError):
+    with pytest.raises(pyhv.ClosedError):
         part.memory.read(0x1000, 1)                # the slots went with the partition
+    with pytest.raises(pyhv.ClosedError):
+        part.memory.write(0x1000, b"x")
+    with pytest.raises(pyhv.ClosedError):
+        part.create_vcpu(mode="real", entry=0x1000)
+    with pytest.raises(pyhv.ClosedError):
+        part.add_io_handler(0x60, read=lambda port, size: 0)
     with pytest.raises(pyhv.ClosedError):
         part.run()
 

@@ -6,7 +6,7 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.memory import parse_size
+from pyhv.core.memory import parse_size
 
 from .conftest import fd_count
 

@@ -6,7 +6,7 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.modes import (
+from pyhv.x86.setup import (
     CODE32_SELECTOR,
     CODE64_SELECTOR,
     DEFAULT_SETUP_BASE,
@@ -14,7 +14,7 @@ from pyhv.modes import (
     SETUP_MAX_SIZE,
     mapped_gibs,
     page_tables,
-    setup_region_size,
+    region_size,
 )
 
 from .conftest import boot
@@ -128,9 +128,10 @@ def test_the_setup_region_size_is_counted_exactly(kvm, slots):
         for gpa in slots:
             part.map_memory(gpa, 0x200000)
         boot(part, "above_4g")
-        size = setup_region_size(part, long_mode=True)
+        spans = part.memory.spans()
+        size = region_size(part.setup_base, spans, long_mode=True)
         at = part.setup_base + PAGE_TABLES_OFFSET
-        tables = page_tables(at, mapped_gibs(part), (part.setup_base,
-                                                     part.setup_base + SETUP_MAX_SIZE))
+        tables = page_tables(at, mapped_gibs(spans), (part.setup_base,
+                                                      part.setup_base + SETUP_MAX_SIZE))
         assert size == PAGE_TABLES_OFFSET + len(tables)
         assert part.memory.read(at, len(tables)) == tables

@@ -8,7 +8,7 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.registers import GENERAL_REGISTERS
+from pyhv.x86.registers import GENERAL_REGISTERS
 
 from .conftest import boot
 

@@ -15,12 +15,12 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv._ffi import ffi, lib
-from pyhv.modes import DEFAULT_SETUP_BASE, SYSCALL_STUB
+from pyhv._native.binding import ffi, lib
 from pyhv.snapshot import MAGIC, STATE_SIZE
 from pyhv.testing import assemble
+from pyhv.x86.setup import DEFAULT_SETUP_BASE, SYSCALL_STUB
 
-from .conftest import boot, guest_code
+from .conftest import boot, guest_code, native_vcpu, native_vm
 
 HALFWAY = 80
 
@@ -428,32 +428,35 @@ def test_restore_inside_a_string_in_keeps_the_coalesced_ring(part):
     cpu = part.create_vcpu(mode="long", entry=0x100000)
     start = part.snapshot()
     # a zone with no Python handler: nothing drains the ring but the test
-    assert lib.pyhv_partition_coalesced_zone(part._vm_fd, 0xD0000000, 0x1000, 0, 1) == 0
-    handle = cpu._handle()
-    ex = ffi.new("struct pyhv_exit *")
-    assert lib.pyhv_vcpu_run(handle, ex) & 0xFF == lib.PYHV_EXIT_IO
+    native_vm(part).coalesced_zone(0xD0000000, 0x1000, False, True)
+    fd = native_vcpu(cpu)
+    assert fd.enter(0) & 0xFF == lib.PYHV_EXIT_IO
+    ex = fd.record
     assert ex.io_in and ex.io_count > 0 and ex.coalesced_pending
     part.restore(start)
-    writes = ffi.new("struct pyhv_coalesced_write[]", 4)
-    assert lib.pyhv_vcpu_drain_coalesced(handle, writes, 4) == 1
-    assert (writes[0].address, writes[0].len) == (0xD0000000, 4)
-    assert bytes(writes[0].data)[:4] == (7).to_bytes(4, "little")
+    assert fd.drain_coalesced() == [(0xD0000000, 4, False, 7)]
 
 
 # -- the C state functions -----------------------------------------------------------------
+def state_of(blob):
+    """The fields of a vCPU state blob (a writable view when ``blob`` is a bytearray)."""
+    return ffi.from_buffer("struct pyhv_vcpu_state *", blob)
+
+
 def test_a_failed_state_load_leaves_the_registers_readable(part):
     part.memory.write(0x1000, b"\xf4")
     cpu = part.create_vcpu(mode="long", entry=0x1000)
     good = part.snapshot().vcpus[0].state
-    if not good.present & lib.PYHV_HAS_XCRS:
+    if not state_of(good).present & lib.PYHV_HAS_XCRS:
         pytest.skip("no XCRs to damage on this backend")
-    bad = ffi.new("struct pyhv_vcpu_state *")
-    ffi.memmove(bad, good, STATE_SIZE)
-    struct.pack_into("<Q", ffi.buffer(bad.regs), 16 * 8, 0xBAD000)      # kvm_regs.rip
-    struct.pack_into("<I", ffi.buffer(bad.xcrs), 4, 1)                  # kvm_xcrs.flags
-    assert lib.pyhv_vcpu_load_state(cpu._handle(), bad) < 0
+    bad = bytearray(good)
+    damaged = state_of(bad)
+    struct.pack_into("<Q", ffi.buffer(damaged.regs), 16 * 8, 0xBAD000)      # kvm_regs.rip
+    struct.pack_into("<I", ffi.buffer(damaged.xcrs), 4, 1)                  # kvm_xcrs.flags
+    with pytest.raises(pyhv.KvmError):
+        cpu.load_state(bytes(bad))
     assert cpu.regs.rip == 0x1000                  # what the kernel has, not the snapshot's
-    assert lib.pyhv_vcpu_load_state(cpu._handle(), good) == 0
+    cpu.load_state(good)
     assert isinstance(cpu.run(timeout=10), exits.Halt)
 
 
@@ -461,20 +464,20 @@ def test_saved_state_parts_follow_the_interrupt_controllers(kvm, tmp_path):
     lapic, mp = lib.PYHV_HAS_LAPIC, lib.PYHV_HAS_MP_STATE
     with halting_partition() as plain:
         snap = plain.snapshot()
-        state = snap.vcpus[0].state
+        state = state_of(snap.vcpus[0].state)
         assert not state.present & (lapic | mp)          # no irqchip: not even asked for
         xcrs = plain.hypervisor.capability("KVM_CAP_XCRS")
         assert bool(state.present & lib.PYHV_HAS_XCRS) == bool(xcrs)
         # a state saved with the MP state (older pyhv) still loads
-        older = ffi.new("struct pyhv_vcpu_state *")
-        ffi.memmove(older, state, STATE_SIZE)
-        older.present |= mp
-        older.mp_state = 0                                 # KVM_MP_STATE_RUNNABLE
-        assert lib.pyhv_vcpu_load_state(plain.vcpus[0]._handle(), older) == 0
+        older = bytearray(snap.vcpus[0].state)
+        state_of(older).present |= mp
+        state_of(older).mp_state = 0                       # KVM_MP_STATE_RUNNABLE
+        plain.vcpus[0].load_state(bytes(older))
         assert isinstance(plain.vcpus[0].run(timeout=10), exits.Halt)
     with halting_partition(irqchip=True) as chips:
         snap = chips.snapshot()
-        assert snap.vcpus[0].state.present & lapic and snap.vcpus[0].state.present & mp
+        state = state_of(snap.vcpus[0].state)
+        assert state.present & lapic and state.present & mp
         chips.vcpus[0].regs.rip = 0x2000
         snap.save(tmp_path / "chips")
         chips.restore(pyhv.Snapshot.load(tmp_path / "chips"))     # a full restore
@@ -484,21 +487,19 @@ def test_saved_state_parts_follow_the_interrupt_controllers(kvm, tmp_path):
 def test_restorable_msrs_skip_the_ones_kvm_refuses(part):
     part.memory.write(0x1000, b"\xf4")
     cpu = part.create_vcpu(mode="long", entry=0x1000)
-    handle = cpu._handle()
     bogus = [0x4B564DFF, 0xDEAD0000, 0xDEAD0001]          # no such MSRs
     listed = list(part.hypervisor.msr_index_list())
     candidates = bogus[:1] + listed[:5] + bogus[1:] + listed[5:]
     expected = []                                          # probed one by one
-    value, done = ffi.new("uint64_t[1]"), ffi.new("uint32_t *")
     for index in candidates:
-        if lib.pyhv_vcpu_get_msrs(handle, [index], value, 1, done) == 0 and \
-                lib.pyhv_vcpu_set_msrs(handle, [index], value, 1, done) == 0:
-            expected.append(index)
+        try:
+            cpu.set_msrs(cpu.get_msrs([index]))
+        except pyhv.KvmError:
+            continue
+        expected.append(index)
     assert not set(bogus) & set(expected)
-    ok = ffi.new("uint32_t[]", len(candidates))
-    n = lib.pyhv_vcpu_restorable_msrs(handle, candidates, len(candidates), ok)
-    assert list(ok)[:n] == expected
-    assert lib.pyhv_vcpu_restorable_msrs(handle, [], 0, ok) == 0
+    assert cpu.restorable_msrs(candidates) == expected
+    assert cpu.restorable_msrs([]) == []
 
 
 def test_restore_ends_a_string_instruction_with_a_huge_count(kvm):

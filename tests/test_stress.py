@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pyhv import stress
+from pyhv.tools import stress
 from pyhv.loaders.samples import sample_images
 from pyhv.testing import assemble
 

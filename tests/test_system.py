@@ -8,7 +8,7 @@ import os
 import pytest
 
 import pyhv
-from pyhv.system import REQUIRED_CAPABILITIES, detect_backend
+from pyhv.core.hypervisor import REQUIRED_CAPABILITIES, detect_backend
 
 
 def test_check_reports_backend_version_and_capabilities(kvm):
@@ -46,7 +46,7 @@ def test_a_device_that_is_not_kvm_is_refused():
 
 
 def test_permission_error_names_the_kvm_group():
-    err = pyhv.system._unavailable(errno.EACCES, "/dev/kvm")
+    err = pyhv.core.hypervisor._unavailable(errno.EACCES, "/dev/kvm")
     assert isinstance(err, pyhv.HypervisorUnavailable) and err.errno == errno.EACCES
     assert "kvm group" in str(err)
 
@@ -58,7 +58,7 @@ def test_errno_errors_are_oserrors():
 
 
 def test_supported_cpuid_and_phys_bits(kvm):
-    hv = pyhv.system.default()
+    hv = pyhv.core.hypervisor.default()
     leaves = {e.function for e in hv.supported_cpuid()}
     assert 0 in leaves and 1 in leaves
     assert 32 <= hv.guest_phys_bits() <= 52

@@ -6,7 +6,7 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.modes import (
+from pyhv.x86.setup import (
     ERROR_CODE_VECTORS,
     STUB16,
     STUB32,

@@ -1,11 +1,17 @@
 """pyhv's PC devices: Python objects on the partition's port dispatch, with the C fast paths
-where one fits.  Attach them with :meth:`pyhv.Partition.attach`::
+where one fits.  Attach them with :meth:`pyhv.Partition.attach`:
 
-    uart = part.attach(pyhv.devices.Uart16550(output=sys.stdout.buffer))
-    part.attach(pyhv.devices.I8042())          # command 0xFE ends the run with exits.Reset
-    part.attach(pyhv.devices.Rtc())            # CMOS clock at 0x70/0x71
-    part.attach(pyhv.devices.FwCfg())          # QEMU's fw_cfg at 0x510/0x511
-    part.attach(pyhv.devices.IsaDebugExit())   # QEMU's isa-debug-exit at 0xF4
+>>> import pyhv, io
+>>> with pyhv.Partition(memory="16M") as part:
+...     uart = part.attach(pyhv.devices.Uart16550(output=io.BytesIO()))   # COM1, IRQ 4
+...     _ = part.attach(pyhv.devices.I8042())   # command 0xFE ends the run with exits.Reset
+...     _ = part.attach(pyhv.devices.Rtc())     # CMOS clock at 0x70/0x71
+...     _ = part.attach(pyhv.devices.FwCfg())   # QEMU's fw_cfg at 0x510/0x511
+...     _ = part.attach(pyhv.devices.IsaDebugExit())   # QEMU's isa-debug-exit at 0xF4
+...     sorted(part.devices)
+['com1', 'debug-exit', 'fw_cfg', 'i8042', 'rtc']
+
+Devices see the partition only through :class:`~pyhv.devices.host.DeviceHost`.
 
 Each device keeps its state in JSON-able values (``get_state``/``set_state``), so snapshots
 carry it.
@@ -16,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from .host import DeviceHost
 
 
 class Device:
@@ -24,7 +30,7 @@ class Device:
 
     name = "device"
 
-    def attach(self, partition: Partition) -> None:
+    def attach(self, partition: DeviceHost) -> None:
         """Register the device's handlers on ``partition`` (called by ``Partition.attach``)."""
         self.partition = partition
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from . import Device
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from .host import DeviceHost
 
 
 class IsaDebugExit(Device):
@@ -19,6 +19,6 @@ class IsaDebugExit(Device):
     def __init__(self, port: int = 0xF4) -> None:
         self.port = port
 
-    def attach(self, partition: Partition) -> None:
+    def attach(self, partition: DeviceHost) -> None:
         super().attach(partition)
         partition.add_debug_exit(self.port)

@@ -16,7 +16,7 @@ from ..errors import InvalidArgument
 from . import Device
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from .host import DeviceHost
 
 SELECTOR, DATA = 0x510, 0x511
 SIGNATURE, ID, RAM_SIZE, NB_CPUS, MAX_CPUS, FILE_DIR = 0x00, 0x01, 0x03, 0x05, 0x0F, 0x19
@@ -47,7 +47,7 @@ class FwCfg(Device):
         self.files[name] = bytes(data)
         self._data = None
 
-    def attach(self, partition: Partition) -> None:
+    def attach(self, partition: DeviceHost) -> None:
         super().attach(partition)
         partition.add_io_handler(SELECTOR, write=self._select, read=lambda p, s: self.selector)
         partition.add_io_handler(DATA, read=self._read)

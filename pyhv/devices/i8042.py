@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..dispatch import EndRun
+from ..core.buses import EndRun
 from ..exits import Reset
 from . import Device
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from .host import DeviceHost
 
 DATA, STATUS = 0x60, 0x64
 STATUS_OUTPUT_FULL, STATUS_SYSTEM, STATUS_COMMAND, STATUS_AUX = 0x01, 0x04, 0x08, 0x20
@@ -42,7 +42,7 @@ class I8042(Device):
         self.pending: int | None = None   # a command waiting for its data byte
         self.last_was_command = False
 
-    def attach(self, partition: Partition) -> None:
+    def attach(self, partition: DeviceHost) -> None:
         super().attach(partition)
         partition.add_io_handler(DATA, read=self._read_data, write=self._write_data)
         partition.add_io_handler(STATUS, read=self._read_status, write=self._write_command)

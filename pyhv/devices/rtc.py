@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import Device
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from .host import DeviceHost
 
 INDEX, DATA = 0x70, 0x71
 SECONDS, MINUTES, HOURS, WEEKDAY, DAY, MONTH, YEAR = 0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09
@@ -64,7 +64,7 @@ class Rtc(Device):
         self.cmos[STATUS_B] = B_24H       # BCD, 24-hour
         self.cmos[STATUS_D] = 0x80        # battery good
 
-    def attach(self, partition: Partition) -> None:
+    def attach(self, partition: DeviceHost) -> None:
         super().attach(partition)
         partition.add_io_handler(INDEX, write=self._write_index, read=lambda p, s: self.index)
         partition.add_io_handler(DATA, read=self._read_data, write=self._write_data)

@@ -19,12 +19,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._ffi import lib
-from ..dispatch import sink_writer
+from ..core.buses import sink_writer
 from . import Device
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from .host import DeviceHost
 
 COM1, COM1_IRQ = 0x3F8, 4
 RBR, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
@@ -42,8 +41,10 @@ MSR_IDLE = 0xB0                        # DCD, DSR and CTS asserted: a cable that
 class Uart16550(Device):
     """A 16550A UART at ``base`` (COM1) raising ``irq`` (4); see the module docstring.
 
-    >>> uart = part.attach(Uart16550(sys.stdout.buffer))      # doctest: +SKIP
-    >>> uart.feed(b"keys for the guest")                       # doctest: +SKIP
+    >>> import pyhv
+    >>> with pyhv.Partition(memory="1M") as part:
+    ...     uart = part.attach(Uart16550())             # no sink: output kept in .transmitted
+    ...     uart.feed(b"keys for the guest")
     """
 
     def __init__(self, output: Callable[[bytes], Any] | Any = None, base: int = COM1,
@@ -63,14 +64,13 @@ class Uart16550(Device):
         self._fast = (False, False)    # (THR fast path on, LSR fast path on)
 
     # -- wiring ---------------------------------------------------------------------------
-    def attach(self, partition: Partition) -> None:
+    def attach(self, partition: DeviceHost) -> None:
         super().attach(partition)
         b = self.base
         partition.add_io_handler(range(b, b + 8), read=self._read, write=self._write_reg)
         # the C fast paths lie over the Python handlers, which take what they do not
-        partition._add_fast_port(b + THR, lib.PYHV_PORT_BUFFERED, overlay=True, sink=self._emit)
-        partition._add_fast_port(b + LSR, lib.PYHV_PORT_CONSTANT, LSR_THRE | LSR_TEMT,
-                                 overlay=True)
+        self._thr = partition.add_buffered_port(b + THR, self._emit, overlay=True)
+        self._lsr = partition.add_constant_port(b + LSR, LSR_THRE | LSR_TEMT, overlay=True)
         self._fast = (True, True)
         self._update()
 
@@ -166,8 +166,7 @@ class Uart16550(Device):
         plain = not self.lcr & LCR_DLAB and not self.mcr & MCR_LOOP
         fast = (plain and not self.ier & IER_THRE, plain and not self.rx)
         if fast != self._fast:
-            part._enable_fast_port(self.base + THR, fast[0])
-            part._enable_fast_port(self.base + LSR, fast[1])
+            self._thr.enabled, self._lsr.enabled = fast
             self._fast = fast
 
     # -- snapshots ------------------------------------------------------------------------

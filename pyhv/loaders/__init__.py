@@ -18,14 +18,25 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ImageFormatError, InvalidArgument
 
 if TYPE_CHECKING:
-    from ..partition import Partition
-    from ..vcpu import VCpu
+    from ..core.memory import GuestMemory
+    from ..core.vcpu import VCpu
     from .elf import ElfImage
+
+
+class Partition(Protocol):
+    """What loaders need of a partition (:class:`pyhv.Partition` is one): its memory, where
+    pyhv's setup region lies, and a way to make the boot vCPU."""
+
+    memory: GuestMemory
+    setup_base: int
+
+    def create_vcpu(self, mode: str = ..., entry: int = ..., stack: int | None = ...,
+                    **kwargs: Any) -> VCpu: ...
 
 FORMATS = ("auto", "flat", "elf", "multiboot", "linux")
 

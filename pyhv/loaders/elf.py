@@ -14,7 +14,7 @@ from . import BootImage
 from .layout import Payload, check_fits, write_payloads
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from . import Partition
 
 MAGIC = b"\x7fELF"
 EM_386, EM_X86_64 = 3, 62

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument
-from ..modes import MODES
+from ..x86.modes import MODES
 from . import BootImage
 from .layout import check_fits
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from . import Partition
 
 
 def load(partition: Partition, data: bytes, address: int, mode: str) -> BootImage:

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError
-from ..memory import PAGE_SIZE
-from ..modes import SETUP_MAX_SIZE
+from ..core.memory import PAGE_SIZE
+from ..x86.setup import SETUP_MAX_SIZE
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from . import Partition
 
 BOOT_DATA = 0x10000            # boot data area [0x10000, 0x20000)
 BOOT_DATA_END = 0x20000

@@ -41,7 +41,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from . import Partition
 
 HDRS = b"HdrS"
 MIN_VERSION = 0x020C               # the 64-bit entry point (and xloadflags) appeared here

@@ -35,7 +35,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:
-    from ..partition import Partition
+    from . import Partition
 
 MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002

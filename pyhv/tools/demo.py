@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
-from .dispatch import RunResult
-from .partition import Partition
+from ..core.loop import RunResult
+from ..partition import Partition
 
 DEMO_ENTRY = 0x1000
 COM1 = 0x3F8

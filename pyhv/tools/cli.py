@@ -8,14 +8,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import __version__
-from .errors import HypervisorError, HypervisorUnavailable
+from ..version import __version__
+from ..errors import HypervisorError, HypervisorUnavailable
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .exits import Halt
-    from .partition import Partition
-    from .system import check
+    from ..exits import Halt
+    from ..partition import Partition
+    from ..core.hypervisor import check
 
     try:
         caps = check(args.device)
@@ -48,7 +48,7 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
-    from .system import check
+    from ..core.hypervisor import check
 
     try:
         caps = check()
@@ -96,9 +96,9 @@ def _int(text: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import devices, exits, loaders
-    from .errors import Timeout
-    from .partition import Partition
+    from .. import devices, exits, loaders
+    from ..errors import Timeout
+    from ..partition import Partition
 
     serial_file = None
     sink: Callable[[bytes], object]
@@ -183,7 +183,7 @@ def _stress(args: argparse.Namespace) -> int:
         seen, canceled = stress.cancel_races(args.count, seed=args.seed)
         print(f"{args.count} cancels: {canceled} runs canceled, {seen} exits, none lost")
         return 0
-    from .loaders.samples import sample_images
+    from ..loaders.samples import sample_images
     images = stress.image_corpus(sample_images(), args.count, seed=args.seed)
     print(images.summary())
     return 0 if images.fds[0] == images.fds[1] else 1

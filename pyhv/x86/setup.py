@@ -1,15 +1,9 @@
-"""Guest modes: the machine state pyhv gives a vCPU for real, protected, long or user mode.
+"""pyhv's setup region: the GDT, IDTs, TSSs, exception/syscall stubs and identity-mapping page
+tables that the protected, long and user modes run on.  Plain bytes and numbers: the caller
+writes them into guest memory.
 
-``"user"`` is long mode with the payload at CPL3 and a small ring-0 stub of pyhv's own (IDT,
-TSS, ``syscall`` entry): the payload's exceptions and system calls come back as
-:class:`pyhv.exits.GuestException` and :class:`pyhv.exits.Syscall`.  On kvm_pvm, CPL3 code runs
-natively while CPL0 code is emulated, so user mode is the fast way to run payload code there.
-The other modes report guest exceptions the same way with ``create_vcpu(exceptions=True)``;
-without it their IDT is empty and an exception ends in a triple fault (``Shutdown``).
-
-Real mode needs nothing in guest memory unless exceptions are reported.  The other modes use
-**pyhv's setup region** at the partition's ``setup_base`` (default ``0x80000``; it must be RAM),
-which user-mode payloads cannot touch (its pages are supervisor-only):
+The region lies at the partition's ``setup_base`` (default ``0x80000``; it must be RAM), and
+user-mode payloads cannot touch it (its pages are supervisor-only):
 
 ========================  =====================================================================
 ``setup_base + 0x0000``   GDT: 0x08 code32, 0x10 code64, 0x18 data (ring 0); 0x20 code32,
@@ -26,24 +20,27 @@ which user-mode payloads cannot touch (its pages are supervisor-only):
 ========================  =====================================================================
 
 Long and user mode identity-map (GVA == GPA) the whole first 4 GiB, MMIO holes included, plus
-every GiB that holds a memory slot, writable and user-accessible except the setup region.  The
-default stack top is ``setup_base`` (growing down).  At most 16 vCPUs per partition may use
-user mode or exception reporting (one TSS and stack each).
+every GiB that holds a memory slot, writable and user-accessible except the setup region.  At
+most 16 vCPUs per partition may use user mode or exception reporting (one TSS and stack each).
+
+>>> from pyhv.x86 import setup
+>>> setup.decode_stub_halt(0x80000, 0x80000 + setup.STUBS64 + 14 * setup.STUB_SIZE + 1)
+StubHalt(kind=<StubKind.EXCEPTION64: 64>, vector=14)
+>>> hex(setup.region_size(0x80000, [(0, 16 << 20, False)], long_mode=True))
+'0xd000'
 """
 
 from __future__ import annotations
 
+import enum
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-from .errors import InvalidArgument
-from .registers import GENERAL_REGISTERS
+from ..errors import InvalidArgument
 
-if TYPE_CHECKING:
-    from .partition import Partition
-    from .vcpu import VCpu
-
-MODES = ("real", "protected", "long", "user")
+# A memory slot as the setup region sees it: (gpa, size, readonly)
+Span = tuple[int, int, bool]
 
 DEFAULT_SETUP_BASE = 0x80000
 SETUP_MAX_SIZE = 0x20000          # to 0xA0000 with the default base
@@ -70,15 +67,6 @@ USER_DATA_SELECTOR = 0x28 | 3
 USER_CODE64_SELECTOR = 0x30 | 3
 TSS_SELECTOR_BASE = 0x38
 TSS_LIMIT = 0x67
-
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1 << 0, 1 << 1, 1 << 4, 1 << 5, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
-EFER_SCE, EFER_LME, EFER_LMA = 1 << 0, 1 << 8, 1 << 10
-RFLAGS_FIXED, RFLAGS_IOPL3 = 0x2, 0x3000
-
-MSR_STAR, MSR_LSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000084
-# syscall clears TF, IF, DF, IOPL, NT and AC in ring 0 (as Linux does)
-SFMASK = 0x100 | 0x200 | 0x400 | 0x3000 | 0x4000 | 0x40000
 
 # vectors for which the CPU pushes an error code
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
@@ -177,11 +165,11 @@ def tss_bytes(base: int, vcpu_id: int) -> bytes:
 
 
 # -- page tables ------------------------------------------------------------------------
-def mapped_gibs(partition: Partition) -> list[int]:
+def mapped_gibs(spans: Iterable[Span]) -> list[int]:
     """1-GiB regions the long-mode identity map covers: the first 4 and any with a slot."""
     gibs = set(range(4))
-    for slot in partition.memory:
-        gibs.update(range(slot.gpa // GIB, (slot.end - 1) // GIB + 1))
+    for gpa, size, _readonly in spans:
+        gibs.update(range(gpa // GIB, (gpa + size - 1) // GIB + 1))
     return sorted(gibs)
 
 
@@ -224,158 +212,53 @@ def page_tables(at: int, gibs: list[int], supervisor: tuple[int, int]) -> bytes:
 
 
 # -- the setup region ---------------------------------------------------------------------
-def _supervisor_range(partition: Partition) -> tuple[int, int]:
-    # the whole SETUP_MAX_SIZE range is supervisor-only, whatever part of it is used, so the
-    # tables need not size themselves
-    return partition.setup_base, partition.setup_base + SETUP_MAX_SIZE
+def supervisor_range(base: int) -> tuple[int, int]:
+    """The GPAs only ring 0 may touch: the whole SETUP_MAX_SIZE range, whatever part of it is
+    used, so that the tables need not size themselves."""
+    return base, base + SETUP_MAX_SIZE
 
 
-def setup_region_size(partition: Partition, long_mode: bool) -> int:
+def region_size(base: int, spans: Iterable[Span], long_mode: bool) -> int:
     """Bytes of the setup region: fixed, plus the page tables in long mode (counted, not
     built: this is asked before every vCPU is made)."""
     if not long_mode:
         return PAGE_TABLES_OFFSET
-    gibs = mapped_gibs(partition)
-    pdpts, small = _table_pages(gibs, _supervisor_range(partition))
+    gibs = mapped_gibs(spans)
+    pdpts, small = _table_pages(gibs, supervisor_range(base))
     return PAGE_TABLES_OFFSET + 0x1000 * (1 + len(pdpts) + len(small) + len(gibs))
 
 
-def check_setup_region(partition: Partition, long_mode: bool) -> None:
-    """Raise :class:`InvalidArgument` unless the setup region fits in writable RAM."""
-    base = partition.setup_base
-    size = setup_region_size(partition, long_mode)
+def check_region(base: int, spans: Iterable[Span], long_mode: bool) -> None:
+    """Raise :class:`pyhv.InvalidArgument` unless the setup region fits in writable RAM."""
+    spans = list(spans)
+    size = region_size(base, spans, long_mode)
     if size > SETUP_MAX_SIZE:
         raise InvalidArgument(
             f"long-mode page tables for this memory layout need {size:#x} bytes, more than "
             f"pyhv's setup region allows ({SETUP_MAX_SIZE:#x}); use fewer or closer slots")
     for gpa in range(base, base + size, 0x1000):
-        slot = partition.memory.slot_at(gpa)
-        if slot is None or slot.readonly:
+        if not any(start <= gpa < start + n and not ro for start, n, ro in spans):
             raise InvalidArgument(
                 f"this mode needs writable RAM at GPA {base:#x}-{base + size:#x} for pyhv's "
                 f"GDT, stubs and page tables (the setup region); give the partition at least "
                 f"{(base + size + 0xFFFFF) >> 20} MiB of memory at GPA 0 or pass setup_base=")
 
 
-def write_setup_region(partition: Partition, long_mode: bool) -> None:
-    """Write the GDT, IDTs, stubs and (for long mode) page tables into the setup region."""
-    check_setup_region(partition, long_mode)
-    base = partition.setup_base
-    memory = partition.memory
-    memory.fill(base, PAGE_TABLES_OFFSET)
-    memory.write(base + GDT_OFFSET, gdt_bytes(base))
-    memory.write(base + IDT_OFFSET, idt_bytes(base))
-    memory.write(base + STUBS_OFFSET, stub_bytes())
-    for i in range(MAX_STUB_VCPUS):
-        memory.write(base + TSS_OFFSET + i * TSS_SIZE, tss_bytes(base, i))
+def region_contents(base: int, spans: Iterable[Span], long_mode: bool) -> list[tuple[int, bytes]]:
+    """What to write where (GPA, bytes), in order, for the region: zeros over the fixed part,
+    then the GDT, IDTs, stubs, TSSs and (long mode) page tables.  Checked first."""
+    spans = list(spans)
+    check_region(base, spans, long_mode)
+    writes = [(base, bytes(PAGE_TABLES_OFFSET)),
+              (base + GDT_OFFSET, gdt_bytes(base)),
+              (base + IDT_OFFSET, idt_bytes(base)),
+              (base + STUBS_OFFSET, stub_bytes())]
+    writes += [(base + TSS_OFFSET + i * TSS_SIZE, tss_bytes(base, i))
+               for i in range(MAX_STUB_VCPUS)]
     if long_mode:
         at = base + PAGE_TABLES_OFFSET
-        memory.write(at, page_tables(at, mapped_gibs(partition), _supervisor_range(partition)))
-
-
-def needs_setup_region(mode: str, exceptions: bool) -> bool:
-    return mode != "real" or exceptions
-
-
-def check_mode(partition: Partition, mode: str, entry: int, stack: int, exceptions: bool,
-               vcpu_id: int) -> None:
-    """Everything :func:`setup_vcpu` would refuse, checked before any vCPU is created."""
-    if mode not in MODES:
-        raise InvalidArgument(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "real":
-        if not 0 <= entry < 0x100000:
-            raise InvalidArgument(f"real-mode entry {entry:#x} is not below 1 MiB")
-        if not 0 < stack <= 0x100000:
-            raise InvalidArgument(f"real-mode stack top {stack:#x} is not within the first MiB")
-        if exceptions and partition.setup_base + PAGE_TABLES_OFFSET > 0x100000:
-            raise InvalidArgument("real-mode exception stubs need setup_base below 1 MiB")
-    elif mode == "protected" and (entry > 0xFFFFFFFF or stack > 0x100000000):
-        raise InvalidArgument("protected-mode entry and stack must lie below 4 GiB")
-    if not 0 <= stack < 1 << 64:
-        raise InvalidArgument(f"stack {stack:#x} is not an address")
-    if (mode == "user" or exceptions) and vcpu_id >= MAX_STUB_VCPUS:
-        raise InvalidArgument(f"at most {MAX_STUB_VCPUS} vCPUs per partition can use user "
-                              "mode or exception reporting")
-    if needs_setup_region(mode, exceptions):
-        check_setup_region(partition, mode in ("long", "user"))
-
-
-def _segment(c: Any, selector: int, base: int = 0, limit: int = 0xFFFF, type: int = 3,
-             dpl: int = 0, db: int = 0, s: int = 1, long: int = 0, g: int = 0) -> None:
-    """Fill the C segment ``c`` (present, usable)."""
-    c.base, c.limit, c.selector, c.type, c.present, c.dpl = base, limit, selector, type, 1, dpl
-    c.db, c.s, c.l, c.g, c.avl, c.unusable = db, s, long, g, 0, 0
-
-
-def _flat(c: Any, selector: int, code: bool, long: bool = False, dpl: int = 0) -> None:
-    _segment(c, selector, 0, 0xFFFFFFFF, 0xB if code else 0x3, dpl, 0 if long else 1, 1,
-             1 if long else 0, 1)
-
-
-def setup_vcpu(vcpu: VCpu, mode: str, entry: int, stack: int, exceptions: bool = False,
-               allow_port_io: bool = False) -> None:
-    """Put ``vcpu`` in ``mode`` with RIP at ``entry`` and the stack pointer at ``stack``
-    (arguments :func:`check_mode` accepted: the caller checks before making the vCPU)."""
-    partition = vcpu.partition
-    base = partition.setup_base
-    if needs_setup_region(mode, exceptions):
-        partition._prepare_setup_region(mode in ("long", "user"))
-    sr = vcpu._load_sregs()           # edited in place: this is on every vCPU's creation path
-    rflags = RFLAGS_FIXED | (RFLAGS_IOPL3 if allow_port_io else 0)
-    if mode == "real":
-        cs_base = entry & 0xF0000
-        ss_base = (stack - 1) & 0xF0000
-        _segment(sr.cs, cs_base >> 4, cs_base, type=0xB)
-        for seg in (sr.ds, sr.es, sr.fs, sr.gs):
-            _segment(seg, 0)
-        _segment(sr.ss, ss_base >> 4, ss_base)
-        sr.cr0 &= ~(CR0_PE | CR0_PG)
-        sr.cr4 = sr.efer = 0
-        if exceptions:
-            sr.idt.base, sr.idt.limit = base + IVT_OFFSET, VECTORS * 4 - 1
-        vcpu._store_sregs(sr)
-        _fresh_registers(vcpu, entry - cs_base, (stack - ss_base) & 0xFFFF, rflags)
-        return
-
-    long_mode = mode in ("long", "user")
-    _segment(sr.tr, tss_selector(vcpu.id), base + TSS_OFFSET + vcpu.id * TSS_SIZE, TSS_LIMIT,
-             type=11, s=0)
-    if mode == "user":
-        _flat(sr.cs, USER_CODE64_SELECTOR, True, long=True, dpl=3)
-        data, data_dpl = USER_DATA_SELECTOR, 3
-    else:
-        _flat(sr.cs, CODE64_SELECTOR if long_mode else CODE32_SELECTOR, True, long=long_mode)
-        data, data_dpl = DATA_SELECTOR, 0
-    for seg in (sr.ds, sr.es, sr.fs, sr.gs, sr.ss):
-        _flat(seg, data, False, dpl=data_dpl)
-    sr.gdt.base, sr.gdt.limit = base + GDT_OFFSET, TSS_SELECTOR_BASE + 16 * MAX_STUB_VCPUS - 1
-    if mode == "user" or exceptions:
-        sr.idt.base = base + (IDT64_OFFSET if long_mode else IDT32_OFFSET)
-        sr.idt.limit = VECTORS * (16 if long_mode else 8) - 1
-    else:
-        sr.idt.base, sr.idt.limit = 0, 0
-    sr.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE
-    sr.cr4 = CR4_OSFXSR | CR4_OSXMMEXCPT
-    sr.cr3 = sr.efer = 0
-    if long_mode:
-        sr.cr0 |= CR0_PG | CR0_WP
-        sr.cr4 |= CR4_PAE
-        sr.cr3 = base + PAGE_TABLES_OFFSET
-        sr.efer = EFER_LME | EFER_LMA | EFER_SCE
-    vcpu._store_sregs(sr)
-    if long_mode:
-        vcpu.set_msrs({MSR_STAR: USER_CODE32_SELECTOR << 48 | CODE64_SELECTOR << 32,
-                       MSR_LSTAR: base + SYSCALL_STUB, MSR_SFMASK: SFMASK})
-    _fresh_registers(vcpu, entry, stack, rflags)
-
-
-def _fresh_registers(vcpu: VCpu, rip: int, rsp: int, rflags: int) -> None:
-    """Every general register zero but RIP, RSP and RFLAGS (one write, nothing read)."""
-    regs = vcpu._regs_c
-    for name in GENERAL_REGISTERS:
-        setattr(regs, name, 0)
-    regs.rip, regs.rsp, regs.rflags = rip, rsp, rflags
-    vcpu._store_regs(regs)
+        writes.append((at, page_tables(at, mapped_gibs(spans), supervisor_range(base))))
+    return writes
 
 
 def stub_range(base: int) -> tuple[int, int]:
@@ -383,14 +266,40 @@ def stub_range(base: int) -> tuple[int, int]:
     return base + STUBS_OFFSET, base + STUBS_OFFSET + 0x1000
 
 
-def decode_stub_halt(base: int, linear_rip: int) -> tuple[str, int] | None:
-    """What a halt at ``linear_rip`` (the address after the ``hlt``) in the stub page means:
-    ("exception", vector) for width 64/32/16 stubs, ("syscall", 0), or None."""
+class StubKind(enum.Enum):
+    """Which of pyhv's stubs a vCPU halted in; exception stubs carry their code width."""
+
+    EXCEPTION64 = 64
+    EXCEPTION32 = 32
+    EXCEPTION16 = 16
+    SYSCALL = 0
+
+    @property
+    def width(self) -> int:
+        """Bits of the interrupted code's frame (64 for the syscall entry)."""
+        return self.value or 64
+
+
+@dataclass(frozen=True)
+class StubHalt:
+    """A halt in the stub page: which stub, and the exception vector (0 for a syscall)."""
+
+    kind: StubKind
+    vector: int = 0
+
+
+_EXCEPTION_STUBS = ((STUBS64, StubKind.EXCEPTION64), (STUBS32, StubKind.EXCEPTION32),
+                    (STUBS16, StubKind.EXCEPTION16))
+
+
+def decode_stub_halt(base: int, linear_rip: int) -> StubHalt | None:
+    """What a halt at ``linear_rip`` (the address after the ``hlt``) in the stub page means,
+    or None for a halt elsewhere in it (a guest's own ``hlt``)."""
     at = linear_rip - 1 - base
     if at == SYSCALL_STUB:
-        return ("syscall", 0)
-    for offset, width in ((STUBS64, 64), (STUBS32, 32), (STUBS16, 16)):
+        return StubHalt(StubKind.SYSCALL)
+    for offset, kind in _EXCEPTION_STUBS:
         index, rest = divmod(at - offset, STUB_SIZE)
         if rest == 0 and 0 <= index < VECTORS:
-            return (f"exception{width}", index)
+            return StubHalt(kind, index)
     return None

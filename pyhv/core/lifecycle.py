@@ -1,5 +1,14 @@
 """A partition's lifecycle: its states, pause/resume, and poisoning.
 
+>>> from pyhv.core.lifecycle import Lifecycle
+>>> life = Lifecycle()
+>>> life.state.value
+'created'
+>>> life.begin_run(); life.state.value
+'running'
+>>> life.end_run(); life.poison("a test"); life.state.value
+'poisoned'
+
 ::
 
     created --run--> running --(run ends)--> stopped --run--> running ...
@@ -18,8 +27,8 @@ import enum
 import threading
 from collections.abc import Callable
 
-from .errors import ClosedError, PoisonedError, StateError
-from .exits import Exit
+from ..errors import ClosedError, PoisonedError, StateError
+from ..exits import Exit
 
 
 class PartitionState(str, enum.Enum):
@@ -37,7 +46,10 @@ class Lifecycle:
     """Run accounting and the state machine, shared by a partition's vCPU threads."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # a plain lock for the per-run accounting (its `with` costs less than a Condition's);
+        # the condition shares it
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self.active = 0            # runs in progress
         self.parked = 0            # of which parked by pause()
         self.paused = False
@@ -59,8 +71,12 @@ class Lifecycle:
             return PartitionState.POISONED
         return PartitionState.STOPPED if self.ever_ran else PartitionState.CREATED
 
+    @property
+    def poisoned(self) -> bool:
+        return self.poison_reason is not None
+
     def begin_run(self) -> None:
-        with self._cond:
+        with self._lock:
             if self.closed:
                 raise ClosedError("partition is closed")
             if self.poison_reason is not None:
@@ -71,7 +87,7 @@ class Lifecycle:
             self.ever_ran = True
 
     def end_run(self) -> None:
-        with self._cond:
+        with self._lock:
             self.active -= 1
             if self.paused:               # only pause() waits for runs to end or park
                 self._cond.notify_all()

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import exits
-from .errors import HypervisorError, ImageFormatError, Timeout
-from .modes import MODES
-from .partition import Partition
+from .. import exits
+from ..errors import HypervisorError, ImageFormatError, Timeout
+from ..x86.modes import MODES
+from ..partition import Partition
 
 FUZZ_ENTRY = 0x100000          # above pyhv's setup region, so every mode can run there
 FUZZ_MEMORY = "4M"
@@ -108,7 +108,7 @@ def fuzz(count: int, seed: int = 0, modes: tuple[str, ...] = MODES, length: int 
     may make up to 64 exits (reads answered with random bytes), and must end in a typed exit
     or a :class:`pyhv.Timeout` within ``timeout`` seconds.  Anything else propagates.
     """
-    from .system import default
+    from ..core.hypervisor import default
     default()                         # the shared /dev/kvm handle is not a leak
     rng = random.Random(seed)
     report = FuzzReport(seed=seed)
@@ -305,8 +305,8 @@ def image_corpus(samples: dict[str, bytes], count: int, seed: int = 0) -> ImageR
     """Feed ``count`` mutations of each sample image (format -> bytes) to its loader: each must
     load or raise :class:`pyhv.ImageFormatError` having written nothing.  Anything else
     propagates."""
-    from . import loaders
-    from .system import default
+    from .. import loaders
+    from ..core.hypervisor import default
     default()
     rng = random.Random(seed)
     report = ImageReport(fds=(fd_count(), 0))

@@ -1,9 +1,13 @@
-"""Access to the compiled C core, with a clear message when it was not built."""
+"""The compiled C core, loaded once, with a clear message when it was never built.
+
+Only the modules of :mod:`pyhv._native` import this: the rest of pyhv talks to KVM through
+their typed wrappers (a test in the suite enforces it).
+"""
 
 from __future__ import annotations
 
 try:
-    from ._core import ffi, lib
+    from .._core import ffi, lib
 except ImportError as exc:  # pragma: no cover - only in a broken install
     raise ImportError(
         f"pyhv's C core (pyhv._core) cannot be loaded ({exc}); if it was never built, install "

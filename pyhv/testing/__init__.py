@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 
-from .errors import HypervisorError
+from ..errors import HypervisorError
 
 __all__ = ["ToolchainError", "assemble", "assemble_file", "kvm_usable"]
 
@@ -88,8 +88,8 @@ def assemble_file(path: str | os.PathLike[str], *, bits: int = 64, origin: int =
 
 def kvm_usable() -> tuple[bool, str]:
     """(True, "") if /dev/kvm can be opened, else (False, why): for test skips."""
-    from .errors import HypervisorUnavailable
-    from .system import Hypervisor
+    from ..errors import HypervisorUnavailable
+    from ..core.hypervisor import Hypervisor
     try:
         Hypervisor().close()
     except HypervisorUnavailable as exc:

@@ -1,0 +1,116 @@
+"""Conversions between the C core's small structs and pyhv's plain x86 dataclasses."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..errors import InvalidArgument, check_rc
+from ..x86.cpuid import CpuidEntry
+from ..x86.registers import (
+    CONTROL_REGISTERS,
+    GENERAL_REGISTERS,
+    SEGMENT_REGISTERS,
+    TABLE_REGISTERS,
+    DescriptorTable,
+    Fpu,
+    Regs,
+    Segment,
+    SpecialRegs,
+)
+from .binding import ffi
+
+MAX_CPUID_ENTRIES = 4096
+
+
+def regs_from_c(c: Any) -> Regs:
+    return Regs(*(getattr(c, n) for n in GENERAL_REGISTERS))
+
+
+def regs_to_c(regs: Regs, c: Any) -> None:
+    for name in GENERAL_REGISTERS:
+        setattr(c, name, getattr(regs, name))
+
+
+def sregs_from_c(c: Any) -> SpecialRegs:
+    values: dict[str, Any] = {}
+    for name in SEGMENT_REGISTERS:
+        seg = getattr(c, name)
+        values[name] = Segment(*(getattr(seg, f) for f in Segment.FIELDS))
+    for name in TABLE_REGISTERS:
+        t = getattr(c, name)
+        values[name] = DescriptorTable(t.base, t.limit)
+    for name in CONTROL_REGISTERS:
+        values[name] = getattr(c, name)
+    values["interrupt_bitmap"] = tuple(c.interrupt_bitmap)
+    return SpecialRegs(**values)
+
+
+def sregs_to_c(s: SpecialRegs, c: Any) -> None:
+    try:
+        for name in SEGMENT_REGISTERS:
+            seg, dst = getattr(s, name), getattr(c, name)
+            for f in Segment.FIELDS:
+                setattr(dst, f, getattr(seg, f))
+        for name in TABLE_REGISTERS:
+            t, dst = getattr(s, name), getattr(c, name)
+            dst.base, dst.limit = t.base, t.limit
+        for name in CONTROL_REGISTERS:
+            setattr(c, name, getattr(s, name))
+        for i, word in enumerate(s.interrupt_bitmap):
+            c.interrupt_bitmap[i] = word
+    except (OverflowError, TypeError, AttributeError) as exc:
+        raise InvalidArgument(f"special register value out of range: {exc}") from None
+
+
+def fpu_from_c(c: Any) -> Fpu:
+    return Fpu(
+        fpr=tuple(bytes(ffi.buffer(c.fpr[i])) for i in range(8)),
+        xmm=tuple(bytes(ffi.buffer(c.xmm[i])) for i in range(16)),
+        **{name: getattr(c, name) for name in Fpu.SCALARS},
+    )
+
+
+def fpu_to_c(f: Fpu, c: Any) -> None:
+    for i, reg in enumerate(f.fpr):
+        ffi.memmove(c.fpr[i], reg, 16)
+    for i, reg in enumerate(f.xmm):
+        ffi.memmove(c.xmm[i], reg, 16)
+    try:
+        for name in Fpu.SCALARS:
+            setattr(c, name, getattr(f, name))
+    except (OverflowError, TypeError) as exc:
+        raise InvalidArgument(f"FPU value out of range: {exc}") from None
+
+
+def cpuid_to_c(entries: Iterable[CpuidEntry]) -> tuple[Any, int]:
+    """A C array of the table (never empty: C wants a valid pointer) and its length."""
+    table = list(entries)
+    if len(table) > MAX_CPUID_ENTRIES:
+        raise InvalidArgument(f"a CPUID table holds at most {MAX_CPUID_ENTRIES} entries")
+    buf = ffi.new("struct pyhv_cpuid_entry[]", max(len(table), 1))
+    try:
+        for i, e in enumerate(table):
+            buf[i] = (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+    except (OverflowError, TypeError, AttributeError) as exc:
+        raise InvalidArgument(f"bad CPUID entry: {exc}") from None
+    return buf, len(table)
+
+
+def read_cpuid(query: Callable[[Any, int, Any], int], operation: str) -> tuple[CpuidEntry, ...]:
+    """Call ``query(buffer, capacity, count_out)`` with a buffer that grows until KVM's
+    table fits; the entries as :class:`CpuidEntry`."""
+    cap = 512
+    while True:
+        buf = ffi.new("struct pyhv_cpuid_entry[]", cap)
+        n = ffi.new("uint32_t *")
+        rc = query(buf, cap, n)
+        if rc == -errno.E2BIG and cap < MAX_CPUID_ENTRIES:
+            cap *= 2
+            continue
+        check_rc(rc, operation)
+        return tuple(
+            CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+            for e in (buf[i] for i in range(n[0]))
+        )

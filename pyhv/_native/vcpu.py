@@ -1,0 +1,332 @@
+"""The vCPU fd: thin typed calls over the C core's ``struct pyhv_vcpu`` (fd + run area).
+
+The run loop (:mod:`pyhv.core.loop`) calls :attr:`VcpuFd.enter` once per trip into the guest
+and reads the C core's exit summary, :attr:`VcpuFd.record` (``struct pyhv_exit``, documented
+in ``csrc/pyhv_core.h``), field by field: that record is this layer's one seam into the hot
+path, read-only above it.  Everything else goes through methods that take and return plain
+Python values.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..errors import ClosedError, InvalidArgument, KvmError, StaleExitError, check_rc
+from ..exits import encode_answer, fits
+from ..x86.cpuid import CpuidEntry
+from ..x86.registers import GENERAL_REGISTERS, Fpu, Regs, SpecialRegs
+from .binding import ffi, lib
+from .structs import (
+    cpuid_to_c,
+    fpu_from_c,
+    fpu_to_c,
+    read_cpuid,
+    regs_from_c,
+    regs_to_c,
+    sregs_from_c,
+    sregs_to_c,
+)
+from .vm import VmFd
+
+# What a run returns: a reason in the low byte, flags above it (csrc/pyhv_core.h)
+EXIT_NONE = lib.PYHV_EXIT_NONE
+EXIT_IO = lib.PYHV_EXIT_IO
+EXIT_MMIO = lib.PYHV_EXIT_MMIO
+EXIT_HALT = lib.PYHV_EXIT_HALT
+EXIT_CANCELED = lib.PYHV_EXIT_CANCELED
+EXIT_TIMEOUT = lib.PYHV_EXIT_TIMEOUT
+EXIT_INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
+EXIT_OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
+RUN_BULK = lib.PYHV_RUN_BULK
+RUN_SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
+
+# fast-path port kinds
+PORT_BUFFERED = lib.PYHV_PORT_BUFFERED
+PORT_CONSTANT = lib.PYHV_PORT_CONSTANT
+PORT_DEBUG_EXIT = lib.PYHV_PORT_DEBUG_EXIT
+MAX_FAST_PORTS = lib.PYHV_MAX_FAST_PORTS
+OUTPUT_BUFFER = lib.PYHV_OUTPUT_BUFFER
+
+# whole-state blobs (struct pyhv_vcpu_state)
+STATE_SIZE = ffi.sizeof("struct pyhv_vcpu_state")
+STATE_VERSION = lib.PYHV_STATE_VERSION
+STATE_MAX_MSRS = lib.PYHV_STATE_MAX_MSRS
+STATE_XCRS = lib.PYHV_HAS_XCRS
+STATE_DEBUGREGS = lib.PYHV_HAS_DEBUGREGS
+
+STAT_REASONS = lib.PYHV_STAT_REASONS
+_STAT_FIELDS = ("runs", "exits_in_c", "exits_to_python", "guest_ns", "io_in", "io_out",
+                "mmio_read", "mmio_write")
+_COALESCED_BATCH = 256
+_ESTALE = -errno.ESTALE
+
+
+def check_state_blob(blob: bytes) -> bool:
+    """Whether ``blob`` is a whole-state record this C core can load (size, version and
+    MSR count), without touching any vCPU."""
+    if len(blob) != STATE_SIZE:
+        return False
+    state = ffi.from_buffer("struct pyhv_vcpu_state *", blob)
+    return bool(state.version == STATE_VERSION and state.nmsrs <= STATE_MAX_MSRS)
+
+
+class VcpuFd:
+    """One KVM vCPU: its fd, its run area and the C core's per-vCPU state.
+
+    :meth:`close` (idempotent) frees it; :meth:`cancel` is safe from any thread, also
+    against a concurrent close.  Running is the caller's to serialize (one thread at a time).
+    """
+
+    def __init__(self, vm: VmFd, vcpu_id: int, mmap_size: int) -> None:
+        out = ffi.new("struct pyhv_vcpu **")
+        check_rc(lib.pyhv_vcpu_create(vm.fd, vcpu_id, mmap_size, out),
+                 f"KVM_CREATE_VCPU {vcpu_id}")
+        self.id = vcpu_id
+        self._ptr = out[0]
+        self._open = True
+        self._finalizer = weakref.finalize(self, lib.pyhv_vcpu_destroy, self._ptr)
+        self._lock = threading.Lock()           # cancel() vs close()
+        self.record = ffi.new("struct pyhv_exit *")
+        self._regs = ffi.new("struct pyhv_regs *")
+        self._run = functools.partial(lib.pyhv_vcpu_run, self._ptr, self.record)
+        self._out: Any = None                   # bulk buffers, made on first use
+
+    # -- lifetime ---------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+            self._finalizer()
+
+    def _handle(self) -> Any:
+        if not self._open:
+            raise ClosedError(f"vCPU {self.id} is closed")
+        return self._ptr
+
+    @property
+    def fd(self) -> int:
+        return int(lib.pyhv_vcpu_fd(self._handle()))
+
+    def set_irqchip(self, present: bool) -> None:
+        lib.pyhv_vcpu_set_irqchip(self._handle(), 1 if present else 0)
+
+    # -- running ----------------------------------------------------------------------------
+    def enter(self, deadline_ns: int) -> int:
+        """One trip into the guest until an exit Python must see: the exit summary
+        (``EXIT_* | RUN_*`` flags), with :attr:`record` filled.  Only while holding the run."""
+        return int(self._run())
+
+    def set_deadline(self, deadline_ns: int) -> None:
+        check_rc(lib.pyhv_vcpu_set_deadline(self._handle(), deadline_ns),
+                 "arming the run timeout")
+
+    def cancel(self) -> bool:
+        """Stop the current or next run; False when the vCPU is closed."""
+        with self._lock:
+            if not self._open:
+                return False
+            lib.pyhv_vcpu_cancel(self._ptr)
+            return True
+
+    def clear_cancel(self) -> None:
+        with self._lock:
+            if self._open:
+                lib.pyhv_vcpu_clear_cancel(self._ptr)
+
+    def current_seq(self) -> int:
+        return int(self.record.seq)
+
+    def io_bytes(self) -> bytes:
+        """The data of the current IO exit (size * count bytes, bounded by the C core)."""
+        c = self.record
+        return ffi.buffer(c.io_data, c.io_size * c.io_count)[:]
+
+    def complete_read(self, seq: int, value: Any, size: int, count: int, what: str) -> None:
+        """Answer the IN / MMIO read of run ``seq`` with ``value`` (see encode_answer)."""
+        ptr = self._handle()
+        if count == 1 and fits(value, size):
+            rc = lib.pyhv_vcpu_complete_in_value(ptr, seq, value)
+        else:
+            data = encode_answer(value, size, count, what)
+            rc = lib.pyhv_vcpu_complete_in(ptr, seq, data, len(data))
+        if rc == _ESTALE:
+            raise StaleExitError(f"{what}: the vCPU has run since this exit (or it was "
+                                 "answered already); complete an exit before running again")
+        check_rc(rc, what)
+
+    def complete_msr(self, seq: int, value: int, fault: bool, what: str) -> None:
+        raise KvmError(errno.ENOSYS, what, "MSR exits need the newer C core")  # TODO
+
+    # -- registers --------------------------------------------------------------------------
+    def read_register(self, name: str) -> int:
+        regs = self._regs
+        check_rc(lib.pyhv_vcpu_get_regs(self._handle(), regs), "KVM_GET_REGS")
+        return int(getattr(regs, name))
+
+    def read_registers(self) -> Regs:
+        regs = self._regs
+        check_rc(lib.pyhv_vcpu_get_regs(self._handle(), regs), "KVM_GET_REGS")
+        return regs_from_c(regs)
+
+    def write_registers(self, values: Mapping[str, int]) -> None:
+        """Set the given general registers (64-bit values), the others unchanged."""
+        ptr = self._handle()
+        regs = self._regs
+        if len(values) < len(GENERAL_REGISTERS):
+            check_rc(lib.pyhv_vcpu_get_regs(ptr, regs), "KVM_GET_REGS")
+        for name, value in values.items():
+            setattr(regs, name, value)
+        check_rc(lib.pyhv_vcpu_set_regs(ptr, regs), "KVM_SET_REGS")
+
+    def set_all_registers(self, regs: Regs) -> None:
+        c = self._regs
+        regs_to_c(regs, c)
+        check_rc(lib.pyhv_vcpu_set_regs(self._handle(), c), "KVM_SET_REGS")
+
+    def get_sregs(self) -> SpecialRegs:
+        c = ffi.new("struct pyhv_sregs *")
+        check_rc(lib.pyhv_vcpu_get_sregs(self._handle(), c), "KVM_GET_SREGS")
+        return sregs_from_c(c)
+
+    def set_sregs(self, sregs: SpecialRegs) -> None:
+        c = ffi.new("struct pyhv_sregs *")
+        sregs_to_c(sregs, c)
+        check_rc(lib.pyhv_vcpu_set_sregs(self._handle(), c), "KVM_SET_SREGS",
+                 "the kernel refused this segment/control register combination")
+
+    def get_fpu(self) -> Fpu:
+        c = ffi.new("struct pyhv_fpu *")
+        check_rc(lib.pyhv_vcpu_get_fpu(self._handle(), c), "KVM_GET_FPU")
+        return fpu_from_c(c)
+
+    def set_fpu(self, fpu: Fpu) -> None:
+        c = ffi.new("struct pyhv_fpu *")
+        fpu_to_c(fpu, c)
+        check_rc(lib.pyhv_vcpu_set_fpu(self._handle(), c), "KVM_SET_FPU")
+
+    def get_msrs(self, indices: list[int]) -> dict[int, int]:
+        values = ffi.new("uint64_t[]", max(len(indices), 1))
+        done = ffi.new("uint32_t *")
+        rc = lib.pyhv_vcpu_get_msrs(self._handle(), indices, values, len(indices), done)
+        _check_msrs(rc, done[0], indices, "KVM_GET_MSRS")
+        return {i: int(values[n]) for n, i in enumerate(indices)}
+
+    def set_msrs(self, indices: list[int], values: list[int]) -> None:
+        done = ffi.new("uint32_t *")
+        rc = lib.pyhv_vcpu_set_msrs(self._handle(), indices, values, len(indices), done)
+        _check_msrs(rc, done[0], indices, "KVM_SET_MSRS")
+
+    def get_cpuid(self) -> tuple[CpuidEntry, ...]:
+        ptr = self._handle()
+        return read_cpuid(lambda buf, cap, n: lib.pyhv_vcpu_get_cpuid(ptr, buf, cap, n),
+                          "KVM_GET_CPUID2")
+
+    def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
+        buf, n = cpuid_to_c(entries)
+        check_rc(lib.pyhv_vcpu_set_cpuid(self._handle(), buf, n), "KVM_SET_CPUID2")
+
+    # -- C fast paths -----------------------------------------------------------------------
+    def set_fast_port(self, port: int, kind: int, value: int = 0) -> None:
+        check_rc(lib.pyhv_vcpu_set_fast_port(self._handle(), port, kind, value),
+                 f"fast path for port {port:#x}")
+
+    def remove_fast_port(self, port: int) -> None:
+        check_rc(lib.pyhv_vcpu_set_fast_port(self._handle(), port, lib.PYHV_PORT_NONE, 0),
+                 f"removing the fast path of port {port:#x}")
+
+    def enable_fast_port(self, port: int, enabled: bool) -> None:
+        """Switch a fast port off (its exits go to Python) or on; safe from any thread."""
+        with self._lock:
+            if self._open:
+                lib.pyhv_vcpu_enable_fast_port(self._ptr, port, 1 if enabled else 0)
+
+    def _buffers(self) -> Any:
+        if self._out is None:
+            self._out = (ffi.new("uint8_t[]", OUTPUT_BUFFER),
+                         ffi.new("struct pyhv_coalesced_write[]", _COALESCED_BATCH))
+        return self._out
+
+    def take_output(self, port: int) -> bytes:
+        """What buffered port ``port`` collected (emptying its buffer)."""
+        buf = self._buffers()[0]
+        n = lib.pyhv_vcpu_take_output(self._handle(), port, buf, OUTPUT_BUFFER)
+        return ffi.buffer(buf, n)[:] if n > 0 else b""
+
+    def drain_coalesced(self) -> list[tuple[int, int, bool, int]]:
+        """Writes queued in the VM's coalesced ring: (address, size, pio, value), in order."""
+        entries = self._buffers()[1]
+        ptr = self._handle()
+        writes = []
+        while True:
+            n = check_rc(lib.pyhv_vcpu_drain_coalesced(ptr, entries, _COALESCED_BATCH),
+                         "draining the coalesced ring")
+            for i in range(n):
+                e = entries[i]
+                writes.append((int(e.address), int(e.len), bool(e.pio),
+                               int.from_bytes(bytes(e.data)[: e.len], "little")))
+            if n < _COALESCED_BATCH:
+                return writes
+
+    def stats(self) -> dict[str, Any]:
+        """The C run loop's counters: the scalar ones by name, and ``by_kvm_reason``."""
+        c = ffi.new("struct pyhv_stats *")
+        check_rc(lib.pyhv_vcpu_get_stats(self._handle(), c), "stats")
+        out: dict[str, Any] = {name: int(getattr(c, name)) for name in _STAT_FIELDS}
+        out["by_kvm_reason"] = tuple(c.by_kvm_reason[i] for i in range(STAT_REASONS))
+        return out
+
+    def reset_stats(self) -> None:
+        lib.pyhv_vcpu_reset_stats(self._handle())
+
+    # -- whole state --------------------------------------------------------------------------
+    def save_state(self, msrs: list[int], optional: int) -> bytes:
+        """The vCPU's whole state as an opaque blob (``struct pyhv_vcpu_state``).  Raises
+        :class:`BlockingIOError`-like :class:`pyhv.KvmError` EBUSY when an exit Python has
+        not seen is pending."""
+        state = ffi.new("struct pyhv_vcpu_state *")
+        check_rc(lib.pyhv_vcpu_save_state(self._handle(), msrs, len(msrs), optional, state),
+                 f"saving vCPU {self.id}")
+        return ffi.buffer(state)[:]
+
+    def load_state(self, blob: bytes) -> None:
+        state = ffi.from_buffer("struct pyhv_vcpu_state *", blob)
+        check_rc(lib.pyhv_vcpu_load_state(self._handle(), state),
+                 f"loading the state of vCPU {self.id}")
+
+    def discard_pending(self) -> bool:
+        """Finish the instruction an unanswered exit left the vCPU in (reads get all ones);
+        True when guest code ran doing so (it may have written memory)."""
+        return bool(check_rc(lib.pyhv_vcpu_discard_pending(self._handle()),
+                             f"finishing the pending exit of vCPU {self.id}"))
+
+    def restorable_msrs(self, candidates: Iterable[int]) -> list[int]:
+        """Which of ``candidates`` KVM lets this vCPU read and write back."""
+        indices = list(candidates)
+        ok = ffi.new("uint32_t[]", max(len(indices), 1))
+        n = check_rc(lib.pyhv_vcpu_restorable_msrs(self._handle(), indices, len(indices), ok),
+                     "probing the MSRs a snapshot can save")
+        return list(ffi.unpack(ok, n))
+
+
+def _check_msrs(rc: int, done: int, indices: list[int], op: str) -> None:
+    if rc == -errno.EINVAL and done < len(indices):
+        raise KvmError(errno.EINVAL, op, f"KVM refused MSR {indices[done]:#x}")
+    check_rc(rc, op)
+
+
+def check_msr_indices(indices: Iterable[int]) -> list[int]:
+    """``indices`` as a list of 32-bit ints, or InvalidArgument."""
+    out = []
+    for i in indices:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= 0xFFFFFFFF:
+            raise InvalidArgument(f"MSR index {i!r} is not a 32-bit unsigned int")
+        out.append(i)
+    return out

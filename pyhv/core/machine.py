@@ -1,0 +1,117 @@
+"""What a partition's vCPUs and run loops share: the VM fd, its memory, lifecycle, buses,
+fast paths and the handlers for stub exits.
+
+:class:`pyhv.Partition` builds one :class:`Machine` and is the public face of it; vCPUs
+and the run loop see only this, never the partition.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._native import Feature, VcpuFd, VmFd
+from .._native.vcpu import STATE_DEBUGREGS, STATE_MAX_MSRS, STATE_XCRS
+from .._native.vm import CHIPS
+from ..exits import GuestException
+from .buses import AddressSpace, Space, SyscallHandler
+from .fastpath import FastPaths
+from .hypervisor import Hypervisor
+from .lifecycle import Lifecycle
+from .memory import GuestMemory
+from .setup_region import SetupRegion
+
+if TYPE_CHECKING:
+    from .vcpu import VCpu
+
+ExceptionHandler = Callable[[GuestException], Any]
+
+
+class Machine:
+    """A partition's shared run-time parts (see the module docstring)."""
+
+    def __init__(self, hypervisor: Hypervisor, vm: VmFd, memory: GuestMemory, *,
+                 setup_base: int, irqchip: bool, pit: bool, hardened: bool) -> None:
+        self.hypervisor = hypervisor
+        self.vm = vm
+        self.memory = memory
+        self.setup_base = setup_base
+        self.setup = SetupRegion(setup_base, memory)
+        self.irqchip, self.pit, self.hardened = irqchip, pit, hardened
+        self.life = Lifecycle()
+        self.io = AddressSpace(Space.IO, 0x10000, cached=True)
+        self.mmio = AddressSpace(Space.MMIO, 1 << 64, cached=False)
+        self.msr = AddressSpace(Space.MSR, 1 << 32, cached=True)
+        self.fast = FastPaths(vm, self.vcpu_fds)
+        self.syscall_handler: SyscallHandler | None = None
+        self.exception_handler: ExceptionHandler | None = None
+        self.backend_note = hypervisor.backend_note
+        self._vcpus: list[tuple[VCpu, VcpuFd]] = []
+        self.vcpu_layout = 0               # bumped whenever a vCPU comes or goes
+        # called before the first run of any vCPU (a resettable partition's reset point)
+        self.before_first_run: Callable[[], None] | None = None
+        self._first_lock = threading.Lock()
+        self._state_msrs: list[int] | None = None
+
+    # -- vCPUs --------------------------------------------------------------------------------
+    def add_vcpu(self, vcpu: VCpu, fd: VcpuFd) -> None:
+        self._vcpus.append((vcpu, fd))
+        self.vcpu_layout += 1
+
+    def forget_vcpu(self, vcpu: VCpu) -> None:
+        """A closed vCPU leaves the partition (snapshots then cover the others)."""
+        before = len(self._vcpus)
+        self._vcpus = [(v, fd) for v, fd in self._vcpus if v is not vcpu]
+        if len(self._vcpus) != before:
+            self.vcpu_layout += 1
+
+    @property
+    def vcpus(self) -> list[VCpu]:
+        return [v for v, _fd in self._vcpus]
+
+    def vcpu_fds(self) -> list[VcpuFd]:
+        return [fd for _v, fd in self._vcpus if not fd.closed]
+
+    # -- running ------------------------------------------------------------------------------
+    def first_run(self) -> None:
+        """Run the first-run hook once, before any vCPU enters the guest."""
+        hook = self.before_first_run
+        if hook is None:
+            return
+        with self._first_lock:
+            if self.before_first_run is not None:
+                self.before_first_run = None
+                hook()
+
+    def state_msrs(self) -> list[int]:
+        """The MSRs a snapshot saves: those KVM lists for save/restore that a vCPU can read
+        and write back (KVM refuses some, e.g. paravirtual ones the CPUID does not offer)."""
+        if self._state_msrs is None:
+            vcpus = self.vcpus
+            if not vcpus:
+                return []
+            ok = vcpus[0].restorable_msrs(self.hypervisor.msr_index_list())
+            self._state_msrs = ok[:STATE_MAX_MSRS]
+        return self._state_msrs
+
+    def state_parts(self) -> int:
+        """The optional vCPU-state parts this backend offers, so saving does not try (and
+        fail) the others every time."""
+        caps = self.hypervisor.capability
+        return ((STATE_XCRS if caps(Feature.XCRS) else 0) |
+                (STATE_DEBUGREGS if caps(Feature.DEBUGREGS) else 0))
+
+    def save_chips(self) -> dict[str, bytes]:
+        """The in-kernel interrupt controllers' and PIT's state, by name."""
+        return self.vm.save_chips(self.irqchip, self.pit)
+
+    def chip_names(self) -> set[str]:
+        return (set(CHIPS) if self.irqchip else set()) | ({"pit"} if self.pit else set())
+
+    def stop_all(self) -> None:
+        """Cancel every vCPU's run (sticky: one not running stops at its next run; during a
+        pause, the parked runs return when resumed)."""
+        self.life.stop_requested()
+        for fd in self.vcpu_fds():
+            fd.cancel()
