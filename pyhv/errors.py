@@ -1,4 +1,5 @@
-"""pyhv's exceptions: one hierarchy under :class:`HypervisorError`.
+"""pyhv's exceptions: one hierarchy under :class:`HypervisorError` (this module imports no
+other part of pyhv: everything may raise them).
 
 Errors that come from the kernel carry its errno and also subclass :class:`OSError`; errors
 about bad arguments also subclass :class:`ValueError`, so ``except ValueError`` keeps working
@@ -8,11 +9,7 @@ for code that does not know pyhv.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .exits import Exit
-    from .registers import Regs
+from typing import Any
 
 
 class HypervisorError(Exception):
@@ -91,7 +88,7 @@ class PoisonedError(StateError):
     """The partition is poisoned (a fault, a handler that raised, an exit nobody handled):
     only :meth:`pyhv.Partition.reset` or :meth:`pyhv.Partition.restore` clears it."""
 
-    def __init__(self, reason: str, exit: Exit | None = None) -> None:
+    def __init__(self, reason: str, exit: Any = None) -> None:
         super().__init__(f"partition is poisoned ({reason}): reset() or restore() it first")
         self.reason = reason
         self.exit = exit
@@ -112,7 +109,7 @@ class Timeout(HypervisorError, TimeoutError):
     ``exits_handled`` (exits handled before the timeout, for handler-driven runs).
     """
 
-    def __init__(self, vcpu: Any, regs: Regs, timeout: float, exits_handled: int = 0) -> None:
+    def __init__(self, vcpu: Any, regs: Any, timeout: float, exits_handled: int = 0) -> None:
         super().__init__(
             f"vCPU {vcpu.id} still running after {timeout:g} s "
             f"(rip={regs.rip:#x}, {exits_handled} exits handled)"
@@ -126,7 +123,7 @@ class Timeout(HypervisorError, TimeoutError):
 class UnhandledExit(HypervisorError):
     """Raised by :meth:`pyhv.RunResult.check` when a run ended on an exit nobody handled."""
 
-    def __init__(self, exit: Exit) -> None:
+    def __init__(self, exit: Any) -> None:
         super().__init__(f"run ended on an unhandled exit: {exit!r}")
         self.exit = exit
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._native import Feature, VcpuFd, VmFd
 from .._native.vcpu import STATE_DEBUGREGS, STATE_MAX_MSRS, STATE_XCRS
@@ -22,8 +22,6 @@ from .lifecycle import Lifecycle
 from .memory import GuestMemory
 from .setup_region import SetupRegion
 
-if TYPE_CHECKING:
-    from .vcpu import VCpu
 
 ExceptionHandler = Callable[[GuestException], Any]
 
@@ -47,7 +45,7 @@ class Machine:
         self.syscall_handler: SyscallHandler | None = None
         self.exception_handler: ExceptionHandler | None = None
         self.backend_note = hypervisor.backend_note
-        self._vcpus: list[tuple[VCpu, VcpuFd]] = []
+        self._vcpus: list[tuple[Any, VcpuFd]] = []
         self.vcpu_layout = 0               # bumped whenever a vCPU comes or goes
         # called before the first run of any vCPU (a resettable partition's reset point)
         self.before_first_run: Callable[[], None] | None = None
@@ -55,11 +53,11 @@ class Machine:
         self._state_msrs: list[int] | None = None
 
     # -- vCPUs --------------------------------------------------------------------------------
-    def add_vcpu(self, vcpu: VCpu, fd: VcpuFd) -> None:
+    def add_vcpu(self, vcpu: Any, fd: VcpuFd) -> None:
         self._vcpus.append((vcpu, fd))
         self.vcpu_layout += 1
 
-    def forget_vcpu(self, vcpu: VCpu) -> None:
+    def forget_vcpu(self, vcpu: Any) -> None:
         """A closed vCPU leaves the partition (snapshots then cover the others)."""
         before = len(self._vcpus)
         self._vcpus = [(v, fd) for v, fd in self._vcpus if v is not vcpu]
@@ -67,7 +65,7 @@ class Machine:
             self.vcpu_layout += 1
 
     @property
-    def vcpus(self) -> list[VCpu]:
+    def vcpus(self) -> list[Any]:
         return [v for v, _fd in self._vcpus]
 
     def vcpu_fds(self) -> list[VcpuFd]:

@@ -19,33 +19,11 @@ carry it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .host import DeviceHost
-
-
-class Device:
-    """Base of pyhv's devices: a name, an ``attach`` step and a snapshot-able state."""
-
-    name = "device"
-
-    def attach(self, partition: DeviceHost) -> None:
-        """Register the device's handlers on ``partition`` (called by ``Partition.attach``)."""
-        self.partition = partition
-
-    def get_state(self) -> dict[str, Any]:
-        """The device's state as JSON-able values (for snapshots)."""
-        return {}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Take back a state from :meth:`get_state`."""
-
-
-from .debugexit import IsaDebugExit  # noqa: E402
-from .fwcfg import FwCfg  # noqa: E402
-from .i8042 import I8042  # noqa: E402
-from .rtc import Rtc  # noqa: E402
-from .uart import Uart16550  # noqa: E402
+from .base import Device
+from .debugexit import IsaDebugExit
+from .fwcfg import FwCfg
+from .i8042 import I8042
+from .rtc import Rtc
+from .uart import Uart16550
 
 __all__ = ["Device", "Uart16550", "I8042", "Rtc", "FwCfg", "IsaDebugExit"]

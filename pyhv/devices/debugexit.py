@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import Device
+from .base import Device
 
 if TYPE_CHECKING:
     from .host import DeviceHost

@@ -13,7 +13,7 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgument
-from . import Device
+from .base import Device
 
 if TYPE_CHECKING:
     from .host import DeviceHost

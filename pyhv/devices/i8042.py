@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.buses import EndRun
 from ..exits import Reset
-from . import Device
+from .base import Device
 
 if TYPE_CHECKING:
     from .host import DeviceHost

@@ -20,7 +20,7 @@ import datetime
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import Device
+from .base import Device
 
 if TYPE_CHECKING:
     from .host import DeviceHost

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..core.buses import sink_writer
-from . import Device
+from .base import Device
 
 if TYPE_CHECKING:
     from .host import DeviceHost

@@ -17,61 +17,15 @@ at GPA 0x10000-0x20000 and refuse images that would overlap it or pyhv's setup r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError, InvalidArgument
+from .image import BootImage, Partition, read_image
 
 if TYPE_CHECKING:
-    from ..core.memory import GuestMemory
-    from ..core.vcpu import VCpu
     from .elf import ElfImage
 
-
-class Partition(Protocol):
-    """What loaders need of a partition (:class:`pyhv.Partition` is one): its memory, where
-    pyhv's setup region lies, and a way to make the boot vCPU."""
-
-    memory: GuestMemory
-    setup_base: int
-
-    def create_vcpu(self, mode: str = ..., entry: int = ..., stack: int | None = ...,
-                    **kwargs: Any) -> VCpu: ...
-
 FORMATS = ("auto", "flat", "elf", "multiboot", "linux")
-
-
-@dataclass
-class BootImage:
-    """A loaded image: how to start it (mode, entry, registers) and what went where."""
-
-    format: str                               # "flat", "elf", "multiboot", "linux", "pvh"
-    mode: str                                 # the vCPU mode the format starts in
-    entry: int
-    registers: dict[str, int] = field(default_factory=dict)
-    regions: list[tuple[int, int, str]] = field(default_factory=list)   # (gpa, size, what)
-    stack: int | None = None
-
-    def create_vcpu(self, partition: Partition, **kwargs: Any) -> VCpu:
-        """The boot vCPU, in the state the format promises its image."""
-        if self.stack is not None:
-            kwargs.setdefault("stack", self.stack)
-        cpu = partition.create_vcpu(mode=self.mode, entry=self.entry, **kwargs)
-        if self.registers:
-            cpu.regs.update(**self.registers)
-        return cpu
-
-
-def read_image(image: str | os.PathLike[str] | bytes) -> tuple[bytes, str]:
-    """The image's bytes and a name for it (its path, for multiboot command lines)."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return bytes(image), "image"
-    path = os.fspath(image)
-    try:
-        with open(path, "rb") as f:
-            return f.read(), path
-    except OSError as exc:
-        raise ImageFormatError(f"{path}: cannot read the image ({exc.strerror})") from None
 
 
 def detect(data: bytes) -> str:
@@ -128,4 +82,4 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
     return linux.load(partition, data, name, cmdline, ramdisk, parsed)
 
 
-__all__ = ["BootImage", "load", "detect", "read_image", "FORMATS", "ImageFormatError"]
+__all__ = ["BootImage", "FORMATS", "ImageFormatError", "Partition", "detect", "load", "read_image"]

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError
-from . import BootImage
+from .image import BootImage
 from .layout import Payload, check_fits, write_payloads
 
 if TYPE_CHECKING:
-    from . import Partition
+    from .image import Partition
 
 MAGIC = b"\x7fELF"
 EM_386, EM_X86_64 = 3, 62

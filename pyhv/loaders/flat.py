@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgument
 from ..x86.modes import MODES
-from . import BootImage
+from .image import BootImage
 from .layout import check_fits
 
 if TYPE_CHECKING:
-    from . import Partition
+    from .image import Partition
 
 
 def load(partition: Partition, data: bytes, address: int, mode: str) -> BootImage:

@@ -11,7 +11,7 @@ from ..core.memory import PAGE_SIZE
 from ..x86.setup import SETUP_MAX_SIZE
 
 if TYPE_CHECKING:
-    from . import Partition
+    from .image import Partition
 
 BOOT_DATA = 0x10000            # boot data area [0x10000, 0x20000)
 BOOT_DATA_END = 0x20000

@@ -22,7 +22,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError, InvalidArgument
-from . import BootImage
+from .image import BootImage
 from . import elf as elf_loader
 from .layout import (
     BOOT_DATA_END,
@@ -41,7 +41,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:
-    from . import Partition
+    from .image import Partition
 
 HDRS = b"HdrS"
 MIN_VERSION = 0x020C               # the 64-bit entry point (and xloadflags) appeared here

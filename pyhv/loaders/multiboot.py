@@ -16,7 +16,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError, InvalidArgument
-from . import BootImage
+from .image import BootImage
 from . import elf as elf_loader
 from .layout import (
     BOOT_DATA_END,
@@ -35,7 +35,7 @@ from .layout import (
 )
 
 if TYPE_CHECKING:
-    from . import Partition
+    from .image import Partition
 
 MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
