@@ -34,7 +34,6 @@ HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
 
 EXIT_PORT = 0x510
-PAGE_BITS = mmap.PAGESIZE * 64
 CODE = 0x1000
 PAYLOAD = 0x100000
 
@@ -110,7 +109,7 @@ def bench_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
     cpu = part.create_vcpu(mode="long", entry=CODE)
     start = cpu.regs.snapshot()
     mmap_size = part.hypervisor.vcpu_mmap_size
-    fd = pyhv._ffi.lib.pyhv_vcpu_fd(cpu._handle())
+    fd = cpu.fd
     seen = [0]
 
     def on_out(port: int, size: int, value: int) -> None:
@@ -150,6 +149,65 @@ def bench_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
     fast, c = best(repeats, c_fast, raw_c)
     rows.append(row("exit_cfast_vs_c", fast * 1e6, "us/exit", c * 1e6, 1.03,
                     "port OUT completed by pyhv's C core (buffered port) vs the raw C loop"))
+    part.close()
+    return rows
+
+
+def bench_typed_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
+    """The README's loop: ``cpu.run(timeout=5)`` in a ``match``, one OUT per exit; and a
+    handler-driven run answering INs."""
+    count = 3000
+    part = pyhv.Partition(memory="16M")
+    part.memory.write(CODE, out_loop(count))
+    cpu = part.create_vcpu(mode="long", entry=CODE)
+    start = cpu.regs.snapshot()
+    mmap_size = part.hypervisor.vcpu_mmap_size
+    fd = cpu.fd
+
+    def raw_c() -> float:
+        cpu.regs.load(start)
+        began = time.perf_counter()
+        assert ref.ref_run_to_halt(fd, mmap_size) == count
+        return (time.perf_counter() - began) / count
+
+    def typed() -> float:
+        cpu.regs.load(start)
+        outs = 0
+        began = time.perf_counter()
+        while True:
+            match cpu.run(timeout=5):
+                case pyhv.exits.IoOut(port=0x510, data=d):
+                    outs += len(d) > 0
+                case pyhv.exits.Halt():
+                    break
+                case other:
+                    raise RuntimeError(f"unexpected {other!r}")
+        took = time.perf_counter() - began
+        assert outs == count
+        return took / count
+
+    py, c = best(repeats, typed, raw_c)
+    rows = [row("exit_typed_vs_c", py * 1e6, "us/exit", c * 1e6, 1.25,
+                "cpu.run(timeout=5) + match per OUT (the README's loop) vs the raw C loop")]
+    part.close()
+
+    part = pyhv.Partition(memory="16M")
+    part.memory.write(CODE, assemble(f"mov ${EXIT_PORT:#x}, %dx\nmov ${count}, %ecx\n"
+                                     "1: in %dx, %al\nloop 1b\nhlt", origin=CODE))
+    cpu = part.create_vcpu(mode="long", entry=CODE)
+    start = cpu.regs.snapshot()
+    fd = cpu.fd
+    part.add_io_handler(EXIT_PORT, read=lambda port, size: 1)
+
+    def handled_in() -> float:
+        cpu.regs.load(start)
+        result = part.run(timeout=60)
+        assert result.halted and result.exits_handled == count
+        return result.elapsed / count
+
+    py, c = best(repeats, handled_in, raw_c)
+    rows.append(row("exit_in_python_vs_c", py * 1e6, "us/exit", c * 1e6, 1.20,
+                    "port IN answered by a Python handler vs the raw C loop answering it"))
     part.close()
     return rows
 
@@ -236,7 +294,7 @@ def bench_restore(repeats: int) -> Row:
     def restore(full: bool) -> float:
         assert isinstance(cpu.run(timeout=30), pyhv.exits.Halt)
         if full:
-            part._tracker = None            # forget what changed: copy everything touched
+            part.memory.untrack()           # forget what changed: copy everything touched
         began = time.perf_counter()
         copied = part.restore(snap)
         took = time.perf_counter() - began
@@ -305,12 +363,7 @@ def bench_idle_rss(ref: ctypes.CDLL) -> Row:
         parts.append(part)
     gc.collect()
     grown = rss_bytes() - before
-    touched = 0
-    for part in parts:
-        for slot in part.memory.slots:
-            bits = pyhv._ffi.ffi.new("uint64_t[]", slot.size // PAGE_BITS)
-            pyhv._ffi.lib.pyhv_memory_resident(slot._pointer, slot.size // mmap.PAGESIZE, bits)
-            touched += sum(bin(bits[i]).count("1") for i in range(len(bits))) * mmap.PAGESIZE
+    touched = sum(slot.resident_bytes() for part in parts for slot in part.memory.slots)
     for part in parts:
         part.close()
     del parts
@@ -436,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_host(), flush=True)
     ref = build_reference()
     rows = bench_exits(ref, repeats)
+    rows += bench_typed_exits(ref, repeats)
     lifecycle, cycle = bench_lifecycle(ref, max(repeats // 2, 2))
     compute, iter_ns = bench_compute(max(repeats // 4, 2))
     rows += [lifecycle, compute]

@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 /* Run an already set-up vCPU (pyhv made it: same VM, same guest, same registers) until it
-   halts, answering nothing: the guest only does OUTs.  Returns the number of OUT exits, or
-   -errno.  Sync regs are switched off while it runs, as a raw loop would not ask for them. */
+   halts: OUTs are taken, INs answered with 1.  Returns the number of IO exits, or -errno.
+   Sync regs are switched off while it runs, as a raw loop would not ask for them. */
 long ref_run_to_halt(int vcpu_fd, int mmap_size)
 {
     struct kvm_run *run = mmap(NULL, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_fd, 0);
@@ -32,7 +32,12 @@ long ref_run_to_halt(int vcpu_fd, int mmap_size)
             outs = -errno;
             break;
         }
-        if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_OUT) {
+        if (run->exit_reason == KVM_EXIT_IO) {
+            if (run->io.direction == KVM_EXIT_IO_IN) {
+                uint8_t *data = (uint8_t *)run + run->io.data_offset;
+                memset(data, 0, run->io.size);
+                data[0] = 1;
+            }
             outs++;
             continue;
         }

@@ -26,6 +26,7 @@ from ..exits import (
     Shutdown,
     SystemEvent,
     Unknown,
+    fast_constructor,
     kvm_exit_name,
 )
 from .binding import ffi, lib
@@ -59,22 +60,33 @@ def _rip(c: Any) -> int | None:
     return c.rip if c.rip_valid else None
 
 
+# the exits every run loop sees most, built without the frozen dataclasses' __init__
+_new_io_out = fast_constructor(IoOut)          # rip, port, size, data, count
+_new_io_in = fast_constructor(IoIn)            # rip, _vcpu, _seq, port, size, count
+_new_mmio_read = fast_constructor(MmioRead)    # rip, _vcpu, _seq, gpa, size
+_new_mmio_write = fast_constructor(MmioWrite)  # rip, gpa, size, data
+_new_halt = fast_constructor(Halt)             # rip
+
+
 def _io(c: Any, ctx: ExitContext) -> Exit:
+    rip = c.rip if c.rip_valid else None
     if c.io_in:
-        return IoIn(c.io_port, c.io_size, c.io_count, rip=_rip(c), _vcpu=ctx.completer,
-                    _seq=c.seq)
-    if c.io_count == 1:
-        data = c.io_value.to_bytes(c.io_size, "little")
+        return _new_io_in(rip, ctx.completer, c.seq, c.io_port, c.io_size, c.io_count)
+    size = c.io_size
+    count = c.io_count
+    if count == 1:
+        data = c.io_value.to_bytes(size, "little")
     else:
-        data = ffi.buffer(c.io_data, c.io_size * c.io_count)[:]
-    return IoOut(c.io_port, c.io_size, data, c.io_count, rip=_rip(c))
+        data = ffi.buffer(c.io_data, size * count)[:]
+    return _new_io_out(rip, c.io_port, size, data, count)
 
 
 def _mmio(c: Any, ctx: ExitContext) -> Exit:
+    rip = c.rip if c.rip_valid else None
     if c.mmio_write:
-        return MmioWrite(c.mmio_gpa, c.mmio_len, c.mmio_value.to_bytes(c.mmio_len, "little"),
-                         rip=_rip(c))
-    return MmioRead(c.mmio_gpa, c.mmio_len, rip=_rip(c), _vcpu=ctx.completer, _seq=c.seq)
+        return _new_mmio_write(rip, c.mmio_gpa, c.mmio_len,
+                               c.mmio_value.to_bytes(c.mmio_len, "little"))
+    return _new_mmio_read(rip, ctx.completer, c.seq, c.mmio_gpa, c.mmio_len)
 
 
 def failed_instruction(words: tuple[int, ...]) -> bytes:
@@ -116,7 +128,7 @@ def _invalid(c: Any, ctx: ExitContext) -> Exit:
 
 
 def _halt(c: Any, ctx: ExitContext) -> Exit:
-    return Halt(rip=c.rip if c.rip_valid else ctx.rip())
+    return _new_halt(c.rip if c.rip_valid else ctx.rip())
 
 
 _BUILDERS: dict[int, Callable[[Any, ExitContext], Exit]] = {

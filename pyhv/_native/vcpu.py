@@ -88,26 +88,31 @@ class VcpuFd:
                  f"KVM_CREATE_VCPU {vcpu_id}")
         self.id = vcpu_id
         self._ptr = out[0]
-        self._open = True
+        # True until close(): the run loop reads it once per run, without a call
+        self.open = True
         self._finalizer = weakref.finalize(self, lib.pyhv_vcpu_destroy, self._ptr)
         self._lock = threading.Lock()           # cancel() vs close()
         self.record = ffi.new("struct pyhv_exit *")
         self._regs = ffi.new("struct pyhv_regs *")
-        self._run = functools.partial(lib.pyhv_vcpu_run, self._ptr, self.record)
+        run = functools.partial(lib.pyhv_vcpu_run, self._ptr, self.record)
+        # the run loops' calls: a trip into the guest, and the answer to a single IN/read
+        # (closures over the C objects, not over self: no reference cycle)
+        self.enter = lambda deadline_ns: run()       # (until the C run takes a deadline)
+        self.answer = functools.partial(lib.pyhv_vcpu_complete_in_value, self._ptr)
         self._out: Any = None                   # bulk buffers, made on first use
 
     # -- lifetime ---------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return not self._open
+        return not self.open
 
     def close(self) -> None:
         with self._lock:
-            self._open = False
+            self.open = False
             self._finalizer()
 
     def _handle(self) -> Any:
-        if not self._open:
+        if not self.open:
             raise ClosedError(f"vCPU {self.id} is closed")
         return self._ptr
 
@@ -119,10 +124,10 @@ class VcpuFd:
         lib.pyhv_vcpu_set_irqchip(self._handle(), 1 if present else 0)
 
     # -- running ----------------------------------------------------------------------------
-    def enter(self, deadline_ns: int) -> int:
-        """One trip into the guest until an exit Python must see: the exit summary
-        (``EXIT_* | RUN_*`` flags), with :attr:`record` filled.  Only while holding the run."""
-        return int(self._run())
+    # enter(deadline_ns) -> int: one trip into the guest until an exit Python must see; the
+    #   exit summary (EXIT_* | RUN_* flags), with `record` filled.  Only while holding the run.
+    # answer(seq, value) -> int: 0 or -errno, a single IN/MMIO read answered with a number
+    #   the caller checked (fits the access).  Both are attributes: no Python frame per call.
 
     def set_deadline(self, deadline_ns: int) -> None:
         check_rc(lib.pyhv_vcpu_set_deadline(self._handle(), deadline_ns),
@@ -131,14 +136,14 @@ class VcpuFd:
     def cancel(self) -> bool:
         """Stop the current or next run; False when the vCPU is closed."""
         with self._lock:
-            if not self._open:
+            if not self.open:
                 return False
             lib.pyhv_vcpu_cancel(self._ptr)
             return True
 
     def clear_cancel(self) -> None:
         with self._lock:
-            if self._open:
+            if self.open:
                 lib.pyhv_vcpu_clear_cancel(self._ptr)
 
     def current_seq(self) -> int:
@@ -245,7 +250,7 @@ class VcpuFd:
     def enable_fast_port(self, port: int, enabled: bool) -> None:
         """Switch a fast port off (its exits go to Python) or on; safe from any thread."""
         with self._lock:
-            if self._open:
+            if self.open:
                 lib.pyhv_vcpu_enable_fast_port(self._ptr, port, 1 if enabled else 0)
 
     def _buffers(self) -> Any:

@@ -119,15 +119,12 @@ class FastPaths:
         self._zones: list[_Zone] = []
         self._ring_lock = threading.Lock()            # one coalesced ring per VM
         self._doorbells: list[Doorbell] = []
+        self._changed()
 
-    @property
-    def has_bulk(self) -> bool:
-        """Whether anything may wait for bulk delivery (buffered ports or zones)."""
-        return bool(self._outputs or self._zones)
-
-    @property
-    def has_output(self) -> bool:
-        return bool(self._outputs)
+    def _changed(self) -> None:
+        # plain attributes, read by the run loop once per run
+        self.has_output = bool(self._outputs)          # buffered ports exist
+        self.has_bulk = bool(self._outputs or self._zones)   # anything for bulk delivery
 
     # -- fast ports ---------------------------------------------------------------------------
     def add_port(self, port: int, kind: PortKind, value: int = 0,
@@ -150,6 +147,7 @@ class FastPaths:
         self.ports[port] = entry
         if sink is not None:
             self._outputs[port] = sink
+        self._changed()
         return entry
 
     def remove_port(self, entry: FastPort) -> None:
@@ -161,6 +159,7 @@ class FastPaths:
             vcpu.remove_fast_port(entry.port)
         del self.ports[entry.port]
         self._outputs.pop(entry.port, None)
+        self._changed()
         entry.detach()
 
     def apply_enabled(self, entry: FastPort) -> None:
@@ -182,6 +181,7 @@ class FastPaths:
     def add_zone(self, start: int, size: int, pio: bool, write: WriteHandler) -> None:
         self._vm.coalesced_zone(start, size, pio, True)
         self._zones.append(_Zone(start, start + size, pio, write))
+        self._changed()
 
     def zone_at(self, start: int, pio: bool) -> _Zone | None:
         return next((z for z in self._zones if z.start == start and z.pio == pio), None)
@@ -189,6 +189,7 @@ class FastPaths:
     def remove_zone(self, zone: _Zone) -> None:
         self._vm.coalesced_zone(zone.start, zone.end - zone.start, zone.pio, False)
         self._zones.remove(zone)
+        self._changed()
 
     # -- doorbells ----------------------------------------------------------------------------
     def add_doorbell(self, address: int, size: int, io: bool, value: int | None) -> Doorbell:

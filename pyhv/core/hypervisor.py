@@ -99,6 +99,7 @@ class Hypervisor:
 
     Most code never makes one: partitions share a process-wide handle (:func:`default`).
 
+    >>> import pyhv
     >>> with pyhv.Hypervisor() as hv:
     ...     hv.capability(pyhv.Feature.NR_MEMSLOTS) > 0, hv.capability("KVM_CAP_USER_MEMORY")
     (True, 1)
@@ -313,6 +314,7 @@ def check(path: str | None = None) -> Capabilities:
 
     Raises :class:`pyhv.HypervisorUnavailable` (with what to do) when KVM cannot be used.
 
+    >>> import pyhv
     >>> pyhv.check().ok
     True
     """

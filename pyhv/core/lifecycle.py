@@ -2,11 +2,12 @@
 
 >>> from pyhv.core.lifecycle import Lifecycle
 >>> life = Lifecycle()
+>>> slot = life.new_slot()
 >>> life.state.value
 'created'
->>> life.begin_run(); life.state.value
+>>> life.begin_run(slot); life.state.value
 'running'
->>> life.end_run(); life.poison("a test"); life.state.value
+>>> life.end_run(slot); life.poison("a test"); life.state.value
 'poisoned'
 
 ::
@@ -42,22 +43,55 @@ class PartitionState(str, enum.Enum):
     CLOSED = "closed"
 
 
-class Lifecycle:
-    """Run accounting and the state machine, shared by a partition's vCPU threads."""
+class RunSlot:
+    """One vCPU's place in the run accounting: whether a run of it is in progress."""
+
+    __slots__ = ("active",)
 
     def __init__(self) -> None:
-        # a plain lock for the per-run accounting (its `with` costs less than a Condition's);
-        # the condition shares it
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self.active = 0            # runs in progress
-        self.parked = 0            # of which parked by pause()
+        self.active = False
+
+
+class Lifecycle:
+    """Run accounting and the state machine, shared by a partition's vCPU threads.
+
+    Beginning and ending a run take no lock (they happen once per typed exit): a run marks
+    its slot active, then looks at ``blocked``; pause(), close() and poisoning set
+    ``blocked``, then look at the slots.  Under the GIL those stores and loads happen in one
+    order for every thread, so either the run sees ``blocked`` and backs out, or pause()
+    sees the run and waits for it to park.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._slots: list[RunSlot] = []
+        self.parked = 0            # runs parked by pause()
         self.paused = False
         self.closed = False
+        self.blocked = False       # closed, poisoned or paused: new runs are refused
         self.ever_ran = False
         self.poison_reason: str | None = None
         self.poison_exit: Exit | None = None
         self.stopped_while_paused = False
+
+    def new_slot(self) -> RunSlot:
+        """A slot for a new vCPU."""
+        slot = RunSlot()
+        with self._cond:
+            self._slots = self._slots + [slot]
+        return slot
+
+    def drop_slot(self, slot: RunSlot) -> None:
+        with self._cond:
+            self._slots = [s for s in self._slots if s is not slot]
+
+    @property
+    def active(self) -> int:
+        """Runs in progress (parked ones included)."""
+        return sum(1 for s in self._slots if s.active)
+
+    def _update_blocked(self) -> None:
+        self.blocked = self.closed or self.paused or self.poison_reason is not None
 
     @property
     def state(self) -> PartitionState:
@@ -75,21 +109,21 @@ class Lifecycle:
     def poisoned(self) -> bool:
         return self.poison_reason is not None
 
-    def begin_run(self) -> None:
-        with self._lock:
+    def begin_run(self, slot: RunSlot) -> None:
+        slot.active = True                # first: see the class docstring
+        if self.blocked:
+            slot.active = False
             if self.closed:
                 raise ClosedError("partition is closed")
             if self.poison_reason is not None:
                 raise PoisonedError(self.poison_reason, self.poison_exit)
-            if self.paused:
-                raise StateError("partition is paused: resume() it before running")
-            self.active += 1
-            self.ever_ran = True
+            raise StateError("partition is paused: resume() it before running")
+        self.ever_ran = True
 
-    def end_run(self) -> None:
-        with self._lock:
-            self.active -= 1
-            if self.paused:               # only pause() waits for runs to end or park
+    def end_run(self, slot: RunSlot) -> None:
+        slot.active = False
+        if self.paused:                   # only pause() waits for runs to end or park
+            with self._cond:
                 self._cond.notify_all()
 
     def park(self, leaving: Callable[[], bool]) -> bool:
@@ -115,6 +149,7 @@ class Lifecycle:
             if self.paused:
                 raise StateError("partition is already paused")
             self.paused = True
+            self._update_blocked()
             while self.parked < self.active:
                 cancel_running()          # again, for a run that started just before
                 self._cond.wait(0.05)
@@ -130,6 +165,7 @@ class Lifecycle:
             reset_cancels(self.stopped_while_paused)
             self.stopped_while_paused = False
             self.paused = False
+            self._update_blocked()
             self._cond.notify_all()
 
     def stop_requested(self) -> None:
@@ -150,12 +186,15 @@ class Lifecycle:
         with self._cond:
             if self.poison_reason is None:
                 self.poison_reason, self.poison_exit = reason, exit
+                self._update_blocked()
 
     def cure(self) -> None:
         with self._cond:
             self.poison_reason = self.poison_exit = None
+            self._update_blocked()
 
     def close(self) -> None:
         with self._cond:
             self.closed = True
+            self._update_blocked()
             self._cond.notify_all()

@@ -81,6 +81,7 @@ def validate_timeout(timeout: float | None) -> float | None:
 
 
 _MISSING = object()
+_LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32}
 _SERVED, _ENDED = object(), object()
 
 
@@ -94,6 +95,7 @@ class VcpuRunner:
         self.stubs: Stubs | None = None        # set when the vCPU uses pyhv's stubs
         self.ctx = ExitContext(fd, lambda: fd.read_register("rip"), machine.backend_note)
         self._claim = threading.Lock()
+        self.slot = machine.life.new_slot()
         self.thread: int | None = None         # the thread running it now
         self.parked = False                    # in a run parked by pause()
         self.closing = False                   # close() waits for the run to end
@@ -102,16 +104,17 @@ class VcpuRunner:
     # -- claiming -----------------------------------------------------------------------------
     def _begin(self, timeout: float | None) -> int:
         """Claim the vCPU for a run on this thread; the deadline (0: none).  Every call that
-        returns is paired with :meth:`_end`."""
-        if not self._claim.acquire(blocking=False):
+        returns is paired with :meth:`_end`.  (This runs once per typed exit: it keeps to
+        attribute reads and one lock.)"""
+        if not self._claim.acquire(False):
             raise HypervisorError(f"vCPU {self.fd.id} is already running on another thread")
         machine = self.machine
         try:
-            if self.fd.closed:
+            if not self.fd.open:
                 raise ClosedError(f"vCPU {self.fd.id} is closed")
             if machine.before_first_run is not None:
                 machine.first_run()
-            machine.life.begin_run()
+            machine.life.begin_run(self.slot)
         except BaseException:
             self._claim.release()
             raise
@@ -121,7 +124,7 @@ class VcpuRunner:
             try:
                 self.fd.set_deadline(deadline)
             except BaseException:
-                machine.life.end_run()
+                machine.life.end_run(self.slot)
                 self._claim.release()
                 raise
         self.thread = threading.get_ident()
@@ -132,7 +135,7 @@ class VcpuRunner:
         if deadline or self.machine.fast.has_output:
             self.fd.set_deadline(0)     # disarms the thread's timer (output flush)
         self.thread = None
-        self.machine.life.end_run()
+        self.machine.life.end_run(self.slot)
         self._claim.release()
 
     def park(self) -> bool:
@@ -157,6 +160,7 @@ class VcpuRunner:
             self.fd.cancel()
         try:
             self.fd.close()
+            self.machine.life.drop_slot(self.slot)
         finally:
             self._claim.release()
 
@@ -232,6 +236,8 @@ class VcpuRunner:
             find_port, find_mmio = machine.io.find, machine.mmio.find
             single_out, missing = RUN_SINGLE_OUT, _MISSING
             h: Any
+            answer = fd.answer
+            limits = _LIMITS
             while True:
                 rc = enter(deadline)
                 handling = True
@@ -243,6 +249,25 @@ class VcpuRunner:
                         h = find_port(port)
                     if h is not None and h.write is not None:
                         h.write(port, c.io_size, c.io_value)
+                        handled += 1
+                        handling = False
+                        continue
+                elif rc == EXIT_IO and c.io_in and c.io_count == 1:
+                    # the other hot path: one IN answered with a number that fits
+                    port = c.io_port
+                    h = port_cache.get(port, missing)
+                    if h is missing:
+                        h = find_port(port)
+                    if h is not None and h.read is not None:
+                        size = c.io_size
+                        value = h.read(port, size)
+                        if type(value) is int and 0 <= value < limits[size] and \
+                                answer(c.seq, value) == 0:
+                            handled += 1
+                            handling = False
+                            continue
+                        # anything else (bytes, a bad answer): the general path says why
+                        fd.complete_read(c.seq, value, size, 1, f"read handler for port {port:#x}")
                         handled += 1
                         handling = False
                         continue

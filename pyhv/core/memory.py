@@ -169,6 +169,13 @@ class MemorySlot:
         self._unreported.clear()
         return [self.gpa + page * PAGE_SIZE for page in pages]
 
+    def resident_bytes(self) -> int:
+        """Host memory this slot really uses: its pages that hold data (touched by the guest
+        or the host; present or swapped out)."""
+        pages = PageBitmap(self.pages)
+        self._mapping.mark_resident(pages)
+        return pages.count() * PAGE_SIZE
+
     # -- images -----------------------------------------------------------------------------
     def capture(self) -> SlotImage:
         """Copy the touched pages into a new image."""

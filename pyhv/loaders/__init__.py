@@ -2,11 +2,14 @@
 
 Each loader checks the whole image before writing anything into guest memory (a bad image
 raises :class:`pyhv.ImageFormatError` and changes nothing) and returns a :class:`BootImage`
-that says how to start it::
+that says how to start it:
 
-    image = pyhv.loaders.load(part, "kernel.elf", cmdline="console=ttyS0")
-    cpu = image.create_vcpu(part)          # the mode, entry and registers the format needs
-    part.run(timeout=10)
+>>> import pyhv
+>>> with pyhv.Partition(memory="4M") as part:
+...     image = pyhv.loaders.load(part, bytes.fromhex("f4"), "flat")   # or a path; "auto"
+...     cpu = image.create_vcpu(part)       # the mode, entry and registers the format needs
+...     image.format, hex(image.entry), part.run(timeout=10).exit
+('flat', '0x100000', Halt(rip=0x100001))
 
 ``format="auto"`` follows QEMU's ``-kernel``: a multiboot header first (many multiboot kernels
 are also ELF files), then a Linux setup header, then ELF, and flat otherwise.  Loaders put

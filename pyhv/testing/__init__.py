@@ -1,7 +1,7 @@
 """Helpers for testing with real guests: assemble guest code with GNU binutils.
 
 >>> from pyhv.testing import assemble
->>> assemble("mov $42, %eax\\nhlt", bits=64)          # doctest: +SKIP
+>>> assemble("mov $42, %eax\\nhlt", bits=64)
 b'\\xb8*\\x00\\x00\\x00\\xf4'
 
 ``assemble`` needs GNU ``as``, ``ld`` and ``objcopy`` (Debian: ``apt-get install binutils``);

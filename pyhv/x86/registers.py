@@ -48,7 +48,7 @@ def _hex_repr(obj: Any, always: tuple[str, ...] = ()) -> str:
         value = getattr(obj, f.name)
         if f.name not in always and value == f.default:
             continue
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 9:
             parts.append(f"{f.name}={value:#x}")
         else:
             parts.append(f"{f.name}={value!r}")
