@@ -104,8 +104,7 @@ class Partition:
         if pit and not irqchip:
             raise InvalidArgument("the in-kernel PIT needs the in-kernel irqchip (irqchip=True)")
         self.hypervisor = hypervisor if hypervisor is not None else hv.default()
-        for feature, why in hv.REQUIRED_FEATURES.items():
-            self.hypervisor.require(feature, why)
+        self.hypervisor.require_basics()
         if irqchip:
             self.hypervisor.require(Feature.IRQCHIP, "in-kernel interrupt controllers")
         if pit:

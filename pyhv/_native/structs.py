@@ -114,3 +114,35 @@ def read_cpuid(query: Callable[[Any, int, Any], int], operation: str) -> tuple[C
             CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
             for e in (buf[i] for i in range(n[0]))
         )
+
+
+class VcpuSetup:
+    """A vCPU's initial state prepared as C structs once, to be applied to any number of new
+    vCPUs (see :class:`pyhv._native.vcpu.VcpuFd`): its CPUID table, special and general
+    registers and MSRs, each optional."""
+
+    __slots__ = ("cpuid", "ncpuid", "sregs", "regs", "msr_index", "msr_value", "nmsrs")
+
+    def __init__(self, cpuid: Iterable[CpuidEntry] | None = None, sregs: SpecialRegs | None = None,
+                 regs: Regs | None = None, msrs: dict[int, int] | None = None) -> None:
+        self.cpuid, self.ncpuid = cpuid_to_c(cpuid) if cpuid is not None else (None, 0)
+        self.sregs = None
+        if sregs is not None:
+            self.sregs = ffi.new("struct pyhv_sregs *")
+            sregs_to_c(sregs, self.sregs)
+        self.regs = None
+        if regs is not None:
+            self.regs = ffi.new("struct pyhv_regs *")
+            regs_to_c(regs, self.regs)
+        items = sorted((msrs or {}).items())
+        self.nmsrs = len(items)
+        self.msr_index = ffi.new("uint32_t[]", [i for i, _ in items]) if items else None
+        self.msr_value = ffi.new("uint64_t[]", [v for _, v in items]) if items else None
+
+    def merged(self, other: VcpuSetup) -> VcpuSetup:
+        """This setup with ``other``'s parts where it has them."""
+        out = VcpuSetup()
+        for name in VcpuSetup.__slots__:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            setattr(out, name, theirs if theirs is not None and theirs != 0 else mine)
+        return out

@@ -22,6 +22,7 @@ from ..x86.cpuid import CpuidEntry
 from ..x86.registers import GENERAL_REGISTERS, Fpu, Regs, SpecialRegs
 from .binding import ffi, lib
 from .structs import (
+    VcpuSetup,
     cpuid_to_c,
     fpu_from_c,
     fpu_to_c,
@@ -82,7 +83,10 @@ class VcpuFd:
     against a concurrent close.  Running is the caller's to serialize (one thread at a time).
     """
 
-    def __init__(self, vm: VmFd, vcpu_id: int, mmap_size: int) -> None:
+    def __init__(self, vm: VmFd, vcpu_id: int, mmap_size: int, *, irqchip: bool = False,
+                 setup: VcpuSetup | None = None) -> None:
+        """Create vCPU ``vcpu_id`` and apply ``setup``; on failure nothing is left but the id,
+        which KVM cannot free without the VM."""
         out = ffi.new("struct pyhv_vcpu **")
         check_rc(lib.pyhv_vcpu_create(vm.fd, vcpu_id, mmap_size, out),
                  f"KVM_CREATE_VCPU {vcpu_id}")
@@ -100,6 +104,30 @@ class VcpuFd:
         self.enter = lambda deadline_ns: run()       # (until the C run takes a deadline)
         self.answer = functools.partial(lib.pyhv_vcpu_complete_in_value, self._ptr)
         self._out: Any = None                   # bulk buffers, made on first use
+        try:
+            if irqchip:
+                lib.pyhv_vcpu_set_irqchip(self._ptr, 1)
+            if setup is not None:
+                self.apply(setup)
+        except BaseException:
+            self.close()
+            raise
+
+    def apply(self, setup: VcpuSetup) -> None:
+        """Load the parts of a prepared initial state that it has."""
+        ptr = self._handle()
+        if setup.cpuid is not None:
+            check_rc(lib.pyhv_vcpu_set_cpuid(ptr, setup.cpuid, setup.ncpuid), "KVM_SET_CPUID2")
+        if setup.sregs is not None:
+            check_rc(lib.pyhv_vcpu_set_sregs(ptr, setup.sregs), "KVM_SET_SREGS",
+                     "the kernel refused this segment/control register combination")
+        if setup.regs is not None:
+            check_rc(lib.pyhv_vcpu_set_regs(ptr, setup.regs), "KVM_SET_REGS")
+        if setup.nmsrs:
+            done = ffi.new("uint32_t *")
+            rc = lib.pyhv_vcpu_set_msrs(ptr, setup.msr_index, setup.msr_value, setup.nmsrs,
+                                        done)
+            _check_msrs(rc, done[0], list(setup.msr_index), "KVM_SET_MSRS")
 
     # -- lifetime ---------------------------------------------------------------------------
     @property
@@ -119,9 +147,6 @@ class VcpuFd:
     @property
     def fd(self) -> int:
         return int(lib.pyhv_vcpu_fd(self._handle()))
-
-    def set_irqchip(self, present: bool) -> None:
-        lib.pyhv_vcpu_set_irqchip(self._handle(), 1 if present else 0)
 
     # -- running ----------------------------------------------------------------------------
     # enter(deadline_ns) -> int: one trip into the guest until an exit Python must see; the

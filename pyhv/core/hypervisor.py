@@ -15,12 +15,14 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from .._native import Feature, SystemFd
 from ..errors import HypervisorUnavailable, KvmError, MissingCapability
 from ..x86 import cpuid as x86_cpuid
 from ..x86.cpuid import CpuidEntry
-from ..x86.registers import SpecialRegs
+
+T = TypeVar("T")
 
 DEFAULT_DEVICE = "/dev/kvm"
 KVM_API_VERSION = 12
@@ -130,7 +132,8 @@ class Hypervisor:
         self._phys_bits: int | None = None
         self._cpuid_tables: dict[bool, tuple[CpuidEntry, ...]] = {}
         self._backend: str | None = None
-        self._reset_sregs: dict[object, SpecialRegs] = {}
+        self._memo: dict[object, Any] = {}
+        self._basics_ok = False
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -173,6 +176,14 @@ class Hypervisor:
             raise MissingCapability(name, needed_for)
         return value
 
+    def require_basics(self) -> None:
+        """Raise :class:`MissingCapability` for the first capability every partition needs
+        (:data:`REQUIRED_FEATURES`) that KVM lacks; asked once per handle."""
+        if not self._basics_ok:
+            for feature, why in REQUIRED_FEATURES.items():
+                self.require(feature, why)
+            self._basics_ok = True
+
     @property
     def backend(self) -> str:
         """The KVM backend (see :func:`detect_backend`), asked once."""
@@ -213,13 +224,25 @@ class Hypervisor:
             self._cpuid_tables[sanitized] = table
         return table
 
-    def reset_sregs(self, kind: object, read: Callable[[], SpecialRegs]) -> SpecialRegs:
-        """KVM's reset special registers for vCPUs of ``kind`` (e.g. irqchip or not, BSP or
-        not), read once with ``read`` and cached: they are the same in every VM."""
-        sregs = self._reset_sregs.get(kind)
-        if sregs is None:
-            sregs = self._reset_sregs[kind] = read()
-        return sregs
+    def memo(self, key: object, make: Callable[[], T]) -> T:
+        """What ``make()`` returns, made once per ``key`` for this handle: things derived from
+        the kernel's answers that are the same in every VM (KVM's reset registers, prepared
+        vCPU setups).  Bounded: past 512 keys it starts again."""
+        try:
+            return cast(T, self._memo[key])
+        except KeyError:
+            pass
+        return self.remember(key, make())
+
+    def recall(self, key: object) -> Any:
+        """What :meth:`memo` or :meth:`remember` kept for ``key``, or None."""
+        return self._memo.get(key)
+
+    def remember(self, key: object, value: T) -> T:
+        if len(self._memo) >= 512:
+            self._memo.clear()
+        self._memo[key] = value
+        return value
 
     def info(self) -> Capabilities:
         """Everything :func:`check` reports, for this handle."""
@@ -303,6 +326,9 @@ _default_lock = threading.Lock()
 def default() -> Hypervisor:
     """The process-wide handle that partitions use unless given one; opened on first use."""
     global _default
+    handle = _default
+    if handle is not None and not handle.closed:    # every partition asks: no lock then
+        return handle
     with _default_lock:
         if _default is None or _default.closed:
             _default = Hypervisor()

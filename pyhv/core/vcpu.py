@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._native import VcpuFd
+from .._native.structs import VcpuSetup
 from .._native.vcpu import check_msr_indices
 from ..exits import Exit, kvm_exit_name
 from ..errors import ClosedError
@@ -235,26 +236,35 @@ def create_vcpu(partition: Any, machine: Machine, vcpu_id: int, *, mode: str | N
                 exceptions: bool = False, allow_port_io: bool = False) -> VCpu:
     """Make vCPU ``vcpu_id`` of ``machine`` (arguments already checked) and set it up for
     ``mode``; ``mode=None`` leaves KVM's reset state (a snapshot's state comes next).  On
-    failure nothing is left but the id, which KVM cannot free without its VM."""
+    failure nothing is left but the id, which KVM cannot free without its VM.
+
+    The C structs of a vCPU's start (CPUID table, registers, MSRs) are prepared once per
+    kind of vCPU and kept by the hypervisor handle: a guest made again and again (a test
+    suite, a fuzzer) pays for them once."""
     hypervisor = machine.hypervisor
-    table = list(cpuid) if cpuid is not None else for_vcpu(
-        hypervisor.default_cpuid(sanitized=machine.hardened), vcpu_id)
-    fd = VcpuFd(machine.vm, vcpu_id, hypervisor.vcpu_mmap_size)
+    if mode is not None and needs_setup_region(mode, exceptions):
+        machine.setup.prepare(mode in ("long", "user"))
+    key = None
+    if cpuid is None:
+        key = ("vcpu", vcpu_id, machine.hardened, machine.irqchip, mode, machine.setup_base,
+               entry, stack, exceptions, allow_port_io)
+        table = hypervisor.memo(("cpuid", machine.hardened, vcpu_id), lambda: VcpuSetup(
+            for_vcpu(hypervisor.default_cpuid(sanitized=machine.hardened), vcpu_id)))
+    else:
+        table = VcpuSetup(cpuid)
+    ready = hypervisor.recall(key) if key is not None else None
+    fd = VcpuFd(machine.vm, vcpu_id, hypervisor.vcpu_mmap_size, irqchip=machine.irqchip,
+                setup=ready if ready is not None else table)
     try:
-        if machine.irqchip:
-            fd.set_irqchip(True)
-        fd.set_cpuid(table)
-        if mode is not None:
-            if needs_setup_region(mode, exceptions):
-                machine.setup.prepare(mode in ("long", "user"))
-            reset = hypervisor.reset_sregs((machine.irqchip, vcpu_id == 0), fd.get_sregs)
+        if ready is None and mode is not None:
+            reset = hypervisor.memo(("reset", machine.irqchip, vcpu_id == 0), fd.get_sregs)
             start = initial_state(mode, vcpu_id, machine.setup_base, entry=entry, stack=stack,
                                   reset=reset, exceptions=exceptions,
                                   allow_port_io=allow_port_io)
-            fd.set_sregs(start.sregs)
-            fd.set_all_registers(start.regs)
-            if start.msrs:
-                fd.set_msrs(list(start.msrs), list(start.msrs.values()))
+            state = VcpuSetup(sregs=start.sregs, regs=start.regs, msrs=start.msrs)
+            fd.apply(state)
+            if key is not None:
+                hypervisor.remember(key, table.merged(state))
         machine.fast.install(fd)
     except BaseException:
         fd.close()
