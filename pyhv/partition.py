@@ -20,30 +20,20 @@ from typing import Any
 
 from ._native import Feature, VmFd
 from .core import hypervisor as hv
-from .core.buses import (
-    Handler,
-    OutputSink,
-    ReadHandler,
-    SyscallHandler,
-    WriteHandler,
-    sink_writer,
-)
-from .core.fastpath import Doorbell, FastPort, PortKind
 from .core.lifecycle import PartitionState
 from .core.loop import RunResult, run_all, validate_timeout
-from .core.machine import ExceptionHandler, Machine
+from .core.machine import Machine
 from .core.memory import PAGE_SIZE, GuestMemory, MemorySlot, as_int, parse_size
+from .core.registration import HandlerRegistration
 from .core.vcpu import VCpu, create_vcpu
 from .devices import Device
 from .errors import (
-    ClosedError,
     GuestMemoryError,
     HypervisorError,
     InvalidArgument,
-    OverlapError,
     StateError,
 )
-from .snapshot import persist
+from .snapshot.api import SnapshotApi
 from .snapshot.format import Snapshot
 from .x86.cpuid import CpuidEntry
 from .x86.modes import MODES, check_mode
@@ -67,15 +57,7 @@ SAFE_MSRS = frozenset({
 })
 
 
-def _port_span(ports: int | range) -> tuple[int, int]:
-    if isinstance(ports, range):
-        if ports.step != 1 or not ports:
-            raise InvalidArgument(f"port range {ports} must be non-empty with step 1")
-        return ports.start, len(ports)
-    return as_int("port", ports), 1
-
-
-class Partition:
+class Partition(SnapshotApi, HandlerRegistration):
     """A partition (KVM VM): guest-physical memory, vCPUs, and port/MMIO handlers.
 
     ``memory`` (bytes, or a string like ``"16M"``) becomes a RAM slot at GPA 0 (beyond 3 GiB,
@@ -175,10 +157,6 @@ class Partition:
         total = sum(s.size for s in self.memory.slots)
         return (f"<pyhv.Partition fd={self._vm.fd} {len(self.memory.slots)} slot(s) "
                 f"{total >> 20} MiB, {len(self.vcpus)} vCPU(s)>")
-
-    def _require_open(self) -> None:
-        if self._vm.closed:
-            raise ClosedError("partition is closed")
 
     # -- memory ---------------------------------------------------------------------------
     def map_memory(self, gpa: int, size: int | str, *, readonly: bool = False,
@@ -314,244 +292,6 @@ class Partition:
                     vcpu.cancel(quiet=True)   # a stop() during the pause is not
 
         self._machine.life.resume(reset_cancels)
-
-    def snapshot(self) -> Snapshot:
-        """Capture memory (touched pages of every slot), every vCPU's whole state and the
-        state of pyhv's devices.  The partition must not be running (pause() it).  From here
-        on writes are tracked, so :meth:`restore` of this snapshot copies only what changed."""
-        self._machine.life.require_quiet("take a snapshot")
-        self._machine.fast.deliver_all(self._machine.vcpu_fds())
-        return persist.take(self._machine, self.devices)
-
-    def restore(self, snap: Snapshot) -> int:
-        """Bring the partition back to ``snap`` (same slots and vCPUs): memory, vCPU state,
-        devices.  Clears poisoning.  Restoring the latest snapshot taken or restored copies
-        only the pages written since; any other snapshot costs a copy of the touched pages.
-        Returns the number of pages copied."""
-        if not isinstance(snap, Snapshot):
-            raise InvalidArgument(f"restore() takes a pyhv.Snapshot, not {type(snap).__name__}")
-        machine = self._machine
-        machine.life.require_quiet("restore a snapshot")
-        persist.check_fits(machine, snap)       # a snapshot that does not fit changes nothing
-        machine.fast.deliver_all(machine.vcpu_fds())
-        try:
-            copied = persist.restore(machine, self.devices, snap)
-        except BaseException as exc:
-            # memory and vCPUs may be half from the snapshot, half not: unusable until a
-            # restore succeeds
-            machine.life.poison(f"a restore failed halfway ({type(exc).__name__}: {exc})")
-            raise
-        for vcpu in self.vcpus:              # a restored partition starts with no cancels
-            vcpu.clear_cancel()
-        machine.life.cure()
-        return copied
-
-    def set_reset_point(self) -> Snapshot:
-        """Make the current state the one :meth:`reset` returns to (and return it)."""
-        self._reset_point = self.snapshot()
-        return self._reset_point
-
-    def reset(self) -> int:
-        """Back to the reset point: the state at the first run of a ``resettable=True``
-        partition, or at the last :meth:`set_reset_point`."""
-        if self._reset_point is None:
-            raise StateError("no reset point: create the partition with resettable=True "
-                             "(the first run sets it) or call set_reset_point()")
-        return self.restore(self._reset_point)
-
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot, *,
-                      hypervisor: hv.Hypervisor | None = None) -> Partition:
-        """A new partition with ``snap``'s memory slots, vCPUs and in-kernel interrupt
-        controllers, in ``snap``'s state.  Handlers, fast-path ports and devices are Python
-        objects, not part of the snapshot: register or attach them again; a device attached
-        under a name the snapshot has takes its saved state."""
-        part = cls(hypervisor=hypervisor, setup_base=snap.setup_base,
-                   irqchip="pic_master" in snap.chips, pit="pit" in snap.chips,
-                   hardened=snap.hardened)
-        try:
-            cls._rebuild(part, snap)
-        except BaseException:
-            part.close()
-            raise
-        return part
-
-    def _rebuild(self, snap: Snapshot) -> None:
-        """Make ``snap``'s slots and vCPUs here and restore it (for :meth:`from_snapshot`)."""
-        for image in snap.slots:
-            self.map_memory(image.gpa, image.size, readonly=image.readonly,
-                            dirty_log=image.dirty_log)
-        for vcpu_image in snap.vcpus:
-            self._next_vcpu_id = max(self._next_vcpu_id, vcpu_image.id + 1)
-            create_vcpu(self, self._machine, vcpu_image.id, mode=None, cpuid=vcpu_image.cpuid)
-        self.restore(snap)
-        self._saved_device_states = dict(snap.devices)   # for devices attached later
-
-    # -- handlers -------------------------------------------------------------------------
-    def add_io_handler(self, ports: int | range, read: ReadHandler | None = None,
-                       write: WriteHandler | None = None) -> Handler:
-        """Serve guest port IO on ``ports`` (one port or a ``range``) during :meth:`run`.
-
-        ``read(port, size) -> int`` answers IN; ``write(port, size, value)`` takes OUT.
-        """
-        self._require_open()
-        start, size = _port_span(ports)
-        self._check_no_fast_port(start, size)
-        return self._machine.io.add(start, size, read, write)
-
-    def add_mmio_handler(self, gpa: int, size: int, read: ReadHandler | None = None,
-                         write: WriteHandler | None = None) -> Handler:
-        """Serve guest MMIO in ``[gpa, gpa+size)`` during :meth:`run` (accesses there exit
-        when no RAM is mapped, or for writes to a read-only slot).
-
-        ``read(gpa, size) -> int`` answers reads; ``write(gpa, size, value)`` takes writes.
-        """
-        self._require_open()
-        return self._machine.mmio.add(gpa, size, read, write)
-
-    def _check_no_fast_port(self, start: int, size: int) -> None:
-        port = self._machine.fast.overlaps(start, size)
-        if port is not None:
-            raise OverlapError(f"port {port:#x} already has a handler")
-
-    def ignore_unclaimed_ports(self) -> None:
-        """Treat ports no handler claims like an empty ISA bus: INs read all ones and OUTs
-        vanish, instead of ending the run.  Real kernels probe many such ports; the ones
-        touched are counted in :attr:`unclaimed_ports` (port -> accesses)."""
-        counts = self.unclaimed_ports
-
-        def read(port: int, size: int) -> int:
-            counts[port] = counts.get(port, 0) + 1
-            return (1 << (8 * size)) - 1
-
-        def write(port: int, size: int, value: int) -> None:
-            counts[port] = counts.get(port, 0) + 1
-
-        self._machine.io.set_fallback(read, write)
-
-    def remove_handler(self, handler: Handler | FastPort) -> None:
-        """Unregister a handler returned by one of the ``add_*`` methods."""
-        machine = self._machine
-        if isinstance(handler, FastPort):
-            machine.life.require_quiet("remove a fast-path port")
-            machine.fast.remove_port(handler)
-            return
-        space = machine.io if handler.space == "io" else machine.mmio
-        if handler not in space:
-            raise InvalidArgument(f"{handler!r} is not registered here")
-        zone = machine.fast.zone_at(handler.start, handler.space == "io")
-        if zone is not None:
-            # writes the kernel queued for this zone go to its handler first
-            machine.life.require_quiet("remove a coalesced zone")
-            machine.fast.deliver_all(machine.vcpu_fds())
-            machine.fast.remove_zone(zone)
-        space.remove(handler)
-
-    def set_syscall_handler(self, handler: SyscallHandler | None) -> None:
-        """Serve user-mode ``syscall``s during :meth:`run`: ``handler(nr, args)`` returns the
-        result (RAX) to resume the payload, or None to end the run on that
-        :class:`pyhv.exits.Syscall`."""
-        if handler is not None and not callable(handler):
-            raise InvalidArgument(f"syscall handler {handler!r} is not callable")
-        self._machine.syscall_handler = handler
-
-    def set_exception_handler(self, handler: ExceptionHandler | None) -> None:
-        """Serve guest exceptions during :meth:`run`: ``handler(exit)`` gets each
-        :class:`pyhv.exits.GuestException` (user mode or ``exceptions=True``) and may
-        ``exit.resume_at(...)``; returning goes on with the guest, raising stops the run."""
-        if handler is not None and not callable(handler):
-            raise InvalidArgument(f"exception handler {handler!r} is not callable")
-        self._machine.exception_handler = handler
-
-    # -- exits the C core or the kernel complete without Python ------------------------------
-    def _add_fast_port(self, port: int, kind: PortKind, value: int = 0, *,
-                       overlay: bool = False, sink: OutputSink | None = None) -> FastPort:
-        """``overlay=True`` lets the port lie over a Python handler of the same port, which
-        then takes what C does not (a device's slow path)."""
-        port = as_int("port", port)
-        if not 0 <= port <= 0xFFFF:
-            raise InvalidArgument(f"port {port:#x} is not a 16-bit port")
-        self._require_open()
-        self._machine.life.require_quiet("add a fast-path port")   # the C loop reads the table
-        if not overlay and self._machine.io.claimed(port) is not None:
-            raise OverlapError(f"port {port:#x} already has a handler")
-        return self._machine.fast.add_port(port, kind, value, sink)
-
-    def add_buffered_port(self, port: int, sink: OutputSink, *,
-                          overlay: bool = False) -> FastPort:
-        """Collect the guest's OUTs to ``port`` in C and hand them to ``sink`` in bulk.
-
-        ``sink`` is a callable taking ``bytes`` or a binary stream (anything with
-        ``write``).  It gets the bytes when the buffer fills, before any exit Python sees,
-        and when the run ends: a serial transmit register costs no Python call per byte.
-        ``overlay=True`` lets it lie over an IO handler of the same port (which then gets the
-        exits while :attr:`FastPort.enabled` is False).
-        """
-        return self._add_fast_port(port, PortKind.BUFFERED, overlay=overlay,
-                                   sink=sink_writer(sink))
-
-    def add_constant_port(self, port: int, value: int, *, overlay: bool = False) -> FastPort:
-        """Answer the guest's INs from ``port`` with ``value`` in C (e.g. a UART's line
-        status "transmitter empty", which polling guests read before every byte)."""
-        value = as_int("value", value)
-        if not 0 <= value <= 0xFFFFFFFF:
-            raise InvalidArgument(f"constant {value:#x} does not fit 32 bits")
-        return self._add_fast_port(port, PortKind.CONSTANT, value, overlay=overlay)
-
-    def add_debug_exit(self, port: int = 0xF4) -> FastPort:
-        """QEMU's isa-debug-exit: a guest OUT of V to ``port`` ends the run with a
-        :class:`pyhv.exits.DebugExit` whose ``code`` is ``(V << 1) | 1``."""
-        return self._add_fast_port(port, PortKind.DEBUG_EXIT)
-
-    def add_coalesced_mmio(self, gpa: int, size: int, write: WriteHandler,
-                           read: ReadHandler | None = None) -> Handler:
-        """Let the kernel queue guest writes to ``[gpa, gpa+size)`` in its coalesced ring
-        (no exit per write); ``write(gpa, size, value)`` gets them in bulk, in order, before
-        any exit Python sees (writes that do exit, e.g. when the ring is full, reach it too,
-        in order).  Reads still exit, to ``read`` if given."""
-        return self._add_coalesced(gpa, size, write, read, pio=False)
-
-    def add_coalesced_io(self, ports: int | range, write: WriteHandler,
-                         read: ReadHandler | None = None) -> Handler:
-        """The port-IO twin of :meth:`add_coalesced_mmio` (``KVM_CAP_COALESCED_PIO``).  Some
-        backends (kvm_pvm) exit on these writes anyway; ``write`` then gets them one by one."""
-        start, size = _port_span(ports)
-        return self._add_coalesced(start, size, write, read, pio=True)
-
-    def _add_coalesced(self, start: int, size: int, write: WriteHandler,
-                       read: ReadHandler | None, pio: bool) -> Handler:
-        self.hypervisor.require(Feature.COALESCED_PIO if pio else Feature.COALESCED_MMIO,
-                                "coalesced writes")
-        if not callable(write):
-            raise InvalidArgument(f"write handler {write!r} is not callable")
-        self._require_open()
-        space = self._machine.io if pio else self._machine.mmio
-        if pio:
-            self._check_no_fast_port(start, size)
-        # Writes the kernel does not queue (ring full, or a backend that exits anyway) reach
-        # the same handler as ordinary exits, after the queued ones: the order holds.
-        handler = space.add(start, size, read, write)
-        try:
-            self._machine.fast.add_zone(start, size, pio, write)
-        except BaseException:
-            space.remove(handler)
-            raise
-        return handler
-
-    def add_doorbell(self, address: int, size: int = 4, *, io: bool = False,
-                     value: int | None = None) -> Doorbell:
-        """An eventfd the kernel signals when the guest writes ``size`` bytes at ``address``
-        (a port with ``io=True``), optionally only when it writes ``value``: the write costs
-        no exit at all.  See :class:`pyhv.Doorbell`."""
-        address, size = as_int("address", address), as_int("size", size)
-        if size not in (1, 2, 4, 8) or (io and (size == 8 or address > 0xFFFF)) or address < 0:
-            raise InvalidArgument(f"bad doorbell {'port' if io else 'address'} {address:#x} "
-                                  f"size {size}")
-        self.hypervisor.require(Feature.IOEVENTFD, "doorbells")
-        if value is not None and not 0 <= as_int("value", value) < 1 << (8 * size):
-            raise InvalidArgument(f"doorbell value {value:#x} does not fit {size} bytes")
-        self._require_open()
-        return self._machine.fast.add_doorbell(address, size, io, value)
 
     # -- running --------------------------------------------------------------------------
     def run(self, timeout: float | None = None, *, vcpu: VCpu | None = None) -> RunResult:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pyhv.tools.demo import demo_image
 from pyhv.testing import assemble_file
+from pyhv.tools.demo import demo_image
 
 DEMO_SOURCE = Path(__file__).parents[1] / "pyhv" / "guests" / "demo.S"
 

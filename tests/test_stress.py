@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from pyhv.tools import stress
 from pyhv.loaders.samples import sample_images
 from pyhv.testing import assemble
+from pyhv.tools import stress
 
 RSS_TOLERANCE = stress.RSS_TOLERANCE   # a leak of even 1 KiB a cycle would show past it
 

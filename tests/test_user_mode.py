@@ -6,6 +6,7 @@ import pytest
 
 import pyhv
 from pyhv import exits
+from pyhv.testing import assemble
 from pyhv.x86.setup import (
     ERROR_CODE_VECTORS,
     STUB16,
@@ -14,7 +15,6 @@ from pyhv.x86.setup import (
     SYSCALL_ENTRY,
     USER_CODE64_SELECTOR,
 )
-from pyhv.testing import assemble
 
 from .conftest import guest_code
 

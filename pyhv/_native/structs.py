@@ -125,19 +125,22 @@ class VcpuSetup:
 
     def __init__(self, cpuid: Iterable[CpuidEntry] | None = None, sregs: SpecialRegs | None = None,
                  regs: Regs | None = None, msrs: dict[int, int] | None = None) -> None:
-        self.cpuid, self.ncpuid = cpuid_to_c(cpuid) if cpuid is not None else (None, 0)
-        self.sregs = None
+        self.cpuid: Any = None
+        self.ncpuid = 0
+        if cpuid is not None:
+            self.cpuid, self.ncpuid = cpuid_to_c(cpuid)
+        self.sregs: Any = None
         if sregs is not None:
             self.sregs = ffi.new("struct pyhv_sregs *")
             sregs_to_c(sregs, self.sregs)
-        self.regs = None
+        self.regs: Any = None
         if regs is not None:
             self.regs = ffi.new("struct pyhv_regs *")
             regs_to_c(regs, self.regs)
         items = sorted((msrs or {}).items())
         self.nmsrs = len(items)
-        self.msr_index = ffi.new("uint32_t[]", [i for i, _ in items]) if items else None
-        self.msr_value = ffi.new("uint64_t[]", [v for _, v in items]) if items else None
+        self.msr_index: Any = ffi.new("uint32_t[]", [i for i, _ in items]) if items else None
+        self.msr_value: Any = ffi.new("uint64_t[]", [v for _, v in items]) if items else None
 
     def merged(self, other: VcpuSetup) -> VcpuSetup:
         """This setup with ``other``'s parts where it has them."""

@@ -127,7 +127,8 @@ class VcpuFd:
             done = ffi.new("uint32_t *")
             rc = lib.pyhv_vcpu_set_msrs(ptr, setup.msr_index, setup.msr_value, setup.nmsrs,
                                         done)
-            _check_msrs(rc, done[0], list(setup.msr_index), "KVM_SET_MSRS")
+            _check_msrs(rc, done[0], list(ffi.unpack(setup.msr_index, setup.nmsrs)),
+                        "KVM_SET_MSRS")
 
     # -- lifetime ---------------------------------------------------------------------------
     @property

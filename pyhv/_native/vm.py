@@ -6,7 +6,6 @@ import errno
 import weakref
 from collections.abc import Sequence
 
-
 from ..errors import InvalidArgument, check_rc
 from .binding import ffi, lib
 from .memory import HostMapping, PageBitmap

@@ -112,7 +112,7 @@ class Hypervisor:
         try:
             self.system = SystemFd.open(path)
         except KvmError as exc:
-            raise _unavailable(exc.errno, path) from None
+            raise _unavailable(exc.errno or errno.EIO, path) from None
         try:
             version = self.system.api_version()
             if version < 0:

@@ -22,7 +22,6 @@ from .lifecycle import Lifecycle
 from .memory import GuestMemory
 from .setup_region import SetupRegion
 
-
 ExceptionHandler = Callable[[GuestException], Any]
 
 
@@ -48,7 +47,7 @@ class Machine:
         self._vcpus: list[tuple[Any, VcpuFd]] = []
         self.vcpu_layout = 0               # bumped whenever a vCPU comes or goes
         # called before the first run of any vCPU (a resettable partition's reset point)
-        self.before_first_run: Callable[[], None] | None = None
+        self.before_first_run: Callable[[], object] | None = None
         self._first_lock = threading.Lock()
         self._state_msrs: list[int] | None = None
 

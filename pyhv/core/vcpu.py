@@ -19,8 +19,8 @@ from typing import Any
 from .._native import VcpuFd
 from .._native.structs import VcpuSetup
 from .._native.vcpu import check_msr_indices
-from ..exits import Exit, kvm_exit_name
 from ..errors import ClosedError
+from ..exits import Exit, kvm_exit_name
 from ..x86.cpuid import CpuidEntry, for_vcpu
 from ..x86.modes import initial_state, needs_setup_region
 from ..x86.registers import Fpu, Registers, Regs, SpecialRegisters, SpecialRegs, to_u64

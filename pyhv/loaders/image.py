@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import ImageFormatError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ..core.memory import GuestMemory
+    from ..x86.cpuid import CpuidEntry
     from ..core.vcpu import VCpu
 
 
@@ -21,8 +24,9 @@ class Partition(Protocol):
     memory: GuestMemory
     setup_base: int
 
-    def create_vcpu(self, mode: str = ..., entry: int = ..., stack: int | None = ...,
-                    **kwargs: Any) -> VCpu: ...
+    def create_vcpu(self, mode: str = ..., entry: int = ..., stack: int | None = ..., *,
+                    cpuid: Iterable[CpuidEntry] | None = ..., exceptions: bool = ...,
+                    allow_port_io: bool = ...) -> VCpu: ...
 
 @dataclass
 class BootImage:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..errors import ImageFormatError
 from ..core.memory import PAGE_SIZE
+from ..errors import ImageFormatError
 from ..x86.setup import SETUP_MAX_SIZE
 
 if TYPE_CHECKING:

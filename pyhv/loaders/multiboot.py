@@ -16,8 +16,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError, InvalidArgument
-from .image import BootImage
 from . import elf as elf_loader
+from .image import BootImage
 from .layout import (
     BOOT_DATA_END,
     E820_RAM,

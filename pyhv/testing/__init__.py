@@ -88,8 +88,8 @@ def assemble_file(path: str | os.PathLike[str], *, bits: int = 64, origin: int =
 
 def kvm_usable() -> tuple[bool, str]:
     """(True, "") if /dev/kvm can be opened, else (False, why): for test skips."""
-    from ..errors import HypervisorUnavailable
     from ..core.hypervisor import Hypervisor
+    from ..errors import HypervisorUnavailable
     try:
         Hypervisor().close()
     except HypervisorUnavailable as exc:

@@ -8,14 +8,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from ..version import __version__
 from ..errors import HypervisorError, HypervisorUnavailable
+from ..version import __version__
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    from ..core.hypervisor import check
     from ..exits import Halt
     from ..partition import Partition
-    from ..core.hypervisor import check
 
     try:
         caps = check(args.device)
@@ -47,8 +47,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
     from ..core.hypervisor import check
+    from .demo import run_demo
 
     try:
         caps = check()

@@ -21,8 +21,8 @@ from typing import Any
 
 from .. import exits
 from ..errors import HypervisorError, ImageFormatError, Timeout
-from ..x86.modes import MODES
 from ..partition import Partition
+from ..x86.modes import MODES
 
 FUZZ_ENTRY = 0x100000          # above pyhv's setup region, so every mode can run there
 FUZZ_MEMORY = "4M"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..errors import InvalidArgument
 
@@ -207,8 +207,9 @@ class Registers:
     """
 
     __slots__ = ("_file",)
+    _file: RegisterFile
 
-    if False:  # for type checkers: the attributes __getattr__ provides
+    if TYPE_CHECKING:  # the attributes __getattr__ provides
         rax: int; rbx: int; rcx: int; rdx: int; rsi: int; rdi: int; rsp: int; rbp: int
         r8: int; r9: int; r10: int; r11: int; r12: int; r13: int; r14: int; r15: int
         rip: int; rflags: int
@@ -256,8 +257,9 @@ class SpecialRegisters:
     """
 
     __slots__ = ("_file",)
+    _file: RegisterFile
 
-    if False:  # for type checkers
+    if TYPE_CHECKING:  # the attributes __getattr__ provides
         cs: Segment; ds: Segment; es: Segment; fs: Segment; gs: Segment; ss: Segment
         tr: Segment; ldt: Segment; gdt: DescriptorTable; idt: DescriptorTable
         cr0: int; cr2: int; cr3: int; cr4: int; cr8: int; efer: int; apic_base: int
