@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from ..core.memory import GuestMemory
-    from ..x86.cpuid import CpuidEntry
     from ..core.vcpu import VCpu
+    from ..x86.cpuid import CpuidEntry
 
 
 class Partition(Protocol):
