@@ -31,6 +31,7 @@ from .errors import (
     GuestMemoryError,
     HypervisorError,
     InvalidArgument,
+    SlotOverlapError,
     StateError,
 )
 from .snapshot.api import SnapshotApi
@@ -39,13 +40,13 @@ from .x86.cpuid import CpuidEntry
 from .x86.modes import MODES, check_mode
 from .x86.setup import DEFAULT_SETUP_BASE
 
-__all__ = ["KVM_TSS_ADDR", "LOW_MEMORY_LIMIT", "SAFE_MSRS", "Partition"]
+__all__ = ["KVM_TSS_DEFAULT", "LOW_MEMORY_LIMIT", "SAFE_MSRS", "Partition"]
 
 # KVM on Intel needs 4 pages of guest-physical space for real-mode emulation, below 4 GiB
-# and outside every slot (the place QEMU uses too).
-KVM_TSS_ADDR = 0xFFFBD000
-KVM_IDENTITY_MAP_ADDR = 0xFFFBC000
-KVM_RESERVED = (KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR + 3 * PAGE_SIZE)
+# and outside every slot: an identity-map page, then a 3-page TSS.  By default they end
+# 16 MiB below 4 GiB, where QEMU puts them, so a ROM of up to 16 MiB can end at 4 GiB.
+KVM_TSS_DEFAULT = 0xFEFFC000
+KVM_TSS_SIZE = 4 * PAGE_SIZE
 # RAM given as Partition(memory=...) fills GPA 0 up to here; the rest starts at 4 GiB
 LOW_MEMORY_LIMIT = 3 << 30
 
@@ -69,14 +70,17 @@ class Partition(SnapshotApi, HandlerRegistration):
     exiting); ``pit=True`` adds the in-kernel PIT (it needs the irqchip).  ``hardened=True``
     is for guests you do not trust: every MSR outside a small allow-list (:data:`SAFE_MSRS`)
     raises #GP in the guest, and the default CPUID advertises no virtualization extensions
-    (VMX, SVM) and no KVM paravirtual interface.
+    (VMX, SVM) and no KVM paravirtual interface.  ``kvm_tss`` places the 4 pages of
+    guest-physical space KVM needs for real-mode emulation on Intel (outside every slot;
+    default ``0xFEFFC000``, as QEMU, so firmware up to 16 MiB can end at 4 GiB).
     Use it as a context manager, or call :meth:`close`.  Its life: :mod:`pyhv.core.lifecycle`.
     """
 
     def __init__(self, memory: int | str | None = None, *,
                  hypervisor: hv.Hypervisor | None = None,
                  setup_base: int = DEFAULT_SETUP_BASE, resettable: bool = False,
-                 irqchip: bool = False, pit: bool = False, hardened: bool = False) -> None:
+                 irqchip: bool = False, pit: bool = False, hardened: bool = False,
+                 kvm_tss: int = KVM_TSS_DEFAULT) -> None:
         size = None if memory is None else parse_size(memory)
         if size is not None:
             GuestMemory.check_range(0, size)
@@ -85,6 +89,11 @@ class Partition(SnapshotApi, HandlerRegistration):
             raise InvalidArgument(f"setup_base {setup_base:#x} must be page-aligned, below 4 GiB")
         if pit and not irqchip:
             raise InvalidArgument("the in-kernel PIT needs the in-kernel irqchip (irqchip=True)")
+        kvm_tss = as_int("kvm_tss", kvm_tss)
+        if kvm_tss % PAGE_SIZE or not 0 <= kvm_tss <= (1 << 32) - KVM_TSS_SIZE:
+            raise InvalidArgument(f"kvm_tss {kvm_tss:#x} must be page-aligned, its 4 pages "
+                                  "below 4 GiB")
+        self.kvm_tss = kvm_tss
         self.hypervisor = hypervisor if hypervisor is not None else hv.default()
         self.hypervisor.require_basics()
         if irqchip:
@@ -102,13 +111,13 @@ class Partition(SnapshotApi, HandlerRegistration):
         self._next_vcpu_id = 0
         self._lock = threading.Lock()
         caps = self.hypervisor.capability
-        vm = VmFd.create(self.hypervisor.system, tss_addr=KVM_TSS_ADDR,
-                         identity_map_addr=KVM_IDENTITY_MAP_ADDR, irqchip=irqchip, pit=pit)
+        vm = VmFd.create(self.hypervisor.system, tss_addr=kvm_tss + PAGE_SIZE,
+                         identity_map_addr=kvm_tss, irqchip=irqchip, pit=pit)
         self._vm = vm
         try:
             self.memory = GuestMemory(vm, max_slots=caps(Feature.NR_MEMSLOTS) or 32,
                                       phys_limit=1 << self.hypervisor.guest_phys_bits(),
-                                      reserved=KVM_RESERVED,
+                                      reserved=(kvm_tss, kvm_tss + KVM_TSS_SIZE),
                                       readonly_ok=bool(caps(Feature.READONLY_MEM)))
             self._machine = Machine(self.hypervisor, vm, self.memory, setup_base=setup_base,
                                     irqchip=self.irqchip, pit=self.pit, hardened=self.hardened)
@@ -164,9 +173,16 @@ class Partition(SnapshotApi, HandlerRegistration):
         """Back ``[gpa, gpa+size)`` with new host memory (a KVM memory slot).
 
         ``readonly=True`` makes a ROM: guest writes exit as MMIO writes.  ``dirty_log=True``
-        tracks written pages (see :meth:`dirty_pages`).  Overlaps are refused.
+        tracks written pages (see :meth:`dirty_pages`).  Overlaps are refused, with other
+        slots and with MMIO handlers that the new memory would hide.
         """
-        slot = self.memory.map(gpa, parse_size(size), readonly=readonly, dirty_log=dirty_log)
+        size = parse_size(size)
+        for handler in self._machine.mmio.handlers:
+            if isinstance(gpa, int) and handler.start < gpa + size and gpa < handler.end and (
+                    not readonly or handler.read is not None):
+                raise SlotOverlapError(f"memory [{gpa:#x}, {gpa + size:#x}) would hide "
+                                       f"{handler!r}")
+        slot = self.memory.map(gpa, size, readonly=readonly, dirty_log=dirty_log)
         try:
             self._machine.setup.refresh()       # long-mode page tables map the new GiBs too
         except BaseException:

@@ -81,7 +81,7 @@ def test_overlapping_slots_are_refused(part):
     with pytest.raises(pyhv.SlotOverlapError):
         part.map_memory(0x200F000, 0x1000)
     with pytest.raises(pyhv.SlotOverlapError, match="reserved"):
-        part.map_memory(0xFFFB0000, 0x10000)
+        part.map_memory(0xFEFF0000, 0x10000)
     assert [s.gpa for s in part.memory.slots] == [0, rom.gpa]
 
 

@@ -36,10 +36,11 @@ from ..errors import (
     HypervisorError,
     InvalidArgument,
     KvmError,
+    PoisonedError,
     Timeout,
     UnhandledExit,
 )
-from ..exits import Exit, GuestException, Halt, Syscall
+from ..exits import Canceled, Exit, GuestException, Halt, Syscall
 from .buses import EndRun, Handler
 from .stubs import Stubs
 
@@ -397,7 +398,14 @@ def run_all(vcpus: list[Any], machine: Machine, timeout: float | None) -> list[R
 
     def run_one(i: int, vcpu: Any) -> None:
         try:
-            results[i] = result = vcpu.serve(timeout)
+            try:
+                results[i] = result = vcpu.serve(timeout)
+            except PoisonedError:
+                if not ended.is_set():
+                    raise
+                # another vCPU ended on an exit nobody handled before this one began: it
+                # is stopped like the others
+                results[i] = result = RunResult(Canceled(), 0, 0.0, vcpu)
             # the whole machine stopped (debug-exit, reset...), or this vCPU ended on an
             # exit nobody handled (the partition is poisoned): the others stop too
             if result.exit.machine_end or machine.life.poisoned:

@@ -259,7 +259,7 @@ class GuestMemory:
         lo, hi = self._reserved
         if gpa < hi and lo < gpa + size:
             raise SlotOverlapError(f"[{lo:#x}, {hi:#x}) is reserved for KVM's real-mode TSS "
-                                   "and identity map (see Partition(kvm_tss=...))")
+                                   "and identity map (move them with Partition(kvm_tss=...))")
         clash = self.overlapping(gpa, size)
         if clash is not None:
             raise SlotOverlapError(f"slot [{gpa:#x}, {gpa + size:#x}) overlaps {clash}")

@@ -57,8 +57,17 @@ class HandlerRegistration:
         when no RAM is mapped, or for writes to a read-only slot).
 
         ``read(gpa, size) -> int`` answers reads; ``write(gpa, size, value)`` takes writes.
+        A range over RAM is refused (the guest's accesses there never exit); over a ROM only
+        a write handler makes sense.
         """
         self._require_open()
+        memory = self._machine.memory
+        if isinstance(gpa, int) and isinstance(size, int) and size > 0:
+            clash = memory.overlapping(gpa, size)
+            if clash is not None and (not clash.readonly or read is not None):
+                what = "RAM" if not clash.readonly else "a ROM, whose reads never exit"
+                raise OverlapError(f"MMIO range [{gpa:#x}, {gpa + size:#x}) lies over {what} "
+                                   f"({clash}): its handler would never see those accesses")
         return self._machine.mmio.add(gpa, size, read, write)
 
     def _check_no_fast_port(self, start: int, size: int) -> None:

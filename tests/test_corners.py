@@ -1,0 +1,100 @@
+"""Stateful corners a new user met: firmware layouts, handlers that could never fire,
+closed partitions, stub exits in handler-driven runs, one vCPU's unhandled exit under
+run_all."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import pyhv
+from pyhv import exits
+from pyhv.testing import assemble
+
+
+def test_a_16m_rom_can_end_at_4g_and_a_vcpu_start_at_the_reset_vector(kvm):
+    # firmware layout: a ROM whose last bytes hold the reset vector, as on a PC
+    with pyhv.Partition(memory="1M") as part:
+        rom = part.map_memory(0xFF000000, "16M", readonly=True)
+        # at 0xFFFFFFF0: mov $0x2a, %ax; hlt  (real mode, CS base 0xFFFF0000)
+        part.memory.write(0xFFFFFFF0, assemble("mov $0x2a, %ax\nhlt", bits=16))
+        cpu = part.create_vcpu(mode="real", entry=0xFFFFFFF0, stack=0x7000)
+        assert cpu.sregs.cs.base == 0xFFFF0000 and cpu.sregs.cs.selector == 0xF000
+        assert cpu.regs.rip == 0xFFF0
+        ex = cpu.run(timeout=10)
+        assert isinstance(ex, exits.Halt) and cpu.regs.rax & 0xFFFF == 0x2A
+        assert rom.end == 1 << 32
+
+
+def test_the_kvm_tss_pages_can_be_moved_and_are_refused_to_slots(kvm):
+    with pyhv.Partition(memory="1M", kvm_tss=0xE0000000) as part:
+        with pytest.raises(pyhv.SlotOverlapError, match="kvm_tss"):
+            part.map_memory(0xE0000000, 0x1000)
+        part.map_memory(0xFEFFC000, 0x4000)          # the default place is free now
+    with pytest.raises(pyhv.InvalidArgument):
+        pyhv.Partition(memory="1M", kvm_tss=0xE0000001)
+
+
+def test_mmio_handlers_over_ram_are_refused_both_ways(part):
+    with pytest.raises(pyhv.OverlapError, match="RAM"):
+        part.add_mmio_handler(0x1000, 0x100, read=lambda gpa, size: 0)
+    rom = part.map_memory(0x2000000, 0x1000, readonly=True)
+    with pytest.raises(pyhv.OverlapError, match="ROM"):
+        part.add_mmio_handler(rom.gpa, 0x100, read=lambda gpa, size: 0)
+    writes = part.add_mmio_handler(rom.gpa, 0x100, write=lambda gpa, size, value: None)
+    assert writes.space == "mmio"
+    part.add_mmio_handler(0xD0000000, 0x1000, read=lambda gpa, size: 0)
+    with pytest.raises(pyhv.SlotOverlapError, match="hide"):
+        part.map_memory(0xD0000000, 0x1000)
+    with pytest.raises(pyhv.SlotOverlapError, match="hide"):
+        part.map_memory(0xD0000000, 0x1000, readonly=True)
+
+
+def test_exception_handler_serves_guest_exceptions_in_a_handler_driven_run(part):
+    # a user-mode payload that faults twice (a #PF and a #UD), each resumed past the
+    # faulting instruction by the handler, then makes a syscall that ends the run
+    code = assemble("movq (0x7ff000000000), %rax\nud2\nmov $60, %eax\nsyscall",
+                    origin=0x100000)
+    part.memory.write(0x100000, code)
+    part.create_vcpu(mode="user", entry=0x100000, stack=0x200000)
+    seen = []
+
+    def on_exception(ex: exits.GuestException) -> None:
+        seen.append((ex.vector, ex.cr2))
+        length = 8 if ex.vector == 14 else 2     # movq moffs64 is 10 bytes; ud2 is 2
+        ex.resume_at(ex.rip + (10 if ex.vector == 14 else length))
+
+    part.set_exception_handler(on_exception)
+    part.set_syscall_handler(lambda nr, args: None)       # end the run on the syscall
+    result = part.run(timeout=10)
+    assert isinstance(result.exit, exits.Syscall) and result.exit.nr == 60
+    assert seen == [(14, 0x7FF000000000), (6, None)]
+    assert part.state is pyhv.PartitionState.STOPPED
+
+
+def test_an_exception_handler_that_raises_stops_and_poisons(part):
+    part.memory.write(0x100000, assemble("ud2", origin=0x100000))
+    part.create_vcpu(mode="user", entry=0x100000, stack=0x200000)
+
+    def refuse(ex):
+        raise RuntimeError(f"no {ex.name}")
+
+    part.set_exception_handler(refuse)
+    with pytest.raises(RuntimeError, match="#UD"):
+        part.run(timeout=10)
+    assert part.state is pyhv.PartitionState.POISONED
+
+
+def test_run_all_stops_every_vcpu_when_one_ends_on_an_exit_nobody_handles(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, assemble("mov $0x77, %dx\nout %al, %dx\nhlt", origin=0x1000))
+        part.memory.write(0x2000, assemble("1: jmp 1b", origin=0x2000))
+        first = part.create_vcpu(mode="long", entry=0x1000, stack=0x70000)
+        part.create_vcpu(mode="long", entry=0x2000, stack=0x60000)
+        began = time.monotonic()
+        results = part.run_all()                       # no timeout: it used to hang
+        assert time.monotonic() - began < 5
+        assert isinstance(results[0].exit, exits.IoOut) and results[0].vcpu is first
+        assert isinstance(results[1].exit, exits.Canceled)
+        assert part.state is pyhv.PartitionState.POISONED
