@@ -14,6 +14,7 @@ lifecycle, snapshots, devices).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -41,6 +42,8 @@ from .x86.modes import MODES, check_mode
 from .x86.setup import DEFAULT_SETUP_BASE
 
 __all__ = ["KVM_TSS_DEFAULT", "LOW_MEMORY_LIMIT", "SAFE_MSRS", "Partition"]
+
+log = logging.getLogger("pyhv")
 
 # KVM on Intel needs 4 pages of guest-physical space for real-mode emulation, below 4 GiB
 # and outside every slot: an identity-map page, then a 3-page TSS.  By default they end
@@ -135,6 +138,8 @@ class Partition(SnapshotApi, HandlerRegistration):
                 self.memory.close()
             vm.close()
             raise
+        log.debug("partition fd %d created (irqchip=%s, pit=%s, hardened=%s)", vm.fd, irqchip,
+                  pit, hardened)
 
     # -- lifetime -------------------------------------------------------------------------
     @property
@@ -145,6 +150,7 @@ class Partition(SnapshotApi, HandlerRegistration):
         """Stop and release every vCPU, the VM and its memory (idempotent)."""
         if self._vm.closed:
             return
+        log.debug("partition fd %d closed", self._vm.fd)
         machine = self._machine
         machine.life.close()                  # parked runs wake up and end
         for vcpu in machine.vcpus:

@@ -25,11 +25,15 @@
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 from collections.abc import Callable
 
 from ..errors import ClosedError, PoisonedError, StateError
 from ..exits import Exit
+
+
+log = logging.getLogger("pyhv")
 
 
 class PartitionState(str, enum.Enum):
@@ -187,6 +191,7 @@ class Lifecycle:
             if self.poison_reason is None:
                 self.poison_reason, self.poison_exit = reason, exit
                 self._update_blocked()
+                log.warning("partition poisoned: %s", reason)
 
     def cure(self) -> None:
         with self._cond:

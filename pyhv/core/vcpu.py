@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ from .machine import Machine
 from .stubs import StubFrames, Stubs
 
 __all__ = ["VCpu", "VCpuStats", "create_vcpu"]
+
+log = logging.getLogger("pyhv")
 
 
 @dataclass(frozen=True)
@@ -273,4 +276,5 @@ def create_vcpu(partition: Any, machine: Machine, vcpu_id: int, *, mode: str | N
     if mode == "user" or exceptions:
         vcpu.use_stubs(True)
     machine.add_vcpu(vcpu, fd)
+    log.debug("vCPU %d created (%s mode)", vcpu_id, mode)
     return vcpu

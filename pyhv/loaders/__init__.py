@@ -20,6 +20,7 @@ at GPA 0x10000-0x20000 and refuse images that would overlap it or pyhv's setup r
 from __future__ import annotations
 
 import os
+import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError, InvalidArgument
@@ -27,6 +28,8 @@ from .image import BootImage, Partition, read_image
 
 if TYPE_CHECKING:
     from .elf import ElfImage
+
+log = logging.getLogger("pyhv")
 
 FORMATS = ("auto", "flat", "elf", "multiboot", "linux")
 
@@ -72,6 +75,8 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
     if not data:
         raise ImageFormatError(f"{name}: the image is empty")
     chosen, parsed = _detect(data) if format == "auto" else (format, None)
+    log.info("%s: loading %d bytes as %s%s", name, len(data), chosen,
+             " (detected)" if format == "auto" else "")
     if chosen in ("flat", "elf") and (cmdline or initrd is not None):
         raise InvalidArgument(f"{name}: a {chosen} image takes no command line or initrd "
                               "(only multiboot and Linux kernels do)")

@@ -3,6 +3,7 @@ image file."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,7 +29,7 @@ class Partition(Protocol):
                     cpuid: Iterable[CpuidEntry] | None = ..., exceptions: bool = ...,
                     allow_port_io: bool = ...) -> VCpu: ...
 
-@dataclass
+@dataclass(repr=False)
 class BootImage:
     """A loaded image: how to start it (mode, entry, registers) and what went where."""
 
@@ -39,11 +40,19 @@ class BootImage:
     regions: list[tuple[int, int, str]] = field(default_factory=list)   # (gpa, size, what)
     stack: int | None = None
 
+    def __repr__(self) -> str:
+        regions = ", ".join(f"({gpa:#x}, {size:#x}, {what!r})" for gpa, size, what in self.regions)
+        stack = "None" if self.stack is None else f"{self.stack:#x}"
+        registers = {name: f"{value:#x}" for name, value in self.registers.items()}
+        return (f"BootImage(format={self.format!r}, mode={self.mode!r}, entry={self.entry:#x}, "
+                f"registers={registers}, regions=[{regions}], stack={stack})")
+
     def create_vcpu(self, partition: Partition, **kwargs: Any) -> VCpu:
         """The boot vCPU, in the state the format promises its image."""
         if self.stack is not None:
             kwargs.setdefault("stack", self.stack)
         cpu = partition.create_vcpu(mode=self.mode, entry=self.entry, **kwargs)
+        logging.getLogger("pyhv").info("boot vCPU: %s mode at %#x", self.mode, self.entry)
         if self.registers:
             cpu.regs.update(**self.registers)
         return cpu
