@@ -14,7 +14,8 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["system.c", "partition.c", "vcpu.c", "run.c", "state.c"]
+SOURCES = ["system.c", "memory.c", "partition.c", "vcpu.c", "vcpu_state.c", "exit_decode.c",
+           "fastpath.c", "kick.c", "run.c"]
 
 KVM_CONSTANTS = [
     # capabilities pyhv checks or reports

@@ -39,7 +39,7 @@ struct pyhv_vcpu {
        after an exit and writing them before the next entry then costs no ioctl. */
     int sync_regs;
     int has_xsave;           /* FPU state goes through KVM_GET/SET_XSAVE (see vcpu.c) */
-    int sync_state;          /* sync regs also carry sregs and events (state.c uses them) */
+    int sync_state;          /* sync regs also carry sregs and events (vcpu_state.c uses them) */
     int needs_flush;         /* the last exit may leave a completion pending in the kernel */
     int exit_waiting;        /* run->exit_reason holds an exit Python has not seen yet */
     int irqchip;             /* the VM has in-kernel interrupt controllers */
@@ -49,23 +49,23 @@ struct pyhv_vcpu {
     enum pyhv_pending pending;
     uint32_t pending_len;
 
-    /* fast paths (run.c) */
+    /* fast paths (fastpath.c) */
     struct pyhv_fast_port fast[PYHV_MAX_FAST_PORTS];
     uint32_t nfast;          /* entries in use at the front of fast[] */
     struct kvm_coalesced_mmio_ring *ring;   /* NULL when KVM has no coalesced MMIO */
     uint32_t ring_max;       /* entries the ring page holds */
     struct pyhv_stats stats;
 
-    /* cancellation and deadlines (run.c) */
+    /* cancellation and deadlines (kick.c) */
     atomic_int cancel_requested;
     pthread_mutex_t kick_lock;   /* keeps running_tid alive while another thread signals it */
     pid_t running_tid;           /* thread inside pyhv_vcpu_run, 0 when none */
-    uint64_t deadline_ns;    /* the thread's timer (run.c) kicks the run at this time */
+    uint64_t deadline_ns;    /* the thread's timer (kick.c) kicks the run at this time */
     uint64_t flush_interval_ns;  /* buffered output waits at most this long (0: until full) */
     uint64_t flush_due_ns;   /* when the buffered output collected so far is due */
 };
 
-/* ioctl that returns 0/positive or -errno, retrying nothing */
+/* ioctl that returns 0/positive or -errno, retrying nothing (system.c) */
 long pyhv_ioctl(int fd, unsigned long request, void *arg);
 
 /* KVM_GET_SUPPORTED_CPUID / KVM_GET_CPUID2 into pyhv's entries (system.c) */
@@ -77,8 +77,23 @@ int pyhv_cpuid_query(int fd, unsigned long request, struct pyhv_cpuid_entry *out
 int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
                        uint64_t *value, uint32_t n, uint32_t *done_out);
 
-/* the kick signal (run.c) */
-int pyhv_kick_signal_number(void);
+/* decode the exit in v->run into ex (exit_decode.c) */
+void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex);
+
+/* fast paths (fastpath.c): what pyhv_fast_io did with a decoded IO exit */
+enum pyhv_fast_action { PYHV_FAST_NOT_MINE, PYHV_FAST_DONE, PYHV_FAST_END_RUN };
+enum pyhv_fast_action pyhv_fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex);
+int pyhv_output_pending(const struct pyhv_vcpu *v);   /* a buffered port holds bytes */
+int pyhv_output_full(const struct pyhv_vcpu *v);      /* one is past half full */
+int pyhv_ring_pending(const struct pyhv_vcpu *v);     /* the coalesced ring holds writes */
+
+/* kicks (kick.c).  initial-exec TLS: the signal handler must not trigger a lazy allocation */
+#define PYHV_TLS __thread __attribute__((tls_model("initial-exec")))
+extern PYHV_TLS struct kvm_run *volatile pyhv_tls_run;   /* the run area of this thread's vCPU */
+extern PYHV_TLS volatile sig_atomic_t pyhv_tls_kicked;  /* our signal arrived during the run */
+extern PYHV_TLS uint64_t pyhv_tls_armed_ns;             /* the thread timer's expiry, or 0 */
+pid_t pyhv_current_tid(void);
+int pyhv_arm_kick(struct pyhv_vcpu *v, int lazy);
 
 #define PYHV_IO_DATA_MAX 4096u   /* most data one IO exit carries: KVM's one PIO page */
 

@@ -42,14 +42,6 @@ int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t g
     return r < 0 ? (int)r : 0;
 }
 
-int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
-{
-    /* bitmap: one bit per page of the slot, rounded up to 64 bits (the caller sizes it) */
-    struct kvm_dirty_log log = { .slot = slot, .dirty_bitmap = bitmap };
-    long r = pyhv_ioctl(vm_fd, KVM_GET_DIRTY_LOG, &log);
-    return r < 0 ? (int)r : 0;
-}
-
 int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio, int add)
 {
     struct kvm_coalesced_mmio_zone zone = { .addr = address, .size = size, .pio = pio ? 1 : 0 };

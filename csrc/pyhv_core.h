@@ -7,7 +7,8 @@
  * small structs below, which the C code fills field by field.
  *
  * Every function returns 0 (or a non-negative count/value where it says so) on success and a
- * negative errno on failure; Python turns the latter into an exception (pyhv/_errors.py).
+ * negative errno on failure; Python turns the latter into an exception (check_rc in
+ * pyhv/errors.py).
  */
 #ifndef PYHV_CORE_H
 #define PYHV_CORE_H
