@@ -32,9 +32,9 @@ enum pyhv_fast_action pyhv_fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     case PYHV_PORT_BUFFERED:
         if (ex->io_in)
             return PYHV_FAST_NOT_MINE;
-        if (f->fill == 0 && !v->flush_due_ns && v->flush_interval_ns) {
+        if (f->fill == 0 && !v->flush_due_ns) {
             /* a guest that prints, then computes for long, still shows its output soon */
-            v->flush_due_ns = pyhv_monotonic_ns() + v->flush_interval_ns;
+            v->flush_due_ns = pyhv_monotonic_ns() + PYHV_FLUSH_INTERVAL_NS;
             pyhv_arm_kick(v, 1);
         }
         /* the run loop never enters the guest while a buffer is past half full and an exit

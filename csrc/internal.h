@@ -61,7 +61,6 @@ struct pyhv_vcpu {
     pthread_mutex_t kick_lock;   /* keeps running_tid alive while another thread signals it */
     pid_t running_tid;           /* thread inside pyhv_vcpu_run, 0 when none */
     uint64_t deadline_ns;    /* the thread's timer (kick.c) kicks the run at this time */
-    uint64_t flush_interval_ns;  /* buffered output waits at most this long (0: until full) */
     uint64_t flush_due_ns;   /* when the buffered output collected so far is due */
 };
 
@@ -94,6 +93,10 @@ extern PYHV_TLS volatile sig_atomic_t pyhv_tls_kicked;  /* our signal arrived du
 extern PYHV_TLS uint64_t pyhv_tls_armed_ns;             /* the thread timer's expiry, or 0 */
 pid_t pyhv_current_tid(void);
 int pyhv_arm_kick(struct pyhv_vcpu *v, int lazy);
+
+/* Buffered-port output waits at most this long for an exit before the run hands it to Python,
+   so a guest that prints and then computes still shows its output soon. */
+#define PYHV_FLUSH_INTERVAL_NS (50ull * 1000 * 1000)
 
 #define PYHV_IO_DATA_MAX 4096u   /* most data one IO exit carries: KVM's one PIO page */
 

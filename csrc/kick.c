@@ -172,11 +172,6 @@ int pyhv_vcpu_set_deadline(struct pyhv_vcpu *v, uint64_t deadline_ns)
     return pyhv_arm_kick(v, 0);
 }
 
-void pyhv_vcpu_set_flush_interval(struct pyhv_vcpu *v, uint64_t interval_ns)
-{
-    v->flush_interval_ns = interval_ns;
-}
-
 void pyhv_vcpu_cancel(struct pyhv_vcpu *v)
 {
     atomic_store(&v->cancel_requested, 1);

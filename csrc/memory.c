@@ -30,7 +30,9 @@ int pyhv_memory_free(void *addr, uint64_t size)
     return munmap(addr, size) < 0 ? -errno : 0;
 }
 
-int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
+/* KVM_GET_DIRTY_LOG reads and resets the log: only the merge below calls it, so no reader
+   loses what another has not seen (see pyhv_partition_dirty_merge's `user`). */
+static int get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
 {
     /* bitmap: one bit per page of the slot, rounded up to 64 bits (the caller sizes it) */
     struct kvm_dirty_log log = { .slot = slot, .dirty_bitmap = bitmap };
@@ -61,7 +63,7 @@ int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64
 {
     uint64_t words = (npages + 63) / 64;
     memset(scratch, 0, words * sizeof(uint64_t));
-    int rc = pyhv_partition_get_dirty_log(vm_fd, slot, scratch);
+    int rc = get_dirty_log(vm_fd, slot, scratch);
     if (rc < 0)
         return rc;
     for (uint64_t w = 0; w < words; w++) {

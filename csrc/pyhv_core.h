@@ -196,7 +196,6 @@ int pyhv_partition_create(int kvm_fd, unsigned long type, int *vm_fd_out);
 int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr);
 int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
                             uint64_t size, void *host_addr);
-int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap);
 /* in-kernel interrupt controllers (PIC, IOAPIC, a LAPIC per vCPU) and PIT; before vCPUs */
 int pyhv_partition_create_irqchip(int vm_fd);
 int pyhv_partition_create_pit(int vm_fd);
@@ -308,9 +307,6 @@ int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t v
 /* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none, which also
    disarms the calling thread's timer once a run is over (call it from the running thread) */
 int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);
-/* how long buffered-port output may wait before the run hands it to Python (default 50 ms;
-   0 = until the buffer fills or an exit comes) */
-void pyhv_vcpu_set_flush_interval(struct pyhv_vcpu *vcpu, uint64_t interval_ns);
 /* from any thread: stop the current or the next run of this vCPU */
 void pyhv_vcpu_cancel(struct pyhv_vcpu *vcpu);
 /* forget a cancel that no run has consumed yet */

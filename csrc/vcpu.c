@@ -50,7 +50,6 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
     pthread_mutex_init(&v->kick_lock, NULL);
     atomic_init(&v->cancel_requested, 0);
     v->has_xsave = cached_extension(vm_fd, KVM_CAP_XSAVE, &cap_xsave) > 0;
-    v->flush_interval_ns = 50 * 1000 * 1000;
     /* the coalesced MMIO/PIO ring is a page of the vCPU mapping, shared by the whole VM */
     long page = sysconf(_SC_PAGESIZE);
     int ring_page = cached_extension(vm_fd, KVM_CAP_COALESCED_MMIO, &cap_coalesced);
