@@ -71,8 +71,12 @@ long pyhv_ioctl(int fd, unsigned long request, void *arg);
 int pyhv_cpuid_query(int fd, unsigned long request, struct pyhv_cpuid_entry *out, uint32_t max,
                      uint32_t *count_out);
 
-/* KVM_GET_MSRS / KVM_SET_MSRS of n entries (vcpu.c); -EINVAL when KVM refused one, whose
-   position *done_out gives */
+/* KVM refuses KVM_GET_MSRS / KVM_SET_MSRS of nmsrs >= MAX_IO_MSRS (256) with E2BIG
+   (arch/x86/kvm/x86.c, msr_io): one call carries at most 255 entries. */
+#define PYHV_MSRS_PER_IOCTL 255u
+
+/* KVM_GET_MSRS / KVM_SET_MSRS of any n entries, in chunks (vcpu.c); -EINVAL when KVM refused
+   one, whose position *done_out gives (the entries before it were transferred) */
 int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
                        uint64_t *value, uint32_t n, uint32_t *done_out);
 

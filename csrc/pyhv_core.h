@@ -230,7 +230,8 @@ int pyhv_vcpu_get_sregs(struct pyhv_vcpu *vcpu, struct pyhv_sregs *out);
 int pyhv_vcpu_set_sregs(struct pyhv_vcpu *vcpu, const struct pyhv_sregs *in);
 int pyhv_vcpu_get_fpu(struct pyhv_vcpu *vcpu, struct pyhv_fpu *out);
 int pyhv_vcpu_set_fpu(struct pyhv_vcpu *vcpu, const struct pyhv_fpu *in);
-/* MSRs: *done_out tells how many of the n were transferred before one was refused */
+/* MSRs, any number (in chunks KVM accepts): *done_out tells how many of the n were
+   transferred before one was refused (-EINVAL) or an ioctl failed */
 int pyhv_vcpu_get_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, uint64_t *value,
                        uint32_t n, uint32_t *done_out);
 int pyhv_vcpu_set_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, const uint64_t *value,

@@ -7,8 +7,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define PYHV_MAX_MSRS_PER_CALL 1024u
-
 /* Capabilities every vCPU asks about; the kernel module's answers do not change, so each is
    asked once per process (-2: not asked yet) instead of three syscalls per vCPU. */
 static int cap_xsave = -2, cap_coalesced = -2, cap_sync_regs = -2;
@@ -308,34 +306,40 @@ int pyhv_vcpu_set_fpu(struct pyhv_vcpu *v, const struct pyhv_fpu *in)
 }
 
 /* KVM_GET_MSRS / KVM_SET_MSRS return how many entries they processed; a short count means
-   the entry after them was refused. */
+   the entry after them was refused.  KVM takes at most PYHV_MSRS_PER_IOCTL entries a call, so
+   longer lists go in chunks (through one stack buffer: no allocation per call). */
 int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
                        uint64_t *value, uint32_t n, uint32_t *done_out)
 {
-    *done_out = 0;
-    if (n == 0)
-        return 0;
-    if (n > PYHV_MAX_MSRS_PER_CALL)
-        return -E2BIG;
-    struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
-    if (!m)
-        return -ENOMEM;
-    m->nmsrs = n;
-    for (uint32_t i = 0; i < n; i++) {
-        m->entries[i].index = index[i];
-        m->entries[i].data = request == KVM_SET_MSRS ? value[i] : 0;
-    }
-    long rc = pyhv_ioctl(v->fd, request, m);
-    if (rc >= 0) {
-        uint32_t done = rc > (long)n ? n : (uint32_t)rc;
+    _Alignas(struct kvm_msrs) uint8_t buf[sizeof(struct kvm_msrs) +
+                                          PYHV_MSRS_PER_IOCTL * sizeof(struct kvm_msr_entry)];
+    struct kvm_msrs *m = (struct kvm_msrs *)buf;
+    uint32_t done = 0;
+    while (done < n) {
+        uint32_t chunk = n - done < PYHV_MSRS_PER_IOCTL ? n - done : PYHV_MSRS_PER_IOCTL;
+        memset(buf, 0, sizeof(struct kvm_msrs) + chunk * sizeof(struct kvm_msr_entry));
+        m->nmsrs = chunk;
+        for (uint32_t i = 0; i < chunk; i++) {
+            m->entries[i].index = index[done + i];
+            m->entries[i].data = request == KVM_SET_MSRS ? value[done + i] : 0;
+        }
+        long rc = pyhv_ioctl(v->fd, request, m);
+        if (rc < 0) {
+            *done_out = done;
+            return (int)rc;
+        }
+        uint32_t ok = rc > (long)chunk ? chunk : (uint32_t)rc;   /* never past what we gave */
         if (request == KVM_GET_MSRS)
-            for (uint32_t i = 0; i < done; i++)
-                value[i] = m->entries[i].data;
-        *done_out = done;
-        rc = done == n ? 0 : -EINVAL;
+            for (uint32_t i = 0; i < ok; i++)
+                value[done + i] = m->entries[i].data;
+        done += ok;
+        if (ok < chunk) {
+            *done_out = done;
+            return -EINVAL;    /* index[done] was refused */
+        }
     }
-    free(m);
-    return (int)rc;
+    *done_out = done;
+    return 0;
 }
 
 int pyhv_vcpu_get_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint64_t *value, uint32_t n,

@@ -103,9 +103,6 @@ static int msrs_io(struct pyhv_vcpu *v, unsigned long request, const uint32_t *i
     return pyhv_msrs_transfer(v, request, index, value, n, &done);
 }
 
-/* KVM refuses more than this many MSRs in one call (MAX_IO_MSRS is 256, exclusive) */
-#define MSR_CHUNK 128u
-
 /* Transfer index[0..n) (values in value[]) with as few ioctls as KVM allows: a call stops at
    the first MSR KVM refuses, which is dropped, and the next call goes on after it.  The
    accepted indices and their values are packed to the front of index[] and value[] (in
@@ -115,9 +112,8 @@ static int keep_accepted(struct pyhv_vcpu *v, unsigned long request, uint32_t *i
 {
     uint32_t kept = 0, next = 0;
     while (next < n) {
-        uint32_t chunk = n - next < MSR_CHUNK ? n - next : MSR_CHUNK;
         uint32_t done = 0;
-        int rc = pyhv_msrs_transfer(v, request, index + next, value + next, chunk, &done);
+        int rc = pyhv_msrs_transfer(v, request, index + next, value + next, n - next, &done);
         if (rc < 0 && rc != -EINVAL)
             return rc;
         for (uint32_t i = 0; i < done; i++, kept++) {   /* kept <= next + i: safe in place */
