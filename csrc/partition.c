@@ -193,3 +193,15 @@ out:
     free(bitmaps);
     return rc < 0 ? (int)rc : 0;
 }
+
+int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data)
+{
+    /* the in-kernel LAPICs decode address and data as the bus would (destination, vector,
+       delivery mode): INIT and SIPI messages work too */
+    struct kvm_msi msi = {
+        .address_lo = (uint32_t)address,
+        .address_hi = (uint32_t)(address >> 32),
+        .data = data,
+    };
+    return (int)pyhv_ioctl(vm_fd, KVM_SIGNAL_MSI, &msi);
+}

@@ -217,6 +217,8 @@ int pyhv_partition_ioeventfd(int vm_fd, uint64_t address, uint32_t len, int pio,
 int pyhv_partition_ioeventfd_remove(int vm_fd, uint64_t address, uint32_t len, int pio,
                                     int match, uint64_t datamatch, int fd);
 int pyhv_eventfd_take(int fd, uint64_t *count_out);   /* 0 and count, or -EAGAIN if none */
+/* KVM_SIGNAL_MSI (in-kernel irqchip): > 0 delivered, 0 blocked by the guest, or -errno */
+int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data);
 
 /* vCPUs */
 int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out);

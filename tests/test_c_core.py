@@ -4,6 +4,10 @@ memory slots, the MSR filter and MSR exits, guest debugging, address translation
 
 from __future__ import annotations
 
+import errno
+import threading
+import time
+
 import pytest
 
 import pyhv
@@ -37,3 +41,35 @@ def test_msr_batches_report_the_first_refused_index_across_chunks(part):
     assert done[0] == 270
     assert all(value[i] for i in range(270))             # the TSC ticks: never 0
     assert lib.pyhv_vcpu_get_msrs(cpu._handle(), index, value, 0, done) == 0 and done[0] == 0
+
+
+# -- MSIs ---------------------------------------------------------------------------------
+LAPIC = 0xFEE00000
+MSI_NMI, MSI_INIT, MSI_SIPI = 0x400, 0x500, 0x600      # delivery modes in the data word
+
+
+def msi(part, apic_id, data):
+    return lib.pyhv_partition_signal_msi(part._vm_fd, LAPIC | apic_id << 12, data)
+
+
+def reload_lapic(cpu):
+    """Save and load the vCPU's own state.  Seen on this kernel: KVM builds its map of APIC IDs
+    while a vCPU is being created, before it counts as online, so an MSI to the newest vCPU
+    finds no LAPIC (returns 0) until something (here KVM_SET_LAPIC) rebuilds the map."""
+    state = ffi.new("struct pyhv_vcpu_state *")
+    assert lib.pyhv_vcpu_save_state(cpu._handle(), ffi.NULL, 0, 0, state) == 0
+    assert state.present & lib.PYHV_HAS_LAPIC
+    assert lib.pyhv_vcpu_load_state(cpu._handle(), state) == 0
+
+
+def test_msi_needs_the_in_kernel_irqchip(part):
+    assert msi(part, 0, 0x30) == -errno.EINVAL
+
+
+def test_msi_is_delivered_or_blocked(kvm):
+    with pyhv.Partition(memory="4M", irqchip=True) as part:
+        part.memory.write(0x1000, b"\xf4")
+        reload_lapic(part.create_vcpu(mode="real", entry=0x1000))
+        assert msi(part, 0, MSI_NMI) == 1          # an NMI reaches the LAPIC of vCPU 0
+        assert msi(part, 0, 0x30) == 0             # a fixed vector: its LAPIC is still disabled
+        assert msi(part, 7, MSI_NMI) == 0          # no LAPIC has ID 7
