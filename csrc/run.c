@@ -86,6 +86,12 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             v->stats.exits_to_python++;
             break;
         }
+        if (err == EAGAIN) {
+            /* an application processor still waiting for INIT/SIPI was woken (KVM's api.rst:
+               the VMM enters again); the checks at the top still apply */
+            entered = 1;
+            continue;
+        }
         if (err != EINTR) {
             rc = -err;
             break;

@@ -73,3 +73,27 @@ def test_msi_is_delivered_or_blocked(kvm):
         assert msi(part, 0, MSI_NMI) == 1          # an NMI reaches the LAPIC of vCPU 0
         assert msi(part, 0, 0x30) == 0             # a fixed vector: its LAPIC is still disabled
         assert msi(part, 7, MSI_NMI) == 0          # no LAPIC has ID 7
+
+
+def test_an_application_processor_started_by_init_and_sipi_runs(kvm):
+    # vCPU 1 with an in-kernel irqchip waits for INIT/SIPI inside KVM_RUN; INIT wakes it with
+    # EAGAIN, which the run loop must answer by entering again (it used to end the run)
+    with pyhv.Partition(memory="4M", irqchip=True) as part:
+        part.memory.write(0x1000, b"\xe6\x80\xf4")          # out %al, $0x80; hlt
+        part.create_vcpu(mode="real", entry=0x1000)
+        ap = part.create_vcpu(mode="real", entry=0x1000)
+        reload_lapic(ap)
+        ex = ffi.new("struct pyhv_exit *")
+        result = []
+        runner = threading.Thread(target=lambda: result.append(lib.pyhv_vcpu_run(ap._handle(), ex)))
+        runner.start()
+        time.sleep(0.2)
+        assert msi(part, 1, MSI_INIT) == 1
+        time.sleep(0.05)
+        assert msi(part, 1, MSI_SIPI | 0x01) == 1           # start at 0x0100:0000 = 0x1000
+        runner.join(10)
+        if runner.is_alive():
+            ap.cancel()
+            runner.join()
+        assert result and result[0] >= 0, result
+        assert ex.reason == lib.PYHV_EXIT_IO and ex.io_port == 0x80
