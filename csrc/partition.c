@@ -1,4 +1,6 @@
-/* partition.c - VM fds: creation, x86 setup, memory slots, dirty logging. */
+/* partition.c - the VM fd (a "partition"): creation with its x86 setup and interrupt
+   controllers, memory slots, irqchip/PIT state, IRQ lines, the MSR filter, coalesced zones,
+   ioeventfds and MSIs. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -7,25 +9,58 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-int pyhv_partition_create(int kvm_fd, unsigned long type, int *vm_fd_out)
+/* Intel's real-mode emulation needs three pages for a TSS and one for an identity-mapped page
+   table somewhere in guest-physical space that no slot uses; AMD ignores both. */
+static long setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr, uint32_t *stage)
 {
-    long fd = pyhv_ioctl(kvm_fd, KVM_CREATE_VM, (void *)type);
-    if (fd < 0)
-        return (int)fd;
-    *vm_fd_out = (int)fd;
-    return 0;
-}
-
-int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr)
-{
-    /* Intel's real-mode emulation needs three pages for a TSS and one for an identity-mapped
-       page table somewhere in guest-physical space that no slot uses. */
+    *stage = PYHV_STAGE_TSS;
     long r = pyhv_ioctl(vm_fd, KVM_SET_TSS_ADDR, (void *)(unsigned long)tss_addr);
     if (r < 0)
-        return (int)r;
+        return r;
+    *stage = PYHV_STAGE_IDENTITY_MAP;
     __u64 addr = identity_map_addr;
-    r = pyhv_ioctl(vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &addr);
-    return r < 0 ? (int)r : 0;
+    return pyhv_ioctl(vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &addr);
+}
+
+int pyhv_partition_create_x86(int kvm_fd, uint32_t flags, uint64_t tss_addr,
+                              uint64_t identity_map_addr, uint32_t *stage_out, int *vm_fd_out)
+{
+    uint32_t stage = 0;
+    long r = -EINVAL;
+    /* KVM_CREATE_PIT2 needs the in-kernel PIC: refuse before making anything */
+    if ((flags & ~(uint32_t)(PYHV_PARTITION_IRQCHIP | PYHV_PARTITION_PIT)) ||
+        ((flags & PYHV_PARTITION_PIT) && !(flags & PYHV_PARTITION_IRQCHIP)))
+        goto out;
+    stage = PYHV_STAGE_CREATE;
+    long fd = pyhv_ioctl(kvm_fd, KVM_CREATE_VM, (void *)0ul);   /* type 0: the default VM */
+    if (fd < 0) {
+        r = fd;
+        goto out;
+    }
+    if ((r = setup_x86((int)fd, tss_addr, identity_map_addr, &stage)) < 0)
+        goto fail;
+    if (flags & PYHV_PARTITION_IRQCHIP) {
+        /* PIC, IOAPIC, and a LAPIC for each vCPU made from now on: it must precede them */
+        stage = PYHV_STAGE_IRQCHIP;
+        if ((r = pyhv_ioctl((int)fd, KVM_CREATE_IRQCHIP, NULL)) < 0)
+            goto fail;
+    }
+    if (flags & PYHV_PARTITION_PIT) {
+        stage = PYHV_STAGE_PIT;
+        struct kvm_pit_config config = { .flags = KVM_PIT_SPEAKER_DUMMY };
+        if ((r = pyhv_ioctl((int)fd, KVM_CREATE_PIT2, &config)) < 0)
+            goto fail;
+    }
+    *vm_fd_out = (int)fd;
+    if (stage_out)
+        *stage_out = 0;
+    return 0;
+fail:
+    close((int)fd);
+out:
+    if (stage_out)
+        *stage_out = stage;
+    return (int)r;
 }
 
 int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
@@ -40,6 +75,35 @@ int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t g
     };
     long r = pyhv_ioctl(vm_fd, KVM_SET_USER_MEMORY_REGION, &region);
     return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_map_memory(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
+                              uint64_t size, void **host_out)
+{
+    void *host;
+    int rc = pyhv_memory_alloc(size, &host);
+    if (rc < 0)
+        return rc;
+    rc = pyhv_partition_set_slot(vm_fd, slot, flags, gpa, size, host);
+    if (rc < 0) {
+        pyhv_memory_free(host, size);
+        return rc;
+    }
+    *host_out = host;
+    return 0;
+}
+
+int pyhv_partition_unmap_memory(int vm_fd, uint32_t slot, uint64_t gpa, void *host,
+                                uint64_t size)
+{
+    if (vm_fd >= 0) {
+        int rc = pyhv_partition_set_slot(vm_fd, slot, 0, gpa, 0, host);
+        /* the VM still maps it: unmapping now would let whatever the host maps at that address
+           next show through to the guest */
+        if (rc < 0)
+            return rc;
+    }
+    return pyhv_memory_free(host, size);
 }
 
 int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio, int add)
@@ -97,19 +161,6 @@ int pyhv_eventfd_take(int fd, uint64_t *count_out)
         return -EIO;
     *count_out = count;
     return 0;
-}
-
-int pyhv_partition_create_irqchip(int vm_fd)
-{
-    long r = pyhv_ioctl(vm_fd, KVM_CREATE_IRQCHIP, NULL);
-    return r < 0 ? (int)r : 0;
-}
-
-int pyhv_partition_create_pit(int vm_fd)
-{
-    struct kvm_pit_config config = { .flags = KVM_PIT_SPEAKER_DUMMY };
-    long r = pyhv_ioctl(vm_fd, KVM_CREATE_PIT2, &config);
-    return r < 0 ? (int)r : 0;
 }
 
 int pyhv_partition_irq_line(int vm_fd, uint32_t irq, int level)

@@ -192,13 +192,27 @@ int pyhv_memory_alloc(uint64_t size, void **addr_out);
 int pyhv_memory_free(void *addr, uint64_t size);
 
 /* partitions (VM fds) */
-int pyhv_partition_create(int kvm_fd, unsigned long type, int *vm_fd_out);
-int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr);
+enum pyhv_partition_flags { PYHV_PARTITION_IRQCHIP = 1, PYHV_PARTITION_PIT = 2 };
+enum pyhv_partition_stage { PYHV_STAGE_CREATE = 1, PYHV_STAGE_TSS = 2,
+                            PYHV_STAGE_IDENTITY_MAP = 3, PYHV_STAGE_IRQCHIP = 4,
+                            PYHV_STAGE_PIT = 5 };
+/* KVM_CREATE_VM, TSS and identity-map addresses, then the in-kernel irqchip and PIT when asked;
+   on failure closes the VM, sets *stage_out to the step that failed (0: flags refused, e.g.
+   PIT without IRQCHIP, -EINVAL) and returns -errno */
+int pyhv_partition_create_x86(int kvm_fd, uint32_t flags, uint64_t tss_addr,
+                              uint64_t identity_map_addr, uint32_t *stage_out, int *vm_fd_out);
+/* add, change (flags: KVM_MEM_*) or, with size 0, delete a memory slot over host_addr */
 int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
                             uint64_t size, void *host_addr);
-/* in-kernel interrupt controllers (PIC, IOAPIC, a LAPIC per vCPU) and PIT; before vCPUs */
-int pyhv_partition_create_irqchip(int vm_fd);
-int pyhv_partition_create_pit(int vm_fd);
+/* map `size` bytes of fresh anonymous host memory (MAP_NORESERVE) and register it as `slot` at
+   `gpa`; on failure nothing stays mapped */
+int pyhv_partition_map_memory(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
+                              uint64_t size, void **host_out);
+/* delete the slot (when vm_fd >= 0) and unmap its host memory; if KVM refuses the deletion
+   the memory stays mapped (the VM still uses it) */
+int pyhv_partition_unmap_memory(int vm_fd, uint32_t slot, uint64_t gpa, void *host,
+                                uint64_t size);
+/* in-kernel interrupt controllers (made by create_x86): drive an IRQ line */
 int pyhv_partition_irq_line(int vm_fd, uint32_t irq, int level);
 /* chip state for snapshots: chip 0 = PIC master, 1 = PIC slave, 2 = IOAPIC (512 bytes each);
    the PIT as struct kvm_pit_state2 (112 bytes) */

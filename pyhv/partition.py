@@ -73,6 +73,10 @@ from .vcpu import VCpu, _validate_timeout
 KVM_TSS_ADDR = 0xFFFBD000
 KVM_IDENTITY_MAP_ADDR = 0xFFFBC000
 KVM_RESERVED = (KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR + 3 * PAGE_SIZE)
+# the step pyhv_partition_create_x86 reports as failed -> the ioctl it made
+_CREATE_STAGES = {lib.PYHV_STAGE_CREATE: "KVM_CREATE_VM", lib.PYHV_STAGE_TSS: "KVM_SET_TSS_ADDR",
+                  lib.PYHV_STAGE_IDENTITY_MAP: "KVM_SET_IDENTITY_MAP_ADDR",
+                  lib.PYHV_STAGE_IRQCHIP: "KVM_CREATE_IRQCHIP", lib.PYHV_STAGE_PIT: "KVM_CREATE_PIT2"}
 # RAM given as Partition(memory=...) fills GPA 0 up to here; the rest starts at 4 GiB
 LOW_MEMORY_LIMIT = 3 << 30
 
@@ -179,17 +183,13 @@ class Partition:
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.release)
         try:
-            out = ffi.new("int *")
-            check_rc(lib.pyhv_partition_create(self.hypervisor.fd, 0, out), "KVM_CREATE_VM")
+            out, stage = ffi.new("int *"), ffi.new("uint32_t *")
+            flags = (lib.PYHV_PARTITION_IRQCHIP if irqchip else 0) | (
+                lib.PYHV_PARTITION_PIT if pit else 0)
+            rc = lib.pyhv_partition_create_x86(self.hypervisor.fd, flags, KVM_TSS_ADDR,
+                                               KVM_IDENTITY_MAP_ADDR, stage, out)
+            check_rc(rc, _CREATE_STAGES.get(stage[0], "KVM_CREATE_VM"))
             self._res.vm_fd = out[0]
-            check_rc(lib.pyhv_partition_setup_x86(self._res.vm_fd, KVM_TSS_ADDR,
-                                                  KVM_IDENTITY_MAP_ADDR),
-                     "KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR")
-            if irqchip:
-                check_rc(lib.pyhv_partition_create_irqchip(self._res.vm_fd),
-                         "KVM_CREATE_IRQCHIP")
-            if pit:
-                check_rc(lib.pyhv_partition_create_pit(self._res.vm_fd), "KVM_CREATE_PIT2")
             if hardened:
                 allowed = sorted(SAFE_MSRS)
                 check_rc(lib.pyhv_partition_deny_msrs(self._res.vm_fd, allowed, len(allowed)),

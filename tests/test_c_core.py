@@ -11,7 +11,11 @@ import time
 import pytest
 
 import pyhv
+from pyhv import exits
 from pyhv._ffi import ffi, lib
+from pyhv.testing import assemble
+
+from .conftest import fd_count
 
 EFER = 0xC0000080
 TSC = 0x10
@@ -41,6 +45,59 @@ def test_msr_batches_report_the_first_refused_index_across_chunks(part):
     assert done[0] == 270
     assert all(value[i] for i in range(270))             # the TSC ticks: never 0
     assert lib.pyhv_vcpu_get_msrs(cpu._handle(), index, value, 0, done) == 0 and done[0] == 0
+
+
+# -- partitions and memory slots ----------------------------------------------------------
+TSS, IDENTITY_MAP = 0xFFFBD000, 0xFFFBC000
+
+
+def create_x86(flags, tss=TSS):
+    out, stage = ffi.new("int *"), ffi.new("uint32_t *")
+    rc = lib.pyhv_partition_create_x86(pyhv.system.default().fd, flags, tss, IDENTITY_MAP,
+                                       stage, out)
+    return rc, stage[0], out[0]
+
+
+def vm_size() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmSize:")) * 1024
+
+
+def test_partition_creation_in_one_call(kvm):
+    before = fd_count()
+    rc, stage, fd = create_x86(lib.PYHV_PARTITION_IRQCHIP | lib.PYHV_PARTITION_PIT)
+    assert rc == 0 and stage == 0 and fd >= 0
+    pit = ffi.new("uint8_t[112]")
+    assert lib.pyhv_partition_get_pit(fd, pit) == 0         # the PIT exists
+    assert lib.pyhv_close(fd) == 0
+    assert create_x86(lib.PYHV_PARTITION_PIT)[:2] == (-errno.EINVAL, 0)   # PIT needs the PIC
+    assert create_x86(8)[:2] == (-errno.EINVAL, 0)
+    # a TSS address KVM refuses: the VM made before it is closed again
+    assert create_x86(0, tss=1 << 40)[:2] == (-errno.EINVAL, lib.PYHV_STAGE_TSS)
+    assert fd_count() == before
+
+
+def test_a_slot_and_its_host_memory_in_one_call(part):
+    host = ffi.new("void **")
+    gpa, size = 0x4000000, 0x10000
+    assert lib.pyhv_partition_map_memory(part._vm_fd, 7, 0, gpa, size, host) == 0
+    ffi.cast("uint32_t *", host[0])[0] = 0xC0FFEE
+    part.memory.write(0x1000, assemble(f"mov ${gpa:#x}, %rsi\n1: mov (%rsi), %eax\n"
+                                       "out %eax, $0x80\njmp 1b", origin=0x1000))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    assert cpu.run(timeout=5) == exits.IoOut(0x80, 4, (0xC0FFEE).to_bytes(4, "little"), 1,
+                                             rip=0x100B)
+    assert lib.pyhv_partition_unmap_memory(part._vm_fd, 7, gpa, host[0], size) == 0
+    assert isinstance(cpu.run(timeout=5), exits.MmioRead)   # no RAM there any more
+
+
+def test_a_refused_slot_leaves_nothing_mapped(part):
+    host = ffi.new("void **")
+    before = vm_size()
+    # slot 0 already covers GPA 0: KVM refuses the overlap
+    assert lib.pyhv_partition_map_memory(part._vm_fd, 9, 0, 0, 1 << 30, host) == -errno.EEXIST
+    assert vm_size() == before
+    assert lib.pyhv_partition_map_memory(part._vm_fd, 9, 0, 0x4000000, 0, host) == -errno.EINVAL
 
 
 # -- MSIs ---------------------------------------------------------------------------------
