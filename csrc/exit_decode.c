@@ -1,45 +1,55 @@
 /* exit_decode.c - turning the kvm_run record of an exit into pyhv's struct pyhv_exit.
 
    The run area is shared with the kernel, and what it describes (lengths, offsets, counts) is
-   checked against the run area before any of it is used to touch memory: a record pyhv cannot
-   trust becomes PYHV_EXIT_BAD_EXIT. */
+   read once and checked against the run area before any of it is used to touch memory: a
+   record pyhv cannot trust becomes PYHV_EXIT_BAD_EXIT, with the offending fields in data[]. */
 #include "internal.h"
 
 #include <string.h>
 
+/* the exit unions pyhv decodes hold at most this many data words */
+#define PYHV_EXIT_WORDS 16u
+_Static_assert(sizeof(((struct kvm_run *)0)->internal.data) == PYHV_EXIT_WORDS * 8, "internal");
+_Static_assert(sizeof(((struct kvm_run *)0)->system_event.data) == PYHV_EXIT_WORDS * 8, "event");
+_Static_assert(sizeof(((struct pyhv_exit *)0)->data) == PYHV_EXIT_WORDS * 8, "pyhv_exit.data");
+
+static void bad_exit(struct pyhv_exit *ex, uint32_t n, uint64_t a, uint64_t b, uint64_t c)
+{
+    ex->reason = PYHV_EXIT_BAD_EXIT;
+    ex->ndata = n;
+    ex->data[0] = a;
+    ex->data[1] = b;
+    ex->data[2] = c;
+}
+
 static void decode_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;
-    uint32_t size = run->io.size, count = run->io.count;
-    uint64_t len;
+    uint32_t size = run->io.size, count = run->io.count, direction = run->io.direction;
+    uint64_t offset = run->io.data_offset, len;
     /* bounded to the run area and one page (the buffered ports count on that bound) */
-    uint8_t *data = pyhv_io_data(v, &len);
-    if (!data) {
-        ex->reason = PYHV_EXIT_BAD_EXIT;
-        ex->ndata = 3;
-        ex->data[0] = size;
-        ex->data[1] = count;
-        ex->data[2] = run->io.data_offset;
+    uint8_t *data = pyhv_io_bounds(v, size, count, offset, &len);
+    if (!data || (direction != KVM_EXIT_IO_IN && direction != KVM_EXIT_IO_OUT)) {
+        bad_exit(ex, 3, size, count, offset);
         return;
     }
     ex->reason = PYHV_EXIT_IO;
     ex->io_port = run->io.port;
     ex->io_size = (uint8_t)size;
     ex->io_count = count;
-    ex->io_in = run->io.direction == KVM_EXIT_IO_IN;
+    ex->io_in = direction == KVM_EXIT_IO_IN;
     ex->io_data = data;
     ex->io_value = 0;
-    if (ex->io_in)
-        v->stats.io_in++;
-    else
-        v->stats.io_out++;
     if (!ex->io_in) {
-        memcpy(&ex->io_value, ex->io_data, size);   /* x86 is little-endian */
+        v->stats.io_out++;
+        memcpy(&ex->io_value, data, size);   /* x86 is little-endian */
     } else {
+        v->stats.io_in++;
         /* an IN nobody answers reads as an empty ISA bus: all ones */
-        memset(ex->io_data, 0xff, len);
+        memset(data, 0xff, len);
         v->pending = PYHV_PENDING_IO_IN;
         v->pending_len = (uint32_t)len;
+        v->pending_data = data;
     }
 }
 
@@ -47,57 +57,86 @@ static void decode_mmio(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;
     uint32_t len = run->mmio.len;
+    uint64_t gpa = run->mmio.phys_addr;
     if (len == 0 || len > sizeof(run->mmio.data)) {
-        ex->reason = PYHV_EXIT_BAD_EXIT;
-        ex->ndata = 2;
-        ex->data[0] = run->mmio.phys_addr;
-        ex->data[1] = len;
+        bad_exit(ex, 2, gpa, len, 0);
         return;
     }
     ex->reason = PYHV_EXIT_MMIO;
-    ex->mmio_gpa = run->mmio.phys_addr;
+    ex->mmio_gpa = gpa;
     ex->mmio_len = len;
-    ex->mmio_write = run->mmio.is_write;
+    ex->mmio_write = run->mmio.is_write ? 1 : 0;
     ex->mmio_value = 0;
-    if (ex->mmio_write)
-        v->stats.mmio_write++;
-    else
-        v->stats.mmio_read++;
     if (ex->mmio_write) {
+        v->stats.mmio_write++;
         memcpy(ex->mmio_data, run->mmio.data, len);
         memcpy(&ex->mmio_value, run->mmio.data, len);
     } else {
+        v->stats.mmio_read++;
         memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
         v->pending = PYHV_PENDING_MMIO_READ;
         v->pending_len = len;
+        v->pending_data = run->mmio.data;
     }
 }
 
-static void copy_words(struct pyhv_exit *ex, const uint64_t *words, uint32_t n)
+/* RDMSR/WRMSR that KVM hands to user space (user-space MSR exits, see partition.c) */
+static void decode_msr(struct pyhv_vcpu *v, struct pyhv_exit *ex, int write)
 {
-    if (n > 16)
-        n = 16;
+    struct kvm_run *run = v->run;
+    uint32_t why = run->msr.reason;
+    uint32_t index = run->msr.index;
+    if (why > 0xff) {           /* KVM_MSR_EXIT_REASON_* are single low bits */
+        bad_exit(ex, 2, index, why, 0);
+        return;
+    }
+    ex->reason = PYHV_EXIT_MSR;
+    ex->msr_index = index;
+    ex->msr_write = (uint8_t)write;
+    ex->msr_reason = (uint8_t)why;
+    ex->msr_value = write ? run->msr.data : 0;
+    if (write)
+        v->stats.msr_write++;
+    else
+        v->stats.msr_read++;
+    /* an MSR exit nobody answers faults the guest (#GP), as KVM itself would for an MSR it
+       does not know; pyhv_vcpu_complete_msr clears it */
+    run->msr.error = 1;
+    v->pending = PYHV_PENDING_MSR;
+    v->pending_msr_write = write;
+}
+
+/* data words of an INTERNAL_ERROR or SYSTEM_EVENT: a count beyond the union is not trusted */
+static int copy_words(struct pyhv_exit *ex, const uint64_t *words, uint32_t n)
+{
+    if (n > PYHV_EXIT_WORDS)
+        return -1;
     memcpy(ex->data, words, n * sizeof(uint64_t));
     ex->ndata = n;
+    return 0;
 }
 
 void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;
-    ex->kvm_reason = run->exit_reason;
-    v->stats.by_kvm_reason[run->exit_reason < PYHV_STAT_REASONS ? run->exit_reason
-                                                                 : PYHV_STAT_REASONS - 1]++;
+    uint32_t reason = run->exit_reason;
+    ex->kvm_reason = reason;
+    v->stats.by_kvm_reason[reason < PYHV_STAT_REASONS ? reason : PYHV_STAT_REASONS - 1]++;
     if (v->sync_regs) {
         v->regs_in_run = 1;   /* the kernel stored the registers on the way out */
         ex->rip = run->s.regs.regs.rip;
         ex->rip_valid = 1;
     }
-    switch (run->exit_reason) {
+    switch (reason) {
     case KVM_EXIT_IO:
         decode_io(v, ex);
         break;
     case KVM_EXIT_MMIO:
         decode_mmio(v, ex);
+        break;
+    case KVM_EXIT_X86_RDMSR:
+    case KVM_EXIT_X86_WRMSR:
+        decode_msr(v, ex, reason == KVM_EXIT_X86_WRMSR);
         break;
     case KVM_EXIT_HLT:
         ex->reason = PYHV_EXIT_HALT;
@@ -105,22 +144,28 @@ void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     case KVM_EXIT_SHUTDOWN:
         ex->reason = PYHV_EXIT_SHUTDOWN;
         break;
-    case KVM_EXIT_INTERNAL_ERROR:
+    case KVM_EXIT_INTERNAL_ERROR: {
+        uint32_t code = run->internal.suberror, n = run->internal.ndata;
         ex->reason = PYHV_EXIT_INTERNAL_ERROR;
-        ex->code = run->internal.suberror;
-        copy_words(ex, (const uint64_t *)run->internal.data, run->internal.ndata);
+        ex->code = code;
+        if (copy_words(ex, (const uint64_t *)run->internal.data, n) < 0)
+            bad_exit(ex, 2, code, n, 0);
         break;
+    }
     case KVM_EXIT_FAIL_ENTRY:
         ex->reason = PYHV_EXIT_FAIL_ENTRY;
         ex->data[0] = run->fail_entry.hardware_entry_failure_reason;
         ex->data[1] = run->fail_entry.cpu;
         ex->ndata = 2;
         break;
-    case KVM_EXIT_SYSTEM_EVENT:
+    case KVM_EXIT_SYSTEM_EVENT: {
+        uint32_t type = run->system_event.type, n = run->system_event.ndata;
         ex->reason = PYHV_EXIT_SYSTEM_EVENT;
-        ex->code = run->system_event.type;
-        copy_words(ex, (const uint64_t *)run->system_event.data, run->system_event.ndata);
+        ex->code = type;
+        if (copy_words(ex, (const uint64_t *)run->system_event.data, n) < 0)
+            bad_exit(ex, 2, type, n, 0);
         break;
+    }
     case KVM_EXIT_DEBUG:
         ex->reason = PYHV_EXIT_DEBUG;
         ex->code = run->debug.arch.exception;

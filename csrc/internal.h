@@ -18,6 +18,7 @@ enum pyhv_pending {
     PYHV_PENDING_NONE = 0,
     PYHV_PENDING_IO_IN,      /* io.data_offset .. + size*count in the run area */
     PYHV_PENDING_MMIO_READ,  /* run->mmio.data[0 .. len) */
+    PYHV_PENDING_MSR,        /* run->msr.error and (RDMSR) run->msr.data */
 };
 
 struct pyhv_fast_port {
@@ -48,6 +49,8 @@ struct pyhv_vcpu {
     uint32_t seq;            /* incremented by every run */
     enum pyhv_pending pending;
     uint32_t pending_len;
+    uint8_t *pending_data;   /* IN/MMIO read: where the answer goes, checked when decoded */
+    int pending_msr_write;   /* MSR: the exit is a WRMSR (its completion takes no value) */
 
     /* fast paths (fastpath.c) */
     struct pyhv_fast_port fast[PYHV_MAX_FAST_PORTS];
@@ -104,20 +107,26 @@ int pyhv_arm_kick(struct pyhv_vcpu *v, int lazy);
 
 #define PYHV_IO_DATA_MAX 4096u   /* most data one IO exit carries: KVM's one PIO page */
 
-/* Where the data of the IO exit in v->run lies: io.size * io.count bytes at io.data_offset,
-   which must be inside the mapped run area, past the kvm_run header, and fit one page.  The
-   pointer and length, or NULL when the kernel's description breaks those bounds. */
-static inline uint8_t *pyhv_io_data(const struct pyhv_vcpu *v, uint64_t *len_out)
+/* Where the data of an IO exit lies: size * count bytes at offset in the run area, which must
+   be inside it, past the kvm_run header, and fit one page; size is 1, 2 or 4.  The pointer
+   (and the length in *len_out), or NULL when the description breaks those bounds.  Callers
+   pass the fields as they read them once, so what is checked is what is used. */
+static inline uint8_t *pyhv_io_bounds(const struct pyhv_vcpu *v, uint32_t size, uint32_t count,
+                                      uint64_t offset, uint64_t *len_out)
 {
-    const struct kvm_run *run = v->run;
-    uint32_t size = run->io.size, count = run->io.count;
-    uint64_t offset = run->io.data_offset;
     uint64_t len = (uint64_t)size * count;
     if ((size != 1 && size != 2 && size != 4) || count == 0 || offset < sizeof(struct kvm_run) ||
         offset > v->run_size || len > v->run_size - offset || len > PYHV_IO_DATA_MAX)
         return NULL;
     *len_out = len;
-    return (uint8_t *)run + offset;
+    return (uint8_t *)v->run + offset;
+}
+
+/* the same for the IO exit in v->run */
+static inline uint8_t *pyhv_io_data(const struct pyhv_vcpu *v, uint64_t *len_out)
+{
+    const struct kvm_run *run = v->run;
+    return pyhv_io_bounds(v, run->io.size, run->io.count, run->io.data_offset, len_out);
 }
 
 #endif

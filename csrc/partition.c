@@ -203,14 +203,20 @@ int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112)
     return r < 0 ? (int)r : 0;
 }
 
-/* Guest RDMSR/WRMSR of anything but `allowed` (sorted ascending) raise #GP in the guest.
-   Close indices share a range's bitmap; the kernel bounds both the ranges and the bitmaps. */
-int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n)
+/* KVM's MSR filter: ranges of (base, nmsrs, bitmap), checked in order; an MSR in a range takes
+   its bit (1 = KVM handles it, 0 = denied: #GP, or an exit to user space when user-space MSR
+   exits are on for KVM_MSR_EXIT_REASON_FILTER), any other the default.  The sorted indices
+   are packed into as few ranges as the kernel's bounds allow: a range spans at most
+   KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8 indices from its first, and there are at most
+   KVM_MSR_FILTER_MAX_RANGES of them. */
+int pyhv_partition_set_msr_filter(int vm_fd, int default_allow, const uint32_t *indices,
+                                  uint32_t n)
 {
+    enum { SPAN = KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8 };
     struct kvm_msr_filter filter;
     memset(&filter, 0, sizeof(filter));
-    filter.flags = KVM_MSR_FILTER_DEFAULT_DENY;
-    enum { SPAN = KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8 };
+    filter.flags = default_allow ? KVM_MSR_FILTER_DEFAULT_ALLOW : KVM_MSR_FILTER_DEFAULT_DENY;
+    /* whole bitmaps, so the kernel's copy of BITS_TO_LONGS(nmsrs) longs stays inside them */
     uint8_t (*bitmaps)[KVM_MSR_FILTER_MAX_BITMAP_SIZE] =
         calloc(KVM_MSR_FILTER_MAX_RANGES, KVM_MSR_FILTER_MAX_BITMAP_SIZE);
     if (!bitmaps)
@@ -219,30 +225,44 @@ int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n)
     long rc = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct kvm_msr_filter_range *r = ranges ? &filter.ranges[ranges - 1] : NULL;
-        if (i > 0 && allowed[i] < allowed[i - 1]) {
+        if (i > 0 && indices[i] < indices[i - 1]) {
             rc = -EINVAL;
             goto out;
         }
-        if (!r || allowed[i] - r->base >= SPAN) {
+        if (!r || indices[i] - r->base >= SPAN) {
             if (ranges == KVM_MSR_FILTER_MAX_RANGES) {
                 rc = -E2BIG;
                 goto out;
             }
             r = &filter.ranges[ranges];
             r->flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
-            r->base = allowed[i];
+            r->base = indices[i];
             r->bitmap = bitmaps[ranges];
+            /* default allow: the range's other MSRs must stay allowed, so all bits start 1 */
+            if (default_allow)
+                memset(r->bitmap, 0xff, KVM_MSR_FILTER_MAX_BITMAP_SIZE);
             ranges++;
         }
-        uint32_t bit = allowed[i] - r->base;
-        r->bitmap[bit / 8] |= (uint8_t)(1u << (bit % 8));
+        uint32_t bit = indices[i] - r->base;
+        if (default_allow)
+            r->bitmap[bit / 8] &= (uint8_t)~(1u << (bit % 8));
+        else
+            r->bitmap[bit / 8] |= (uint8_t)(1u << (bit % 8));
         if (bit + 1 > r->nmsrs)
             r->nmsrs = bit + 1;
     }
+    /* with no ranges and default allow, KVM drops the filter */
     rc = pyhv_ioctl(vm_fd, KVM_X86_SET_MSR_FILTER, &filter);
 out:
     free(bitmaps);
     return rc < 0 ? (int)rc : 0;
+}
+
+int pyhv_partition_enable_user_msr(int vm_fd, uint32_t reasons)
+{
+    struct kvm_enable_cap cap = { .cap = KVM_CAP_X86_USER_SPACE_MSR, .args = { reasons } };
+    long r = pyhv_ioctl(vm_fd, KVM_ENABLE_CAP, &cap);
+    return r < 0 ? (int)r : 0;
 }
 
 int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data)

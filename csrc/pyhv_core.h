@@ -37,7 +37,9 @@ enum pyhv_exit_reason {
     PYHV_EXIT_BAD_EXIT = 14,      /* the kernel described an exit pyhv refuses to trust */
     PYHV_EXIT_DEBUG_EXIT = 15,    /* the guest wrote V to a debug-exit port: data[0] = V,
                                      data[1] = the port (Python makes (V << 1) | 1) */
-    PYHV_EXIT_OUTPUT_FULL = 16    /* a buffered port's buffer needs emptying; then run again */
+    PYHV_EXIT_OUTPUT_FULL = 16,   /* a buffered port's buffer needs emptying; then run again */
+    PYHV_EXIT_MSR = 17            /* a guest RDMSR/WRMSR for user space (msr_* fields); answer
+                                     with pyhv_vcpu_complete_msr, unanswered it raises #GP */
 };
 
 /* Ports the C run loop completes by itself, without returning to Python. */
@@ -62,6 +64,7 @@ struct pyhv_stats {
     uint64_t guest_ns;            /* time in the C run loop: KVM_RUN and C-completed exits */
     uint64_t io_in, io_out, mmio_read, mmio_write;
     uint64_t by_kvm_reason[64];   /* indexed by KVM_EXIT_* (reasons >= 63 count in [63]) */
+    uint64_t msr_read, msr_write; /* PYHV_EXIT_MSR exits */
 };
 
 /* One write the kernel collected in its coalesced MMIO/PIO ring. */
@@ -103,6 +106,12 @@ struct pyhv_exit {
     uint32_t code;            /* suberror, event type, debug exception, ... */
     uint32_t ndata;           /* words valid in data[] (at most 16) */
     uint64_t data[16];
+
+    /* PYHV_EXIT_MSR */
+    uint32_t msr_index;
+    uint8_t msr_write;        /* 1 = WRMSR */
+    uint8_t msr_reason;       /* KVM_MSR_EXIT_REASON_*: why it reached user space */
+    uint64_t msr_value;       /* WRMSR: the value the guest wrote */
 };
 
 struct pyhv_regs {
@@ -220,8 +229,17 @@ int pyhv_partition_get_irqchip(int vm_fd, uint32_t chip, uint8_t *out512);
 int pyhv_partition_set_irqchip(int vm_fd, uint32_t chip, const uint8_t *in512);
 int pyhv_partition_get_pit(int vm_fd, uint8_t *out112);
 int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112);
-/* deny the guest every MSR but `allowed` (sorted): the rest raise #GP */
-int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n);
+/* install KVM's MSR filter: with default_allow, the sorted `indices` are denied (their
+   RDMSR/WRMSR exit to user space when user-space MSR exits are on for
+   KVM_MSR_EXIT_REASON_FILTER, else #GP); without it, only `indices` are allowed.  n == 0 with
+   default_allow removes the filter.  Ranges are packed as KVM allows (bitmaps up to
+   KVM_MSR_FILTER_MAX_BITMAP_SIZE bytes, at most KVM_MSR_FILTER_MAX_RANGES ranges: -E2BIG
+   beyond); unsorted indices: -EINVAL */
+int pyhv_partition_set_msr_filter(int vm_fd, int default_allow, const uint32_t *indices,
+                                  uint32_t n);
+/* KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR) with a mask of KVM_MSR_EXIT_REASON_*: those
+   RDMSR/WRMSR reach user space as PYHV_EXIT_MSR */
+int pyhv_partition_enable_user_msr(int vm_fd, uint32_t reasons);
 /* a zone whose guest writes the kernel queues in the coalesced ring instead of exiting */
 int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio,
                                   int add);
@@ -316,11 +334,15 @@ enum pyhv_run_flags {
     PYHV_RUN_SINGLE_OUT = 0x200   /* an IO exit: an OUT of one element (io_count == 1) */
 };
 int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit);
-/* data for the IN / MMIO read of the latest exit; len must match it exactly */
+/* data for the IN / MMIO read of the latest exit (run `seq`, else -ESTALE); len must match it
+   exactly (-EMSGSIZE) */
 int pyhv_vcpu_complete_in(struct pyhv_vcpu *vcpu, uint32_t seq, const uint8_t *data,
                           uint32_t len);
 /* the same for a single IN/read of at most 8 bytes, given as a number (little-endian) */
 int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value);
+/* answer the MSR exit of run `seq`: RDMSR gets `value`; error != 0 injects #GP instead
+   (WRMSR: value ignored); -ESTALE unless seq is the latest run and an MSR exit is pending */
+int pyhv_vcpu_complete_msr(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value, int error);
 /* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none, which also
    disarms the calling thread's timer once a run is over (call it from the running thread) */
 int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);

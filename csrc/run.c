@@ -129,22 +129,34 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 
 int pyhv_vcpu_complete_in(struct pyhv_vcpu *v, uint32_t seq, const uint8_t *data, uint32_t len)
 {
-    if (seq != v->seq || v->pending == PYHV_PENDING_NONE)
+    if (seq != v->seq ||
+        (v->pending != PYHV_PENDING_IO_IN && v->pending != PYHV_PENDING_MMIO_READ))
         return -ESTALE;
     if (len != v->pending_len)
         return -EMSGSIZE;
-    if (v->pending == PYHV_PENDING_IO_IN)
-        memcpy((uint8_t *)v->run + v->run->io.data_offset, data, len);
-    else
-        memcpy(v->run->mmio.data, data, len);
+    /* where decode found (and bounds-checked) the exit's data: not re-read from the run area */
+    memcpy(v->pending_data, data, len);
     return 0;
 }
 
 int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *v, uint32_t seq, uint64_t value)
 {
-    if (seq != v->seq || v->pending == PYHV_PENDING_NONE)
+    if (seq != v->seq ||
+        (v->pending != PYHV_PENDING_IO_IN && v->pending != PYHV_PENDING_MMIO_READ))
         return -ESTALE;
     if (v->pending_len > sizeof(value))
         return -EMSGSIZE;
     return pyhv_vcpu_complete_in(v, seq, (const uint8_t *)&value, v->pending_len);
+}
+
+int pyhv_vcpu_complete_msr(struct pyhv_vcpu *v, uint32_t seq, uint64_t value, int error)
+{
+    if (seq != v->seq || v->pending != PYHV_PENDING_MSR)
+        return -ESTALE;
+    /* KVM finishes the instruction at the next KVM_RUN: RDMSR loads run->msr.data into
+       EDX:EAX unless error is set, which (for either direction) injects #GP */
+    v->run->msr.error = error ? 1 : 0;
+    if (!v->pending_msr_write && !error)
+        v->run->msr.data = value;
+    return 0;
 }

@@ -17,18 +17,22 @@ _Static_assert(sizeof(struct kvm_lapic_state) == 1024, "kvm_lapic_state size");
 _Static_assert(PYHV_KVM_CAP_DEBUGREGS == KVM_CAP_DEBUGREGS, "KVM_CAP_DEBUGREGS");
 
 /* A discarded completion's reads (an IN or MMIO read waiting in the run area) are answered
-   with all ones, as an empty bus would.  Only the exit's own data is touched: the pages after
-   the PIO page (the VM-wide coalesced ring) are not the vCPU's to clear. */
+   with all ones, as an empty bus would, and an MSR exit with #GP, as an unknown MSR would be.
+   Only the exit's own data is touched: the pages after the PIO page (the VM-wide coalesced
+   ring) are not the vCPU's to clear. */
 static void answer_with_ones(struct pyhv_vcpu *v)
 {
     struct kvm_run *run = v->run;
+    uint32_t reason = run->exit_reason;
     uint64_t len;
     uint8_t *data;
-    if (run->exit_reason == KVM_EXIT_MMIO && !run->mmio.is_write)
+    if (reason == KVM_EXIT_MMIO && !run->mmio.is_write)
         memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
-    else if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_IN &&
+    else if (reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_IN &&
              (data = pyhv_io_data(v, &len)) != NULL)
         memset(data, 0xff, len);
+    else if (reason == KVM_EXIT_X86_RDMSR || reason == KVM_EXIT_X86_WRMSR)
+        run->msr.error = 1;
 }
 
 /* Re-enter KVM_RUN with immediate_exit set: the kernel applies pending sync regs, finishes an

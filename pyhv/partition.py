@@ -76,7 +76,8 @@ KVM_RESERVED = (KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR + 3 * PAGE_SIZE)
 # the step pyhv_partition_create_x86 reports as failed -> the ioctl it made
 _CREATE_STAGES = {lib.PYHV_STAGE_CREATE: "KVM_CREATE_VM", lib.PYHV_STAGE_TSS: "KVM_SET_TSS_ADDR",
                   lib.PYHV_STAGE_IDENTITY_MAP: "KVM_SET_IDENTITY_MAP_ADDR",
-                  lib.PYHV_STAGE_IRQCHIP: "KVM_CREATE_IRQCHIP", lib.PYHV_STAGE_PIT: "KVM_CREATE_PIT2"}
+                  lib.PYHV_STAGE_IRQCHIP: "KVM_CREATE_IRQCHIP",
+                  lib.PYHV_STAGE_PIT: "KVM_CREATE_PIT2"}
 # RAM given as Partition(memory=...) fills GPA 0 up to here; the rest starts at 4 GiB
 LOW_MEMORY_LIMIT = 3 << 30
 
@@ -192,7 +193,8 @@ class Partition:
             self._res.vm_fd = out[0]
             if hardened:
                 allowed = sorted(SAFE_MSRS)
-                check_rc(lib.pyhv_partition_deny_msrs(self._res.vm_fd, allowed, len(allowed)),
+                check_rc(lib.pyhv_partition_set_msr_filter(self._res.vm_fd, 0, allowed,
+                                                           len(allowed)),
                          "KVM_X86_SET_MSR_FILTER")
             if size is not None:
                 low = min(size, LOW_MEMORY_LIMIT)

@@ -154,3 +154,104 @@ def test_an_application_processor_started_by_init_and_sipi_runs(kvm):
             runner.join()
         assert result and result[0] >= 0, result
         assert ex.reason == lib.PYHV_EXIT_IO and ex.io_port == 0x80
+
+
+# -- the MSR filter and MSR exits ------------------------------------------------------------
+SYNTHETIC = 0x40000000
+STAR = 0xC0000081
+
+
+def run_c(cpu, ex):
+    """One pyhv_vcpu_run; the reason (the low byte of the summary)."""
+    rc = lib.pyhv_vcpu_run(cpu._handle(), ex)
+    assert rc >= 0, rc
+    return rc & 0xFF
+
+
+def msr_exits(part, denied, reasons=None):
+    denied = sorted(denied)
+    assert lib.pyhv_partition_set_msr_filter(part._vm_fd, 1, denied, len(denied)) == 0
+    reasons = lib.KVM_MSR_EXIT_REASON_FILTER if reasons is None else reasons
+    assert lib.pyhv_partition_enable_user_msr(part._vm_fd, reasons) == 0
+
+
+RDMSR_WRMSR = f"""
+    mov ${SYNTHETIC:#x}, %ecx
+    rdmsr
+    out %eax, $0x80
+    mov %edx, %eax
+    out %eax, $0x81
+    mov $0x12345678, %eax
+    mov $0x9abcdef0, %edx
+    wrmsr
+    hlt
+"""
+
+
+def test_a_filtered_msr_exits_to_user_space_and_takes_the_answer(part):
+    msr_exits(part, [SYNTHETIC])
+    part.memory.write(0x1000, assemble(RDMSR_WRMSR, origin=0x1000))
+    cpu = part.create_vcpu(mode="long")
+    ex = ffi.new("struct pyhv_exit *")
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_MSR
+    assert (ex.msr_index, ex.msr_write, ex.msr_reason) == (SYNTHETIC, 0,
+                                                          lib.KVM_MSR_EXIT_REASON_FILTER)
+    assert lib.pyhv_vcpu_complete_msr(cpu._handle(), ex.seq - 1, 0, 0) == -errno.ESTALE
+    assert lib.pyhv_vcpu_complete_in_value(cpu._handle(), ex.seq, 0) == -errno.ESTALE
+    assert lib.pyhv_vcpu_complete_msr(cpu._handle(), ex.seq, 0x1122334455667788, 0) == 0
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == 0x55667788     # EAX
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == 0x11223344     # EDX
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_MSR
+    assert (ex.msr_index, ex.msr_write, ex.msr_value) == (SYNTHETIC, 1, 0x9ABCDEF012345678)
+    seq = ex.seq
+    assert lib.pyhv_vcpu_complete_msr(cpu._handle(), seq, 0, 0) == 0
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_HALT
+    assert lib.pyhv_vcpu_complete_msr(cpu._handle(), seq, 0, 0) == -errno.ESTALE
+    stats = ffi.new("struct pyhv_stats *")
+    assert lib.pyhv_vcpu_get_stats(cpu._handle(), stats) == 0
+    assert (stats.msr_read, stats.msr_write) == (1, 1)
+
+
+@pytest.mark.parametrize("answer", ["error", "none"])
+def test_an_msr_exit_answered_with_an_error_or_not_at_all_raises_gp(part, answer):
+    msr_exits(part, [SYNTHETIC])
+    part.memory.write(0x1000, assemble(RDMSR_WRMSR, origin=0x1000))
+    cpu = part.create_vcpu(mode="long", exceptions=True)
+    ex = ffi.new("struct pyhv_exit *")
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_MSR
+    if answer == "error":
+        assert lib.pyhv_vcpu_complete_msr(cpu._handle(), ex.seq, 0x1234, 1) == 0
+    fault = cpu.run(timeout=10)
+    assert isinstance(fault, exits.GuestException) and fault.vector == 13
+    assert fault.rip == 0x1005                          # the rdmsr
+
+
+def test_a_default_allow_range_keeps_its_other_msrs_allowed(part):
+    # one range [STAR - 2, STAR]: EFER inside it is not denied and reads without an exit
+    msr_exits(part, [STAR - 2, STAR])
+    part.memory.write(0x1000, assemble(f"""
+        mov ${EFER:#x}, %ecx
+        rdmsr
+        out %eax, $0x80
+        mov ${STAR:#x}, %ecx
+        rdmsr
+        hlt""", origin=0x1000))
+    cpu = part.create_vcpu(mode="long")
+    ex = ffi.new("struct pyhv_exit *")
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == cpu.get_msr(EFER) & 0xFFFFFFFF
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_MSR and ex.msr_index == STAR
+
+
+def test_msr_filter_bounds(part):
+    vm = part._vm_fd
+    span = lib.KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8
+    ranges = lib.KVM_MSR_FILTER_MAX_RANGES
+    packed = [i * span for i in range(ranges)]                   # one range each: fits
+    assert lib.pyhv_partition_set_msr_filter(vm, 1, packed, ranges) == 0
+    one_more = packed + [ranges * span]
+    assert lib.pyhv_partition_set_msr_filter(vm, 1, one_more, ranges + 1) == -errno.E2BIG
+    close = list(range(0, span, 7))                              # many MSRs, one range
+    assert lib.pyhv_partition_set_msr_filter(vm, 1, close, len(close)) == 0
+    assert lib.pyhv_partition_set_msr_filter(vm, 1, [5, 3], 2) == -errno.EINVAL
+    assert lib.pyhv_partition_set_msr_filter(vm, 1, ffi.NULL, 0) == 0     # filter removed
+    assert lib.pyhv_partition_enable_user_msr(vm, 1 << 7) == -errno.EINVAL
