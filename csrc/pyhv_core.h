@@ -253,7 +253,20 @@ int pyhv_eventfd_take(int fd, uint64_t *count_out);   /* 0 and count, or -EAGAIN
 int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data);
 
 /* vCPUs */
-int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out);
+enum pyhv_vcpu_flags { PYHV_VCPU_IRQCHIP = 1 };   /* the VM has in-kernel irqchips */
+/* what pyhv_vcpu_create applies to a new vCPU (in this order: CPUID, special registers, MSRs,
+   registers); NULL pointers leave KVM's defaults */
+struct pyhv_vcpu_init {
+    uint32_t flags;                               /* PYHV_VCPU_* */
+    const struct pyhv_cpuid_entry *cpuid; uint32_t ncpuid;   /* NULL: leave KVM's default */
+    const struct pyhv_sregs *sregs;               /* NULL: leave the reset state */
+    const struct pyhv_regs *regs;                 /* NULL: leave the reset state */
+    const uint32_t *msr_index; const uint64_t *msr_value; uint32_t nmsrs;
+};
+/* create the vCPU, map its run area, and apply `init` (may be NULL); on failure nothing is
+   left but the id, which KVM cannot free without the VM */
+int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
+                     const struct pyhv_vcpu_init *init, struct pyhv_vcpu **out);
 void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);
 int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);
 /* tell the vCPU its VM has in-kernel interrupt controllers (its MP state then matters) */

@@ -22,9 +22,36 @@ static int cached_extension(int vm_fd, long capability, int *cache)
     return value;
 }
 
-int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out)
+/* What creation applies from `init`, in the order KVM needs: CPUID first (the checks of
+   special registers and MSRs depend on the features it advertises), then special registers,
+   MSRs and general registers.  Special registers go by ioctl even where sync regs could carry
+   them to the first KVM_RUN for free: KVM would check them only then, and a refused set would
+   fail that run (-EINVAL, again at every later run) instead of the creation. */
+static int apply_init(struct pyhv_vcpu *v, const struct pyhv_vcpu_init *init)
+{
+    int rc;
+    v->irqchip = (init->flags & PYHV_VCPU_IRQCHIP) != 0;
+    if (init->cpuid && (rc = pyhv_vcpu_set_cpuid(v, init->cpuid, init->ncpuid)) < 0)
+        return rc;
+    if (init->sregs && (rc = pyhv_vcpu_set_sregs(v, init->sregs)) < 0)
+        return rc;
+    uint32_t done;
+    if (init->nmsrs &&
+        (rc = pyhv_vcpu_set_msrs(v, init->msr_index, init->msr_value, init->nmsrs, &done)) < 0)
+        return rc;
+    if (init->regs && (rc = pyhv_vcpu_set_regs(v, init->regs)) < 0)
+        return rc;
+    return 0;
+}
+
+int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
+                     const struct pyhv_vcpu_init *init, struct pyhv_vcpu **out)
 {
     if (mmap_size < sizeof(struct kvm_run))
+        return -EINVAL;
+    /* refuse a malformed init before KVM_CREATE_VCPU: its id could not be made again */
+    if (init && ((init->flags & ~(uint32_t)PYHV_VCPU_IRQCHIP) ||
+                 (init->nmsrs && (!init->msr_index || !init->msr_value))))
         return -EINVAL;
     struct pyhv_vcpu *v = calloc(1, sizeof(*v));
     if (!v)
@@ -57,10 +84,15 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
                                  sizeof(struct kvm_coalesced_mmio));
     }
     int sync = cached_extension(vm_fd, KVM_CAP_SYNC_REGS, &cap_sync_regs);
-    if (sync & KVM_SYNC_X86_REGS) {
+    if (sync > 0 && (sync & KVM_SYNC_X86_REGS)) {   /* (-errno would look like every bit) */
         v->sync_regs = 1;
         v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
         v->sync_state = (sync & KVM_SYNC_X86_SREGS) && (sync & KVM_SYNC_X86_EVENTS);
+    }
+    int rc;
+    if (init && (rc = apply_init(v, init)) < 0) {
+        pyhv_vcpu_destroy(v);
+        return rc;
     }
     *out = v;
     return 0;

@@ -250,7 +250,8 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
         (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, (void *)in->events)) < 0)
         return (int)r;
     /* without in-kernel interrupt controllers a vCPU is always runnable: nothing to load */
-    if ((in->present & PYHV_HAS_MP_STATE) && (v->irqchip || in->mp_state != KVM_MP_STATE_RUNNABLE)) {
+    if ((in->present & PYHV_HAS_MP_STATE) &&
+        (v->irqchip || in->mp_state != KVM_MP_STATE_RUNNABLE)) {
         struct kvm_mp_state mp = { .mp_state = in->mp_state };
         if ((r = pyhv_ioctl(v->fd, KVM_SET_MP_STATE, &mp)) < 0)
             return (int)r;

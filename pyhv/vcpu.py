@@ -92,7 +92,7 @@ class VCpu:
     def __init__(self, partition: Partition, vcpu_id: int) -> None:
         out = ffi.new("struct pyhv_vcpu **")
         check_rc(lib.pyhv_vcpu_create(partition._vm_fd, vcpu_id,
-                                      partition.hypervisor.vcpu_mmap_size, out),
+                                      partition.hypervisor.vcpu_mmap_size, ffi.NULL, out),
                  f"KVM_CREATE_VCPU {vcpu_id}")
         self._ptr = out[0]
         self._finalizer = weakref.finalize(self, lib.pyhv_vcpu_destroy, self._ptr)

@@ -255,3 +255,75 @@ def test_msr_filter_bounds(part):
     assert lib.pyhv_partition_set_msr_filter(vm, 1, [5, 3], 2) == -errno.EINVAL
     assert lib.pyhv_partition_set_msr_filter(vm, 1, ffi.NULL, 0) == 0     # filter removed
     assert lib.pyhv_partition_enable_user_msr(vm, 1 << 7) == -errno.EINVAL
+
+
+# -- vCPUs in one call -------------------------------------------------------------------------
+def vcpu_init(part, template, **fields):
+    """A struct pyhv_vcpu_init with CPUID, the special registers of ``template`` (a vCPU pyhv
+    set up) and ``fields``; keeps the arrays it points to alive in ``init.keep``."""
+    cpuid, n = part.hypervisor._vcpu_cpuid(0)
+    init = ffi.new("struct pyhv_vcpu_init *")
+    keep = [cpuid]
+    init.cpuid, init.ncpuid = cpuid, n
+    sregs = ffi.new("struct pyhv_sregs *")
+    ffi.memmove(sregs, template._load_sregs(), ffi.sizeof(sregs[0]))
+    init.sregs = sregs
+    keep.append(sregs)
+    for name, value in fields.items():
+        if isinstance(value, list):
+            value = ffi.new("uint32_t[]" if name == "msr_index" else "uint64_t[]", value)
+            keep.append(value)
+        setattr(init, name, value)
+    return init, keep
+
+
+def create_c_vcpu(part, vcpu_id, init):
+    out = ffi.new("struct pyhv_vcpu **")
+    rc = lib.pyhv_vcpu_create(part._vm_fd, vcpu_id, part.hypervisor.vcpu_mmap_size, init, out)
+    return rc, out[0]
+
+
+def test_a_vcpu_created_and_set_up_in_one_call_runs(part):
+    part.memory.write(0x1000, assemble(f"""
+        out %eax, $0x80
+        mov ${STAR:#x}, %ecx
+        rdmsr
+        mov %edx, %eax
+        out %eax, $0x81
+        hlt""", origin=0x1000))
+    template = part.create_vcpu(mode="long")           # pyhv's long-mode special registers
+    regs = ffi.new("struct pyhv_regs *", {"rip": 0x1000, "rsp": 0x70000, "rflags": 2,
+                                          "rax": 0xFEEDBEEF})
+    init, keep = vcpu_init(part, template, regs=regs, msr_index=[STAR],
+                           msr_value=[0x00230010 << 32], nmsrs=1)
+    rc, handle = create_c_vcpu(part, 5, init)
+    assert rc == 0
+    try:
+        ex = ffi.new("struct pyhv_exit *")
+        run = lib.pyhv_vcpu_run
+        assert run(handle, ex) & 0xFF == lib.PYHV_EXIT_IO and ex.io_value == 0xFEEDBEEF
+        assert run(handle, ex) & 0xFF == lib.PYHV_EXIT_IO and ex.io_value == 0x00230010
+        assert run(handle, ex) & 0xFF == lib.PYHV_EXIT_HALT
+        got = ffi.new("struct pyhv_sregs *")
+        assert lib.pyhv_vcpu_get_sregs(handle, got) == 0
+        assert got.cr3 == template.get_sregs().cr3 and got.efer == template.get_sregs().efer
+    finally:
+        lib.pyhv_vcpu_destroy(handle)
+
+
+def test_a_vcpu_whose_setup_is_refused_leaves_only_its_id(part):
+    template = part.create_vcpu(mode="long")
+    before = fd_count()
+    init, keep = vcpu_init(part, template)
+    init.sregs.cr0 = 0x80000000                          # paging without protected mode
+    assert create_c_vcpu(part, 6, init)[0] == -errno.EINVAL
+    assert fd_count() == before
+    assert create_c_vcpu(part, 6, ffi.NULL)[0] == -errno.EEXIST   # KVM keeps the id
+    # a malformed init is refused before the vCPU exists: its id stays free
+    init.flags = 0x80
+    assert create_c_vcpu(part, 7, init)[0] == -errno.EINVAL
+    init.flags, init.nmsrs = 0, 3                         # MSRs without arrays
+    assert create_c_vcpu(part, 7, init)[0] == -errno.EINVAL
+    rc, handle = create_c_vcpu(part, 7, ffi.NULL)
+    assert rc == 0
+    lib.pyhv_vcpu_destroy(handle)
