@@ -37,6 +37,9 @@ KVM_CONSTANTS = [
     # user-space MSR exits (pyhv_partition_enable_user_msr) and the MSR filter's bounds
     "KVM_MSR_EXIT_REASON_INVAL", "KVM_MSR_EXIT_REASON_UNKNOWN", "KVM_MSR_EXIT_REASON_FILTER",
     "KVM_MSR_FILTER_MAX_RANGES", "KVM_MSR_FILTER_MAX_BITMAP_SIZE",
+    # guest debugging (pyhv_vcpu_set_guest_debug)
+    "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP", "KVM_GUESTDBG_USE_SW_BP",
+    "KVM_GUESTDBG_USE_HW_BP", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP",
     "KVM_API_VERSION",
 ]
 

@@ -83,6 +83,10 @@ int pyhv_cpuid_query(int fd, unsigned long request, struct pyhv_cpuid_entry *out
 int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
                        uint64_t *value, uint32_t n, uint32_t *done_out);
 
+/* write registers, special registers and events still waiting in the run area for the next
+   KVM_RUN (kvm_dirty_regs) with ioctls, for calls that need the kernel's view current (vcpu.c) */
+int pyhv_push_dirty_regs(struct pyhv_vcpu *v);
+
 /* decode the exit in v->run into ex (exit_decode.c) */
 void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex);
 

@@ -287,6 +287,14 @@ int pyhv_vcpu_set_cpuid(struct pyhv_vcpu *vcpu, const struct pyhv_cpuid_entry *e
                         uint32_t n);
 int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *vcpu, struct pyhv_cpuid_entry *out, uint32_t max,
                         uint32_t *count_out);
+/* KVM_SET_GUEST_DEBUG: control = KVM_GUESTDBG_* flags, debugreg[8] = DR0-DR7 (DR4/5 unused;
+   NULL: all zero).  Debug events then end runs as PYHV_EXIT_DEBUG */
+int pyhv_vcpu_set_guest_debug(struct pyhv_vcpu *vcpu, uint32_t control,
+                              const uint64_t *debugreg);
+/* KVM_TRANSLATE of a guest-virtual address: *gpa_out and *flags_out (bit 0 valid, 1 writeable,
+   2 usermode, as KVM reports them: its x86 code always says writeable and never usermode) */
+int pyhv_vcpu_translate(struct pyhv_vcpu *vcpu, uint64_t gva, uint64_t *gpa_out,
+                        uint32_t *flags_out);
 
 /* C fast paths: kind PYHV_PORT_NONE removes the port */
 int pyhv_vcpu_set_fast_port(struct pyhv_vcpu *vcpu, uint16_t port, uint32_t kind,

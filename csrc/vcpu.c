@@ -411,3 +411,62 @@ int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *v, struct pyhv_cpuid_entry *out, uint3
 {
     return pyhv_cpuid_query(v->fd, KVM_GET_CPUID2, out, max, count_out);
 }
+
+int pyhv_push_dirty_regs(struct pyhv_vcpu *v)
+{
+    struct kvm_run *run = v->run;
+    long r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_REGS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_REGS, &run->s.regs.regs)) < 0)
+        return (int)r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_SREGS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_SREGS, &run->s.regs.sregs)) < 0)
+        return (int)r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_EVENTS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, &run->s.regs.events)) < 0)
+        return (int)r;
+    run->kvm_dirty_regs = 0;    /* the run area still holds the same values: regs_in_run stays */
+    return 0;
+}
+
+_Static_assert(sizeof(((struct kvm_guest_debug_arch *)0)->debugreg) == 8 * sizeof(uint64_t),
+               "debugreg[8]");
+
+int pyhv_vcpu_set_guest_debug(struct pyhv_vcpu *v, uint32_t control, const uint64_t *debugreg)
+{
+    /* KVM reads RIP and RFLAGS when single-stepping starts (it remembers where, and sets TF):
+       registers still waiting in the run area for the next entry must reach it first */
+    int rc = pyhv_push_dirty_regs(v);
+    if (rc < 0)
+        return rc;
+    struct kvm_guest_debug dbg;
+    memset(&dbg, 0, sizeof(dbg));
+    dbg.control = control;
+    if (debugreg)
+        memcpy(dbg.arch.debugreg, debugreg, sizeof(dbg.arch.debugreg));
+    long r = pyhv_ioctl(v->fd, KVM_SET_GUEST_DEBUG, &dbg);
+    if (r < 0)
+        return (int)r;
+    /* with single-step, KVM has changed RFLAGS: the copy in the run area is stale */
+    v->regs_in_run = 0;
+    return 0;
+}
+
+int pyhv_vcpu_translate(struct pyhv_vcpu *v, uint64_t gva, uint64_t *gpa_out,
+                        uint32_t *flags_out)
+{
+    /* the page tables KVM walks are the ones in its CR3/CR0/CR4/EFER: special registers a
+       restore left in the run area for the next entry go first */
+    int rc = pyhv_push_dirty_regs(v);
+    if (rc < 0)
+        return rc;
+    struct kvm_translation t;
+    memset(&t, 0, sizeof(t));
+    t.linear_address = gva;
+    long r = pyhv_ioctl(v->fd, KVM_TRANSLATE, &t);
+    if (r < 0)
+        return (int)r;
+    *gpa_out = t.physical_address;
+    *flags_out = (t.valid ? 1u : 0u) | (t.writeable ? 2u : 0u) | (t.usermode ? 4u : 0u);
+    return 0;
+}

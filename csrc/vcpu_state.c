@@ -54,16 +54,8 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
         v->exit_waiting = 0;
         answer_with_ones(v);
     }
-    if ((run->kvm_dirty_regs & KVM_SYNC_X86_REGS) &&
-        (r = pyhv_ioctl(v->fd, KVM_SET_REGS, &run->s.regs.regs)) < 0)
+    if ((r = pyhv_push_dirty_regs(v)) < 0)
         return (int)r;
-    if ((run->kvm_dirty_regs & KVM_SYNC_X86_SREGS) &&
-        (r = pyhv_ioctl(v->fd, KVM_SET_SREGS, &run->s.regs.sregs)) < 0)
-        return (int)r;
-    if ((run->kvm_dirty_regs & KVM_SYNC_X86_EVENTS) &&
-        (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, &run->s.regs.events)) < 0)
-        return (int)r;
-    run->kvm_dirty_regs = 0;
     uint64_t valid = run->kvm_valid_regs;
     run->kvm_valid_regs = valid | store;
     run->immediate_exit = 1;

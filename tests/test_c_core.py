@@ -327,3 +327,71 @@ def test_a_vcpu_whose_setup_is_refused_leaves_only_its_id(part):
     rc, handle = create_c_vcpu(part, 7, ffi.NULL)
     assert rc == 0
     lib.pyhv_vcpu_destroy(handle)
+
+
+# -- guest debugging and address translation ----------------------------------------------------
+STEPS = assemble("nop\nmov $1, %eax\nadd $2, %eax\nout %eax, $0x80\nhlt", origin=0x1000)
+DEBUG_ON = lib.KVM_GUESTDBG_ENABLE
+
+
+def debug(cpu, control, *breakpoints, dr7=0):
+    dr = ffi.new("uint64_t[8]", list(breakpoints) + [0] * (7 - len(breakpoints)) + [dr7])
+    assert lib.pyhv_vcpu_set_guest_debug(cpu._handle(), control, dr) == 0
+
+
+def test_single_stepping_reports_each_instruction(part):
+    part.memory.write(0x1000, STEPS)
+    cpu = part.create_vcpu(mode="long")       # its registers wait in the run area: pushed first
+    debug(cpu, DEBUG_ON | lib.KVM_GUESTDBG_SINGLESTEP)
+    ex = ffi.new("struct pyhv_exit *")
+    for pc in (0x1001, 0x1006, 0x1009):      # after the nop, the mov, the add
+        assert run_c(cpu, ex) == lib.PYHV_EXIT_DEBUG
+        assert (ex.code, ex.data[0]) == (1, pc) and ex.data[1] & 0x4000   # #DB, DR6.BS
+    assert cpu.regs.rax == 3
+    debug(cpu, 0)                             # off again: runs to the OUT and the hlt
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == 3
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_HALT
+
+
+def test_a_hardware_execution_breakpoint_and_stepping_over_it(part):
+    part.memory.write(0x1000, STEPS)
+    cpu = part.create_vcpu(mode="long")
+    use_hw = DEBUG_ON | lib.KVM_GUESTDBG_USE_HW_BP
+    debug(cpu, use_hw, 0, 0x1006, dr7=1 << 2)             # DR1: execute at the add (L1)
+    ex = ffi.new("struct pyhv_exit *")
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_DEBUG
+    assert (ex.code, ex.data[0]) == (1, 0x1006) and ex.data[1] & 0xF == 0b10   # DR6.B1
+    assert cpu.regs.rax == 1                               # before the add
+    # step over it with the breakpoint off (RF is not honoured for it everywhere), then
+    # arm it again
+    debug(cpu, DEBUG_ON | lib.KVM_GUESTDBG_SINGLESTEP)
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_DEBUG and ex.data[0] == 0x1009
+    debug(cpu, use_hw, 0, 0x1006, dr7=1 << 2)
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == 3
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_HALT
+
+
+@pytest.mark.parametrize("flag, vector", [("KVM_GUESTDBG_INJECT_DB", 1),
+                                          ("KVM_GUESTDBG_INJECT_BP", 3)])
+def test_injected_debug_exceptions_reach_the_guest(part, flag, vector):
+    part.memory.write(0x1000, STEPS)
+    cpu = part.create_vcpu(mode="long", exceptions=True)
+    debug(cpu, DEBUG_ON | getattr(lib, flag))
+    fault = cpu.run(timeout=10)
+    assert isinstance(fault, exits.GuestException) and fault.vector == vector
+
+
+def translate(cpu, gva):
+    gpa, flags = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+    assert lib.pyhv_vcpu_translate(cpu._handle(), gva, gpa, flags) == 0
+    return gpa[0], flags[0] & 1
+
+
+@pytest.mark.parametrize("mode", ["long", "real"])
+def test_translating_identity_mapped_addresses(part, mode):
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode=mode)
+    for gva in (0x1000, 0x12345, 0xFFFFF):
+        assert translate(cpu, gva) == (gva, 1)
+    if mode == "long":
+        assert translate(cpu, 1 << 40)[1] == 0             # beyond pyhv's page tables
