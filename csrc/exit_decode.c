@@ -116,13 +116,14 @@ static int copy_words(struct pyhv_exit *ex, const uint64_t *words, uint32_t n)
     return 0;
 }
 
-void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex)
+void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex, int from_kernel)
 {
     struct kvm_run *run = v->run;
     uint32_t reason = run->exit_reason;
     ex->kvm_reason = reason;
     v->stats.by_kvm_reason[reason < PYHV_STAT_REASONS ? reason : PYHV_STAT_REASONS - 1]++;
-    if (v->sync_regs) {
+    /* an injected record carries no registers: the run area keeps what KVM stored last */
+    if (v->sync_regs && from_kernel) {
         v->regs_in_run = 1;   /* the kernel stored the registers on the way out */
         ex->rip = run->s.regs.regs.rip;
         ex->rip_valid = 1;
@@ -190,4 +191,33 @@ void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         ex->reason = PYHV_EXIT_UNKNOWN;
         break;
     }
+}
+
+int pyhv_vcpu_inject_record(struct pyhv_vcpu *v, const uint8_t *record, uint32_t len)
+{
+    /* the run area's "in" fields stay pyhv's: immediate_exit and request_interrupt_window
+       (before exit_reason), kvm_valid_regs, kvm_dirty_regs and the sync-register area (from
+       kvm_valid_regs to the end of struct kvm_run); a record describes an exit, not state */
+    const size_t out_first = offsetof(struct kvm_run, exit_reason);
+    const size_t out_end = offsetof(struct kvm_run, kvm_valid_regs);
+    if (len > v->run_size)
+        return -EMSGSIZE;
+    if (len && !record)
+        return -EINVAL;
+    /* the coalesced ring page is shared by the whole VM and is the kernel's to fill */
+    if (v->ring && len > (size_t)((uint8_t *)v->ring - (uint8_t *)v->run))
+        return -EINVAL;
+    pthread_mutex_lock(&v->kick_lock);
+    int running = v->running_tid != 0;
+    pthread_mutex_unlock(&v->kick_lock);
+    if (running || v->exit_waiting)
+        return -EBUSY;         /* mid-run, or an exit Python has not seen would be lost */
+    uint8_t *area = (uint8_t *)v->run;
+    if (len > out_first)
+        memcpy(area + out_first, record + out_first, (len < out_end ? len : out_end) - out_first);
+    if (len > sizeof(struct kvm_run))
+        memcpy(area + sizeof(struct kvm_run), record + sizeof(struct kvm_run),
+               len - sizeof(struct kvm_run));
+    v->exit_waiting = PYHV_WAITING_INJECTED;
+    return 0;
 }

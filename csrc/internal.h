@@ -21,6 +21,13 @@ enum pyhv_pending {
     PYHV_PENDING_MSR,        /* run->msr.error and (RDMSR) run->msr.data */
 };
 
+/* Why v->run holds an exit to report without entering KVM (exit_waiting). */
+enum pyhv_waiting {
+    PYHV_WAITING_NONE = 0,
+    PYHV_WAITING_KERNEL,     /* KVM raised it while pyhv flushed state (vcpu_state.c) */
+    PYHV_WAITING_INJECTED,   /* pyhv_vcpu_inject_record put it there (exit_decode.c) */
+};
+
 struct pyhv_fast_port {
     uint16_t port;
     atomic_int enabled;      /* off: exits go to Python (flipped from any thread) */
@@ -42,7 +49,8 @@ struct pyhv_vcpu {
     int has_xsave;           /* FPU state goes through KVM_GET/SET_XSAVE (see vcpu.c) */
     int sync_state;          /* sync regs also carry sregs and events (vcpu_state.c uses them) */
     int needs_flush;         /* the last exit may leave a completion pending in the kernel */
-    int exit_waiting;        /* run->exit_reason holds an exit Python has not seen yet */
+    int exit_waiting;        /* enum pyhv_waiting: run holds an exit Python has not seen yet */
+    int detached;            /* no kernel behind it (fd -1): its run area is calloc'd */
     int irqchip;             /* the VM has in-kernel interrupt controllers */
     int regs_in_run;         /* run->s.regs.regs holds the vCPU's current registers */
 
@@ -87,8 +95,9 @@ int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_
    KVM_RUN (kvm_dirty_regs) with ioctls, for calls that need the kernel's view current (vcpu.c) */
 int pyhv_push_dirty_regs(struct pyhv_vcpu *v);
 
-/* decode the exit in v->run into ex (exit_decode.c) */
-void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex);
+/* decode the exit in v->run into ex (exit_decode.c); from_kernel: KVM wrote it (so the sync
+   registers came with it), else it was injected */
+void pyhv_decode_exit(struct pyhv_vcpu *v, struct pyhv_exit *ex, int from_kernel);
 
 /* fast paths (fastpath.c): what pyhv_fast_io did with a decoded IO exit */
 enum pyhv_fast_action { PYHV_FAST_NOT_MINE, PYHV_FAST_DONE, PYHV_FAST_END_RUN };

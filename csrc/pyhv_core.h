@@ -268,7 +268,19 @@ struct pyhv_vcpu_init {
 int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
                      const struct pyhv_vcpu_init *init, struct pyhv_vcpu **out);
 void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);
-int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);
+/* a vCPU with no kernel behind it: a run area of mmap_size bytes (calloc'd), fd -1.  Its runs
+   never enter KVM: each run takes the record injected last (reported once), and a run with no
+   record waiting (at its start, or after completing one in C) returns -ENODATA.  Every other
+   vCPU call is safe on it (those that need the kernel return -EBADF) */
+int pyhv_vcpu_create_detached(uint32_t mmap_size, struct pyhv_vcpu **out);
+/* copy `len` bytes (a kvm_run record, at most the run area's size: -EMSGSIZE) to the start of
+   the run area, to be reported by the next pyhv_vcpu_run as if KVM_RUN had returned it (works
+   on real vCPUs too, for tests).  The fields user space owns (immediate_exit,
+   request_interrupt_window, kvm_valid_regs/kvm_dirty_regs, the sync-register area) are kept;
+   -EBUSY during a run or while an exit is still waiting; -EINVAL for a record that would reach
+   a real vCPU's coalesced ring page */
+int pyhv_vcpu_inject_record(struct pyhv_vcpu *vcpu, const uint8_t *record, uint32_t len);
+int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);           /* -1 when detached */
 /* tell the vCPU its VM has in-kernel interrupt controllers (its MP state then matters) */
 void pyhv_vcpu_set_irqchip(struct pyhv_vcpu *vcpu, int present);
 int pyhv_vcpu_get_regs(struct pyhv_vcpu *vcpu, struct pyhv_regs *out);

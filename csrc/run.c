@@ -15,6 +15,7 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
 {
     struct kvm_run *run = v->run;
     int rc = 0, entered = 0;
+    int stored = 0;          /* KVM stored the registers in the run area on its way out */
 
     ex->reason = PYHV_EXIT_NONE;
     ex->kvm_reason = 0;
@@ -56,11 +57,16 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
            since) or was never armed: arm it */
         if (now && pyhv_tls_armed_ns <= now)
             pyhv_arm_kick(v, 1);
-        int r, err = 0;
+        int r, err = 0, from_kernel = 1;
         if (v->exit_waiting) {
-            /* an exit the kernel raised while pyhv flushed state (vcpu_state.c): report it now */
-            v->exit_waiting = 0;
+            /* an exit the kernel raised while pyhv flushed state (vcpu_state.c), or a record a
+               test injected (exit_decode.c): report it now, without entering the guest */
+            from_kernel = v->exit_waiting == PYHV_WAITING_KERNEL;
+            v->exit_waiting = PYHV_WAITING_NONE;
             r = 0;
+        } else if (v->fd < 0) {
+            rc = -ENODATA;     /* a detached vCPU with no record left: no kernel to enter */
+            break;
         } else {
             r = ioctl(v->fd, KVM_RUN, 0);
             err = errno;
@@ -68,10 +74,11 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         }
         if (r == 0) {
             entered = 1;
+            stored |= from_kernel;
             /* IO and MMIO exits (among others) are finished by the next KVM_RUN */
             v->needs_flush = run->exit_reason != KVM_EXIT_HLT &&
                              run->exit_reason != KVM_EXIT_SHUTDOWN;
-            pyhv_decode_exit(v, ex);
+            pyhv_decode_exit(v, ex, from_kernel);
             if (ex->reason == PYHV_EXIT_IO && v->nfast) {
                 enum pyhv_fast_action act = pyhv_fast_io(v, ex);
                 if (act == PYHV_FAST_DONE) {
@@ -89,14 +96,14 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         if (err == EAGAIN) {
             /* an application processor still waiting for INIT/SIPI was woken (KVM's api.rst:
                the VMM enters again); the checks at the top still apply */
-            entered = 1;
+            entered = stored = 1;
             continue;
         }
         if (err != EINTR) {
             rc = -err;
             break;
         }
-        entered = 1;
+        entered = stored = 1;
         v->needs_flush = 0;     /* an interrupted entry completed what was pending */
         if (!pyhv_tls_kicked && !atomic_load(&v->cancel_requested)) {
             /* somebody else's signal (Ctrl-C...): Python must get to run its handler */
@@ -114,7 +121,7 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     pthread_mutex_lock(&v->kick_lock);
     v->running_tid = 0;
     pthread_mutex_unlock(&v->kick_lock);
-    if (v->sync_regs && entered)
+    if (v->sync_regs && stored)
         v->regs_in_run = 1;   /* the kernel stores them on an interrupted run too */
     if (rc < 0)
         return rc;

@@ -98,14 +98,44 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
     return 0;
 }
 
+/* Bounds a detached vCPU's run area: real ones are a few pages (KVM_GET_VCPU_MMAP_SIZE). */
+#define PYHV_DETACHED_MAX_RUN (1u << 20)
+
+int pyhv_vcpu_create_detached(uint32_t mmap_size, struct pyhv_vcpu **out)
+{
+    if (mmap_size < sizeof(struct kvm_run) || mmap_size > PYHV_DETACHED_MAX_RUN)
+        return -EINVAL;
+    struct pyhv_vcpu *v = calloc(1, sizeof(*v));
+    void *run = calloc(1, mmap_size);
+    if (!v || !run) {
+        free(v);
+        free(run);
+        return -ENOMEM;
+    }
+    /* fd -1: every ioctl fails with EBADF; no sync regs, no XSAVE, no coalesced ring, so
+       nothing reads kernel-owned parts of the run area */
+    v->fd = -1;
+    v->detached = 1;
+    v->run = run;
+    v->run_size = mmap_size;
+    pthread_mutex_init(&v->kick_lock, NULL);
+    atomic_init(&v->cancel_requested, 0);
+    *out = v;
+    return 0;
+}
+
 void pyhv_vcpu_destroy(struct pyhv_vcpu *v)
 {
     if (!v)
         return;
     for (uint32_t i = 0; i < PYHV_MAX_FAST_PORTS; i++)
         free(v->fast[i].buffer);
-    munmap(v->run, v->run_size);
-    close(v->fd);
+    if (v->detached) {
+        free(v->run);
+    } else {
+        munmap(v->run, v->run_size);
+        close(v->fd);
+    }
     pthread_mutex_destroy(&v->kick_lock);
     free(v);
 }

@@ -51,7 +51,7 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
     if (v->exit_waiting) {
         if (!discard)
             return -EBUSY;
-        v->exit_waiting = 0;
+        v->exit_waiting = PYHV_WAITING_NONE;
         answer_with_ones(v);
     }
     if ((r = pyhv_push_dirty_regs(v)) < 0)
@@ -66,7 +66,7 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
     int rounds = 0;
     while ((r = pyhv_ioctl(v->fd, KVM_RUN, NULL)) == 0) {
         if (!discard) {
-            v->exit_waiting = 1;     /* the next pyhv_vcpu_run hands it to Python */
+            v->exit_waiting = PYHV_WAITING_KERNEL;   /* the next run hands it to Python */
             r = -EBUSY;
             break;
         }

@@ -5,6 +5,7 @@ memory slots, the MSR filter and MSR exits, guest debugging, address translation
 from __future__ import annotations
 
 import errno
+import struct
 import threading
 import time
 
@@ -395,3 +396,20 @@ def test_translating_identity_mapped_addresses(part, mode):
         assert translate(cpu, gva) == (gva, 1)
     if mode == "long":
         assert translate(cpu, 1 << 40)[1] == 0             # beyond pyhv's page tables
+
+
+# -- injected records on a real vCPU -------------------------------------------------------------
+def test_a_record_injected_into_a_real_vcpu_is_reported_then_the_guest_runs_on(part):
+    part.memory.write(0x1000, STEPS)
+    cpu = part.create_vcpu(mode="long")
+    handle, ex = cpu._handle(), ffi.new("struct pyhv_exit *")
+    rec = bytearray(lib.PYHV_RUN_SIZE)
+    struct.pack_into("<I", rec, lib.PYHV_RUN_OFF_EXIT_REASON, lib.KVM_EXIT_IO)
+    struct.pack_into("<BBHIQ", rec, lib.PYHV_RUN_OFF_IO_DIRECTION, lib.KVM_EXIT_IO_OUT, 3, 0x80,
+                     1, 4096)                          # a 3-byte port write: impossible
+    assert lib.pyhv_vcpu_inject_record(handle, bytes(rec), len(rec)) == 0
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_BAD_EXIT and ex.rip_valid == 0
+    assert cpu.regs.rip == 0x1000                      # the registers are the guest's
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == 3
+    size = part.hypervisor.vcpu_mmap_size              # the coalesced ring page is the VM's
+    assert lib.pyhv_vcpu_inject_record(handle, bytes(size), size) == -errno.EINVAL
