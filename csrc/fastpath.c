@@ -33,9 +33,10 @@ enum pyhv_fast_action pyhv_fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
         if (ex->io_in)
             return PYHV_FAST_NOT_MINE;
         if (f->fill == 0 && !v->flush_due_ns) {
-            /* a guest that prints, then computes for long, still shows its output soon */
+            /* a guest that prints, then computes for long, still shows its output soon: the
+               watchdog kicks the run when it is due (failing that, at the next exit) */
             v->flush_due_ns = pyhv_monotonic_ns() + PYHV_FLUSH_INTERVAL_NS;
-            pyhv_arm_kick(v, 1);
+            pyhv_set_wake(v, pyhv_earliest(v->deadline_ns, v->flush_due_ns));
         }
         /* the run loop never enters the guest while a buffer is past half full and an exit
            carries at most a page, so this always fits; check anyway */

@@ -71,8 +71,11 @@ struct pyhv_vcpu {
     atomic_int cancel_requested;
     pthread_mutex_t kick_lock;   /* keeps running_tid alive while another thread signals it */
     pid_t running_tid;           /* thread inside pyhv_vcpu_run, 0 when none */
-    uint64_t deadline_ns;    /* the thread's timer (kick.c) kicks the run at this time */
-    uint64_t flush_due_ns;   /* when the buffered output collected so far is due */
+    uint64_t deadline_ns;        /* the current run's deadline (0: none) */
+    uint64_t flush_due_ns;       /* when the buffered output collected so far is due */
+    _Atomic uint64_t wake_ns;    /* while a run is on: when the watchdog kicks it (0: never) */
+    uint64_t wd_kicked;          /* the watchdog's: the wake time it last acted on */
+    struct pyhv_vcpu *wd_prev, *wd_next;   /* every live vCPU is on the watchdog's list */
 };
 
 /* ioctl that returns 0/positive or -errno, retrying nothing (system.c) */
@@ -110,9 +113,31 @@ int pyhv_ring_pending(const struct pyhv_vcpu *v);     /* the coalesced ring hold
 #define PYHV_TLS __thread __attribute__((tls_model("initial-exec")))
 extern PYHV_TLS struct kvm_run *volatile pyhv_tls_run;   /* the run area of this thread's vCPU */
 extern PYHV_TLS volatile sig_atomic_t pyhv_tls_kicked;  /* our signal arrived during the run */
-extern PYHV_TLS uint64_t pyhv_tls_armed_ns;             /* the thread timer's expiry, or 0 */
 pid_t pyhv_current_tid(void);
-int pyhv_arm_kick(struct pyhv_vcpu *v, int lazy);
+void pyhv_watchdog_add(struct pyhv_vcpu *v);       /* at creation */
+void pyhv_watchdog_remove(struct pyhv_vcpu *v);    /* at destruction, before the free */
+int pyhv_wake_slow(struct pyhv_vcpu *v, uint64_t when);
+extern _Atomic uint64_t pyhv_wd_planned;           /* the watchdog's next look (kick.c) */
+
+/* The earlier of two times, 0 meaning "never". */
+static inline uint64_t pyhv_earliest(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : a < b ? a : b;
+}
+
+/* Publish when the current run of v must be kicked (0: never; called by its running thread).
+   Where the watchdog looks again no later than `when` anyway, this is two memory accesses:
+   the seq_cst store of the wake time, then the seq_cst load of the watchdog's plan, pair with
+   the watchdog's store of its plan and its second scan (kick.c), so one side always sees the
+   other.  An earlier time wakes the watchdog (its lock and condvar); -errno only when it could
+   not be started. */
+static inline int pyhv_set_wake(struct pyhv_vcpu *v, uint64_t when)
+{
+    atomic_store(&v->wake_ns, when);
+    if (when == 0 || when >= atomic_load(&pyhv_wd_planned))
+        return 0;
+    return pyhv_wake_slow(v, when);
+}
 
 /* Buffered-port output waits at most this long for an exit before the run hands it to Python,
    so a guest that prints and then computes still shows its output soon. */

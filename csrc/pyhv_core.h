@@ -31,7 +31,7 @@ enum pyhv_exit_reason {
     PYHV_EXIT_DEBUG = 8,
     PYHV_EXIT_HYPERCALL = 9,
     PYHV_EXIT_CANCELED = 10,      /* pyhv_vcpu_cancel() stopped the run */
-    PYHV_EXIT_TIMEOUT = 11,       /* the deadline set with pyhv_vcpu_set_deadline() passed */
+    PYHV_EXIT_TIMEOUT = 11,       /* the deadline given to pyhv_vcpu_run() passed */
     PYHV_EXIT_INTERRUPTED = 12,   /* a signal that is not pyhv's own: let Python handle it */
     PYHV_EXIT_UNKNOWN = 13,       /* a KVM exit pyhv does not decode; kvm_reason says which */
     PYHV_EXIT_BAD_EXIT = 14,      /* the kernel described an exit pyhv refuses to trust */
@@ -183,7 +183,8 @@ struct pyhv_vcpu_state {
 /* Opaque: one per vCPU fd, owns the mmapped run area. */
 struct pyhv_vcpu;
 
-/* process-wide: install the kick signal handler (idempotent); returns the signal number */
+/* process-wide: install the kick signal handler (idempotent); returns the signal number.
+   Deadlines and output flushes are kicked by a watchdog thread started on first need */
 int pyhv_init(void);
 
 /* the KVM system handle (/dev/kvm) */
@@ -366,7 +367,9 @@ enum pyhv_run_flags {
     PYHV_RUN_BULK = 0x100,        /* output_pending or coalesced_pending is set */
     PYHV_RUN_SINGLE_OUT = 0x200   /* an IO exit: an OUT of one element (io_count == 1) */
 };
-int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit);
+/* run until an exit Python must see; deadline_ns: absolute CLOCK_MONOTONIC time past which the
+   run returns PYHV_EXIT_TIMEOUT (0 = none), enforced by pyhv's watchdog thread */
+int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit, uint64_t deadline_ns);
 /* data for the IN / MMIO read of the latest exit (run `seq`, else -ESTALE); len must match it
    exactly (-EMSGSIZE) */
 int pyhv_vcpu_complete_in(struct pyhv_vcpu *vcpu, uint32_t seq, const uint8_t *data,
@@ -376,9 +379,6 @@ int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t v
 /* answer the MSR exit of run `seq`: RDMSR gets `value`; error != 0 injects #GP instead
    (WRMSR: value ignored); -ESTALE unless seq is the latest run and an MSR exit is pending */
 int pyhv_vcpu_complete_msr(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value, int error);
-/* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none, which also
-   disarms the calling thread's timer once a run is over (call it from the running thread) */
-int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);
 /* from any thread: stop the current or the next run of this vCPU */
 void pyhv_vcpu_cancel(struct pyhv_vcpu *vcpu);
 /* forget a cancel that no run has consumed yet */

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 
-int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
+int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_ns)
 {
     struct kvm_run *run = v->run;
     int rc = 0, entered = 0;
@@ -25,7 +25,8 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     ex->seq = ++v->seq;
     v->pending = PYHV_PENDING_NONE;
     if (v->flush_due_ns && !pyhv_output_pending(v))
-        v->flush_due_ns = 0;        /* delivered since: a kick still armed for it is harmless */
+        v->flush_due_ns = 0;        /* delivered since the last run */
+    v->deadline_ns = deadline_ns;
 
     pthread_mutex_lock(&v->kick_lock);
     v->running_tid = pyhv_current_tid();
@@ -33,6 +34,11 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
     pyhv_tls_run = run;
     /* timed per call, not per exit: C-completed exits count as guest time */
     uint64_t started = pyhv_monotonic_ns();
+    /* after running_tid: a watchdog that sees the wake time also sees the run to kick (and
+       one that acts on it before the run starts is caught by the clock check below) */
+    uint64_t wake = pyhv_earliest(deadline_ns, v->flush_due_ns);
+    if (wake && (rc = pyhv_set_wake(v, wake)) < 0)
+        goto out;
 
     for (;;) {
         pyhv_tls_kicked = 0;
@@ -53,10 +59,6 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             ex->reason = PYHV_EXIT_OUTPUT_FULL;    /* due: Python delivers it, runs again */
             break;
         }
-        /* something is due later but the timer has fired (early, for an output delivered
-           since) or was never armed: arm it */
-        if (now && pyhv_tls_armed_ns <= now)
-            pyhv_arm_kick(v, 1);
         int r, err = 0, from_kernel = 1;
         if (v->exit_waiting) {
             /* an exit the kernel raised while pyhv flushed state (vcpu_state.c), or a record a
@@ -114,6 +116,8 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex)
            at the top decide whether it meant anything */
     }
 
+out:
+    pyhv_set_wake(v, 0);            /* the watchdog has nothing to do for us between runs */
     v->stats.guest_ns += pyhv_monotonic_ns() - started;
     ex->output_pending = v->nfast ? (uint32_t)pyhv_output_pending(v) : 0;
     ex->coalesced_pending = (uint32_t)pyhv_ring_pending(v);

@@ -89,6 +89,7 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
         v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
         v->sync_state = (sync & KVM_SYNC_X86_SREGS) && (sync & KVM_SYNC_X86_EVENTS);
     }
+    pyhv_watchdog_add(v);
     int rc;
     if (init && (rc = apply_init(v, init)) < 0) {
         pyhv_vcpu_destroy(v);
@@ -120,6 +121,7 @@ int pyhv_vcpu_create_detached(uint32_t mmap_size, struct pyhv_vcpu **out)
     v->run_size = mmap_size;
     pthread_mutex_init(&v->kick_lock, NULL);
     atomic_init(&v->cancel_requested, 0);
+    pyhv_watchdog_add(v);
     *out = v;
     return 0;
 }
@@ -128,6 +130,7 @@ void pyhv_vcpu_destroy(struct pyhv_vcpu *v)
 {
     if (!v)
         return;
+    pyhv_watchdog_remove(v);        /* first: from now on the watchdog cannot reach it */
     for (uint32_t i = 0; i < PYHV_MAX_FAST_PORTS; i++)
         free(v->fast[i].buffer);
     if (v->detached) {

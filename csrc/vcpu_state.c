@@ -189,7 +189,8 @@ int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_
         if (pyhv_ioctl(v->fd, KVM_GET_LAPIC, out->lapic) == 0)
             out->present |= PYHV_HAS_LAPIC;
     }
-    memcpy(out->msr_index, msr_index, nmsrs * sizeof(uint32_t));
+    if (nmsrs)           /* msr_index may be NULL then, which memcpy must not be given */
+        memcpy(out->msr_index, msr_index, nmsrs * sizeof(uint32_t));
     out->nmsrs = nmsrs;
     return msrs_io(v, KVM_GET_MSRS, out->msr_index, out->msr_value, nmsrs);
 }

@@ -253,12 +253,12 @@ def run_with_handlers(vcpu: VCpu, io: AddressSpace, mmio: AddressSpace,
     final: Exit
     try:
         c = vcpu._exit
-        run = lib.pyhv_vcpu_run
+        run, deadline = lib.pyhv_vcpu_run, vcpu._deadline
         find_port, find_mmio = io.find, mmio.find
         single_out, missing = _SINGLE_OUT, _MISSING
         h: Any
         while True:
-            rc = run(ptr, c)
+            rc = run(ptr, c, deadline)
             handling = True
             if rc == single_out:
                 # the hot path, kept inline: one OUT, nothing else pending

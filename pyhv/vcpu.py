@@ -113,6 +113,7 @@ class VCpu:
         self._buffers: tuple[Any, Any] | None = None   # made on first bulk delivery
         self._run_seconds = 0.0
         self._run_started = 0.0
+        self._deadline = 0                       # of the run in progress (see _begin)
         # pyhv's exception/syscall stubs (user mode, exceptions=True): halts in their page
         self._stubs = False
         self._stub_lo, self._stub_hi = partition.setup_base, partition.setup_base
@@ -160,7 +161,7 @@ class VCpu:
 
     # -- running --------------------------------------------------------------------------
     def _begin(self, timeout: float | None) -> Any:
-        """Claim the vCPU for a run on this thread and arm the timeout; returns its handle.
+        """Claim the vCPU for a run on this thread and set its deadline; returns its handle.
         Every successful call is paired with :meth:`_end` (callers use try/finally)."""
         ptr = self._handle()
         if not self._run_lock.acquire(blocking=False):
@@ -173,9 +174,8 @@ class VCpu:
             self.partition._first_run()
             life.begin_run()
             began = True
-            if timeout is not None:
-                deadline = lib.pyhv_monotonic_ns() + int(timeout * 1e9)
-                check_rc(lib.pyhv_vcpu_set_deadline(ptr, deadline), "arming the run timeout")
+            # absolute CLOCK_MONOTONIC ns, passed to each pyhv_vcpu_run of this run (0: none)
+            self._deadline = 0 if timeout is None else lib.pyhv_monotonic_ns() + int(timeout * 1e9)
         except BaseException:
             if began:
                 life.end_run()
@@ -187,8 +187,6 @@ class VCpu:
 
     def _end(self, ptr: Any, timeout: float | None) -> None:
         self._run_seconds += time.perf_counter() - self._run_started
-        if timeout is not None or self.partition._outputs:
-            lib.pyhv_vcpu_set_deadline(ptr, 0)   # disarms the thread's timer (output flush)
         self._run_thread = None
         self.partition._life.end_run()
         self._run_lock.release()
@@ -200,7 +198,7 @@ class VCpu:
         to their sinks first, so Python sees them in the order the guest made them."""
         c = self._exit
         while True:
-            rc = lib.pyhv_vcpu_run(ptr, c)
+            rc = lib.pyhv_vcpu_run(ptr, c, self._deadline)
             if rc < 0:
                 raise KvmError(-rc, f"KVM_RUN on vCPU {self.id}")
             if rc & _BULK:

@@ -143,7 +143,9 @@ def test_an_application_processor_started_by_init_and_sipi_runs(kvm):
         reload_lapic(ap)
         ex = ffi.new("struct pyhv_exit *")
         result = []
-        runner = threading.Thread(target=lambda: result.append(lib.pyhv_vcpu_run(ap._handle(), ex)))
+        deadline = lib.pyhv_monotonic_ns() + 10 * 10**9
+        runner = threading.Thread(
+            target=lambda: result.append(lib.pyhv_vcpu_run(ap._handle(), ex, deadline)))
         runner.start()
         time.sleep(0.2)
         assert msi(part, 1, MSI_INIT) == 1
@@ -163,8 +165,8 @@ STAR = 0xC0000081
 
 
 def run_c(cpu, ex):
-    """One pyhv_vcpu_run; the reason (the low byte of the summary)."""
-    rc = lib.pyhv_vcpu_run(cpu._handle(), ex)
+    """One pyhv_vcpu_run (10 s at most); the reason (the low byte of the summary)."""
+    rc = lib.pyhv_vcpu_run(cpu._handle(), ex, lib.pyhv_monotonic_ns() + 10 * 10**9)
     assert rc >= 0, rc
     return rc & 0xFF
 
@@ -302,9 +304,9 @@ def test_a_vcpu_created_and_set_up_in_one_call_runs(part):
     try:
         ex = ffi.new("struct pyhv_exit *")
         run = lib.pyhv_vcpu_run
-        assert run(handle, ex) & 0xFF == lib.PYHV_EXIT_IO and ex.io_value == 0xFEEDBEEF
-        assert run(handle, ex) & 0xFF == lib.PYHV_EXIT_IO and ex.io_value == 0x00230010
-        assert run(handle, ex) & 0xFF == lib.PYHV_EXIT_HALT
+        assert run(handle, ex, 0) & 0xFF == lib.PYHV_EXIT_IO and ex.io_value == 0xFEEDBEEF
+        assert run(handle, ex, 0) & 0xFF == lib.PYHV_EXIT_IO and ex.io_value == 0x00230010
+        assert run(handle, ex, 0) & 0xFF == lib.PYHV_EXIT_HALT
         got = ffi.new("struct pyhv_sregs *")
         assert lib.pyhv_vcpu_get_sregs(handle, got) == 0
         assert got.cr3 == template.get_sregs().cr3 and got.efer == template.get_sregs().efer
@@ -413,3 +415,40 @@ def test_a_record_injected_into_a_real_vcpu_is_reported_then_the_guest_runs_on(p
     assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == 3
     size = part.hypervisor.vcpu_mmap_size              # the coalesced ring page is the VM's
     assert lib.pyhv_vcpu_inject_record(handle, bytes(size), size) == -errno.EINVAL
+
+
+# -- deadlines: the watchdog thread ----------------------------------------------------------------
+def test_deadlines_of_several_vcpus_each_fire_on_time(kvm):
+    # published latest first, then an earlier one (which must wake the watchdog sooner than it
+    # planned), then one in between (which its plan already covers: stored without a lock)
+    timeouts = [1.5, 0.4, 0.9]
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x100000, assemble("1: jmp 1b", origin=0x100000))
+        cpus = [part.create_vcpu(mode="user", entry=0x100000, stack=0x70000 - i * 0x1000)
+                for i in range(len(timeouts))]
+        ended = {}
+
+        def run(cpu, timeout):
+            began = time.monotonic()
+            with pytest.raises(pyhv.Timeout):
+                cpu.run(timeout=timeout)
+            ended[timeout] = time.monotonic() - began
+
+        threads = [threading.Thread(target=run, args=(c, t)) for c, t in zip(cpus, timeouts)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        for thread in threads:
+            thread.join(30)
+        for timeout in timeouts:
+            assert timeout <= ended[timeout] < timeout + 0.5, ended
+        for cpu in cpus:
+            assert cpu.stats.runs == 1            # one kick each, one KVM_RUN each
+
+
+def test_a_deadline_already_past_ends_the_run_before_the_guest_runs(part):
+    part.memory.write(0x1000, assemble("1: jmp 1b", origin=0x1000))
+    cpu = part.create_vcpu(mode="long")
+    ex = ffi.new("struct pyhv_exit *")
+    assert lib.pyhv_vcpu_run(cpu._handle(), ex, 1) & 0xFF == lib.PYHV_EXIT_TIMEOUT
+    assert cpu.stats.runs == 0

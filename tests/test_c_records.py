@@ -63,7 +63,7 @@ class Detached:
     def feed(self, rec: bytes) -> int:
         """Inject ``rec`` and run: the run's return value (a summary or -errno)."""
         assert lib.pyhv_vcpu_inject_record(self.handle, bytes(rec), len(rec)) == 0
-        return lib.pyhv_vcpu_run(self.handle, self.ex)
+        return lib.pyhv_vcpu_run(self.handle, self.ex, 0)
 
     def reason(self, rec: bytes) -> int:
         rc = self.feed(rec)
@@ -168,7 +168,7 @@ def test_an_unknown_exit_reason_is_counted_and_reported(cpu):
 def test_a_record_larger_than_the_run_area_is_refused(cpu):
     rec = bytes(AREA + 1)
     assert lib.pyhv_vcpu_inject_record(cpu.handle, rec, len(rec)) == -errno.EMSGSIZE
-    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex) == -errno.ENODATA
+    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex, 0) == -errno.ENODATA
     assert lib.pyhv_vcpu_inject_record(cpu.handle, ffi.NULL, 8) == -errno.EINVAL
 
 
@@ -176,8 +176,8 @@ def test_a_record_is_reported_once(cpu):
     rec = record(lib.KVM_EXIT_HLT)
     assert lib.pyhv_vcpu_inject_record(cpu.handle, bytes(rec), len(rec)) == 0
     assert lib.pyhv_vcpu_inject_record(cpu.handle, bytes(rec), len(rec)) == -errno.EBUSY
-    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex) & 0xFF == lib.PYHV_EXIT_HALT
-    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex) == -errno.ENODATA
+    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex, 0) & 0xFF == lib.PYHV_EXIT_HALT
+    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex, 0) == -errno.ENODATA
 
 
 def test_a_record_keeps_the_run_areas_own_fields(cpu):
@@ -240,7 +240,7 @@ def test_an_in_record_waits_for_its_answer_and_stale_answers_are_refused(cpu):
     assert lib.pyhv_vcpu_complete_in(cpu.handle, seq, answer, 12) == 0
     assert bytes(ffi.buffer(cpu.ex.io_data, 12)) == answer
     assert lib.pyhv_vcpu_complete_msr(cpu.handle, seq, 0, 0) == -errno.ESTALE   # not an MSR
-    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex) == -errno.ENODATA              # a new run
+    assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex, 0) == -errno.ENODATA              # a new run
     assert lib.pyhv_vcpu_complete_in(cpu.handle, seq, answer, 12) == -errno.ESTALE
 
 
@@ -339,10 +339,10 @@ def test_every_vcpu_call_is_safe_on_a_detached_vcpu(cpu):
     lib.pyhv_vcpu_reset_stats(h)
     assert cpu.stats().runs == 0
     lib.pyhv_vcpu_cancel(h)
-    assert lib.pyhv_vcpu_run(h, cpu.ex) & 0xFF == lib.PYHV_EXIT_CANCELED
+    assert lib.pyhv_vcpu_run(h, cpu.ex, 0) & 0xFF == lib.PYHV_EXIT_CANCELED
     lib.pyhv_vcpu_cancel(h)
     lib.pyhv_vcpu_clear_cancel(h)
-    assert lib.pyhv_vcpu_run(h, cpu.ex) == -errno.ENODATA
+    assert lib.pyhv_vcpu_run(h, cpu.ex, 0) == -errno.ENODATA
 
 
 @pytest.mark.parametrize("size", [0, lib.PYHV_RUN_SIZE - 1, (1 << 20) + 1])

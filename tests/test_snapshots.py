@@ -431,7 +431,7 @@ def test_restore_inside_a_string_in_keeps_the_coalesced_ring(part):
     assert lib.pyhv_partition_coalesced_zone(part._vm_fd, 0xD0000000, 0x1000, 0, 1) == 0
     handle = cpu._handle()
     ex = ffi.new("struct pyhv_exit *")
-    assert lib.pyhv_vcpu_run(handle, ex) & 0xFF == lib.PYHV_EXIT_IO
+    assert lib.pyhv_vcpu_run(handle, ex, 0) & 0xFF == lib.PYHV_EXIT_IO
     assert ex.io_in and ex.io_count > 0 and ex.coalesced_pending
     part.restore(start)
     writes = ffi.new("struct pyhv_coalesced_write[]", 4)
