@@ -180,28 +180,21 @@ struct pyhv_vcpu_state {
     uint64_t msr_value[256];
 };
 
-/* Opaque: one per vCPU fd, owns the mmapped run area. */
+/* Opaque: one per vCPU fd, owns the mmapped run area (a calloc'd one when detached). */
 struct pyhv_vcpu;
 
-/* process-wide: install the kick signal handler (idempotent); returns the signal number.
-   Deadlines and output flushes are kicked by a watchdog thread started on first need */
-int pyhv_init(void);
-
-/* the KVM system handle (/dev/kvm) */
-int pyhv_system_open(const char *path, int *fd_out);
-int pyhv_close(int fd);
+/* ---- system.c: the KVM system handle (/dev/kvm) ---- */
+int pyhv_system_open(const char *path, int *fd_out);   /* open(O_RDWR | O_CLOEXEC) */
+int pyhv_close(int fd);                                 /* close any fd pyhv handed out */
 int pyhv_system_api_version(int kvm_fd);                       /* >= 0: the version */
 int pyhv_check_extension(int fd, long capability);              /* >= 0: the cap's value */
 int pyhv_system_vcpu_mmap_size(int kvm_fd);                     /* >= 0: bytes */
+/* KVM_GET_SUPPORTED_CPUID into out[max]; KVM_GET_MSR_INDEX_LIST likewise (-E2BIG: too small) */
 int pyhv_system_supported_cpuid(int kvm_fd, struct pyhv_cpuid_entry *out, uint32_t max,
                                 uint32_t *count_out);
 int pyhv_system_msr_index_list(int kvm_fd, uint32_t *out, uint32_t max, uint32_t *count_out);
 
-/* guest memory: anonymous, lazily backed host mappings */
-int pyhv_memory_alloc(uint64_t size, void **addr_out);
-int pyhv_memory_free(void *addr, uint64_t size);
-
-/* partitions (VM fds) */
+/* ---- partition.c: partitions (VM fds) ---- */
 enum pyhv_partition_flags { PYHV_PARTITION_IRQCHIP = 1, PYHV_PARTITION_PIT = 2 };
 enum pyhv_partition_stage { PYHV_STAGE_CREATE = 1, PYHV_STAGE_TSS = 2,
                             PYHV_STAGE_IDENTITY_MAP = 3, PYHV_STAGE_IRQCHIP = 4,
@@ -253,7 +246,7 @@ int pyhv_eventfd_take(int fd, uint64_t *count_out);   /* 0 and count, or -EAGAIN
 /* KVM_SIGNAL_MSI (in-kernel irqchip): > 0 delivered, 0 blocked by the guest, or -errno */
 int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data);
 
-/* vCPUs */
+/* ---- vcpu.c: vCPUs and their registers ---- */
 enum pyhv_vcpu_flags { PYHV_VCPU_IRQCHIP = 1 };   /* the VM has in-kernel irqchips */
 /* what pyhv_vcpu_create applies to a new vCPU (in this order: CPUID, special registers, MSRs,
    registers); NULL pointers leave KVM's defaults */
@@ -268,26 +261,30 @@ struct pyhv_vcpu_init {
    left but the id, which KVM cannot free without the VM */
 int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
                      const struct pyhv_vcpu_init *init, struct pyhv_vcpu **out);
-void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);
+void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);             /* NULL is a no-op */
 /* a vCPU with no kernel behind it: a run area of mmap_size bytes (calloc'd), fd -1.  Its runs
    never enter KVM: each run takes the record injected last (reported once), and a run with no
    record waiting (at its start, or after completing one in C) returns -ENODATA.  Every other
    vCPU call is safe on it (those that need the kernel return -EBADF) */
 int pyhv_vcpu_create_detached(uint32_t mmap_size, struct pyhv_vcpu **out);
-/* copy `len` bytes (a kvm_run record, at most the run area's size: -EMSGSIZE) to the start of
+/* copy `len` bytes (a kvm_run record, at most the run area's size: -EMSGSIZE; its layout is
+   PYHV_RUN_SIZE and the PYHV_RUN_OFF_* offsets, from csrc/ffi_build.py) to the start of
    the run area, to be reported by the next pyhv_vcpu_run as if KVM_RUN had returned it (works
    on real vCPUs too, for tests).  The fields user space owns (immediate_exit,
    request_interrupt_window, kvm_valid_regs/kvm_dirty_regs, the sync-register area) are kept;
    -EBUSY during a run or while an exit is still waiting; -EINVAL for a record that would reach
-   a real vCPU's coalesced ring page */
+   a real vCPU's coalesced ring page (exit_decode.c) */
 int pyhv_vcpu_inject_record(struct pyhv_vcpu *vcpu, const uint8_t *record, uint32_t len);
 int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);           /* -1 when detached */
 /* tell the vCPU its VM has in-kernel interrupt controllers (its MP state then matters) */
 void pyhv_vcpu_set_irqchip(struct pyhv_vcpu *vcpu, int present);
+/* general registers: through the run area where KVM has sync regs (no ioctl), else ioctls */
 int pyhv_vcpu_get_regs(struct pyhv_vcpu *vcpu, struct pyhv_regs *out);
 int pyhv_vcpu_set_regs(struct pyhv_vcpu *vcpu, const struct pyhv_regs *in);
+/* special registers: KVM_GET/SET_SREGS (get returns ones a restore left for the next entry) */
 int pyhv_vcpu_get_sregs(struct pyhv_vcpu *vcpu, struct pyhv_sregs *out);
 int pyhv_vcpu_set_sregs(struct pyhv_vcpu *vcpu, const struct pyhv_sregs *in);
+/* x87/SSE state (through the XSAVE area where KVM has it) */
 int pyhv_vcpu_get_fpu(struct pyhv_vcpu *vcpu, struct pyhv_fpu *out);
 int pyhv_vcpu_set_fpu(struct pyhv_vcpu *vcpu, const struct pyhv_fpu *in);
 /* MSRs, any number (in chunks KVM accepts): *done_out tells how many of the n were
@@ -296,6 +293,7 @@ int pyhv_vcpu_get_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, uint64_t *
                        uint32_t n, uint32_t *done_out);
 int pyhv_vcpu_set_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, const uint64_t *value,
                        uint32_t n, uint32_t *done_out);
+/* KVM_SET_CPUID2 of n entries (at most 4096); KVM_GET_CPUID2 into out[max] */
 int pyhv_vcpu_set_cpuid(struct pyhv_vcpu *vcpu, const struct pyhv_cpuid_entry *entries,
                         uint32_t n);
 int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *vcpu, struct pyhv_cpuid_entry *out, uint32_t max,
@@ -309,6 +307,7 @@ int pyhv_vcpu_set_guest_debug(struct pyhv_vcpu *vcpu, uint32_t control,
 int pyhv_vcpu_translate(struct pyhv_vcpu *vcpu, uint64_t gva, uint64_t *gpa_out,
                         uint32_t *flags_out);
 
+/* ---- fastpath.c: exits completed in C, output buffers, the coalesced ring, counters ---- */
 /* C fast paths: kind PYHV_PORT_NONE removes the port */
 int pyhv_vcpu_set_fast_port(struct pyhv_vcpu *vcpu, uint16_t port, uint32_t kind,
                             uint32_t value);
@@ -319,9 +318,10 @@ int pyhv_vcpu_take_output(struct pyhv_vcpu *vcpu, uint16_t port, uint8_t *out, u
 /* move queued coalesced writes into out; returns the count */
 int pyhv_vcpu_drain_coalesced(struct pyhv_vcpu *vcpu, struct pyhv_coalesced_write *out,
                               uint32_t max);
-int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);
-void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
+int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);   /* a copy */
+void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);                        /* all zero */
 
+/* ---- vcpu_state.c: a vCPU's whole state ---- */
 /* whole-state save and load; save first completes a pending IN/MMIO read (KVM_RUN with
    immediate_exit), load first discards one, so neither straddles an exit.  Save returns
    -EBUSY when an exit Python has not seen is pending.  `optional`: which of PYHV_HAS_XCRS and
@@ -337,6 +337,11 @@ int pyhv_vcpu_discard_pending(struct pyhv_vcpu *vcpu);
    few bulk calls): their indices go to ok (returns the count, or -errno) */
 int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t n,
                             uint32_t *ok);
+
+/* ---- memory.c: host memory and page-granular memory images ---- */
+/* guest memory: anonymous, lazily backed (MAP_NORESERVE) host mappings */
+int pyhv_memory_alloc(uint64_t size, void **addr_out);
+int pyhv_memory_free(void *addr, uint64_t size);
 
 /* memory images: copy the pages whose bit is set in `pages` (then clear the bits); returns
    how many were copied */
@@ -362,6 +367,7 @@ void pyhv_bitmap_move(uint64_t *dst, uint64_t *src, uint64_t words);
 /* clear the bits of pages that hold only zero bytes; returns how many remain */
 int64_t pyhv_pages_drop_zero(const uint8_t *addr, uint64_t *pages, uint64_t npages);
 
+/* ---- run.c: running and completing exits ---- */
 /* running: -errno, or a summary of the exit: its reason | the PYHV_RUN_* flags that apply */
 enum pyhv_run_flags {
     PYHV_RUN_BULK = 0x100,        /* output_pending or coalesced_pending is set */
@@ -379,11 +385,16 @@ int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t v
 /* answer the MSR exit of run `seq`: RDMSR gets `value`; error != 0 injects #GP instead
    (WRMSR: value ignored); -ESTALE unless seq is the latest run and an MSR exit is pending */
 int pyhv_vcpu_complete_msr(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value, int error);
+
+/* ---- kick.c: stopping runs from outside, deadlines ---- */
+/* process-wide: install the kick signal handler (idempotent); returns the signal number.
+   Deadlines and output flushes are kicked by a watchdog thread started on first need */
+int pyhv_init(void);
 /* from any thread: stop the current or the next run of this vCPU */
 void pyhv_vcpu_cancel(struct pyhv_vcpu *vcpu);
 /* forget a cancel that no run has consumed yet */
 void pyhv_vcpu_clear_cancel(struct pyhv_vcpu *vcpu);
-uint64_t pyhv_monotonic_ns(void);
+uint64_t pyhv_monotonic_ns(void);                    /* CLOCK_MONOTONIC, for deadlines */
 
 /* cdef end */
 
