@@ -421,7 +421,7 @@ def test_a_record_injected_into_a_real_vcpu_is_reported_then_the_guest_runs_on(p
 def test_deadlines_of_several_vcpus_each_fire_on_time(kvm):
     # published latest first, then an earlier one (which must wake the watchdog sooner than it
     # planned), then one in between (which its plan already covers: stored without a lock)
-    timeouts = [1.5, 0.4, 0.9]
+    timeouts = [2.0, 0.5, 1.2]
     with pyhv.Partition(memory="16M") as part:
         part.memory.write(0x100000, assemble("1: jmp 1b", origin=0x100000))
         cpus = [part.create_vcpu(mode="user", entry=0x100000, stack=0x70000 - i * 0x1000)
@@ -440,8 +440,8 @@ def test_deadlines_of_several_vcpus_each_fire_on_time(kvm):
             time.sleep(0.05)
         for thread in threads:
             thread.join(30)
-        for timeout in timeouts:
-            assert timeout <= ended[timeout] < timeout + 0.5, ended
+        for timeout in timeouts:                  # each by its own deadline, not the next one
+            assert timeout <= ended[timeout] < timeout + 0.6, ended
         for cpu in cpus:
             assert cpu.stats.runs == 1            # one kick each, one KVM_RUN each
 
