@@ -16,8 +16,8 @@
 /* What the last exit left for Python to answer before the next run. */
 enum pyhv_pending {
     PYHV_PENDING_NONE = 0,
-    PYHV_PENDING_IO_IN,      /* io.data_offset .. + size*count in the run area */
-    PYHV_PENDING_MMIO_READ,  /* run->mmio.data[0 .. len) */
+    PYHV_PENDING_IO_IN,      /* pending_data[0 .. pending_len): the IN's data, in the run area */
+    PYHV_PENDING_MMIO_READ,  /* pending_data = run->mmio.data, pending_len bytes */
     PYHV_PENDING_MSR,        /* run->msr.error and (RDMSR) run->msr.data */
 };
 
