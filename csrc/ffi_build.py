@@ -14,7 +14,8 @@ import re
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["system.c", "partition.c", "vcpu.c", "run.c", "state.c"]
+SOURCES = ["system.c", "memory.c", "partition.c", "vcpu.c", "vcpu_state.c", "exit_decode.c",
+           "fastpath.c", "kick.c", "run.c"]
 
 KVM_CONSTANTS = [
     # capabilities pyhv checks or reports
@@ -33,8 +34,40 @@ KVM_CONSTANTS = [
     "KVM_INTERNAL_ERROR_EMULATION", "KVM_INTERNAL_ERROR_SIMUL_EX",
     "KVM_INTERNAL_ERROR_DELIVERY_EV", "KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON",
     "KVM_SYSTEM_EVENT_SHUTDOWN", "KVM_SYSTEM_EVENT_RESET", "KVM_SYSTEM_EVENT_CRASH",
+    # user-space MSR exits (pyhv_partition_enable_user_msr) and the MSR filter's bounds
+    "KVM_MSR_EXIT_REASON_INVAL", "KVM_MSR_EXIT_REASON_UNKNOWN", "KVM_MSR_EXIT_REASON_FILTER",
+    "KVM_MSR_FILTER_MAX_RANGES", "KVM_MSR_FILTER_MAX_BITMAP_SIZE",
+    # guest debugging (pyhv_vcpu_set_guest_debug)
+    "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP", "KVM_GUESTDBG_USE_SW_BP",
+    "KVM_GUESTDBG_USE_HW_BP", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP",
     "KVM_API_VERSION",
+    # exit reasons and IO directions of kvm_run records (tests build them: see RUN_LAYOUT)
+    "KVM_EXIT_IO", "KVM_EXIT_MMIO", "KVM_EXIT_HLT", "KVM_EXIT_SHUTDOWN",
+    "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_SYSTEM_EVENT", "KVM_EXIT_DEBUG", "KVM_EXIT_X86_RDMSR",
+    "KVM_EXIT_X86_WRMSR", "KVM_EXIT_HYPERCALL", "KVM_EXIT_FAIL_ENTRY", "KVM_EXIT_UNKNOWN",
+    "KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT",
 ]
+
+# The layout of struct kvm_run, so Python can build records for pyhv_vcpu_inject_record
+# without the kernel's structures ever reaching it: its size and the byte offsets of the fields
+# pyhv decodes (their widths are those of <linux/kvm.h>).
+RUN_LAYOUT = {"PYHV_RUN_SIZE": "sizeof(struct kvm_run)"} | {
+    f"PYHV_RUN_OFF_{name}": f"offsetof(struct kvm_run, {field})" for name, field in (
+        ("EXIT_REASON", "exit_reason"),
+        ("IO_DIRECTION", "io.direction"), ("IO_SIZE", "io.size"), ("IO_PORT", "io.port"),
+        ("IO_COUNT", "io.count"), ("IO_DATA_OFFSET", "io.data_offset"),
+        ("MMIO_PHYS_ADDR", "mmio.phys_addr"), ("MMIO_DATA", "mmio.data"),
+        ("MMIO_LEN", "mmio.len"), ("MMIO_IS_WRITE", "mmio.is_write"),
+        ("INTERNAL_SUBERROR", "internal.suberror"), ("INTERNAL_NDATA", "internal.ndata"),
+        ("INTERNAL_DATA", "internal.data"),
+        ("SYSTEM_EVENT_TYPE", "system_event.type"), ("SYSTEM_EVENT_NDATA", "system_event.ndata"),
+        ("SYSTEM_EVENT_DATA", "system_event.data"),
+        ("MSR_ERROR", "msr.error"), ("MSR_REASON", "msr.reason"), ("MSR_INDEX", "msr.index"),
+        ("MSR_DATA", "msr.data"),
+        ("DEBUG_EXCEPTION", "debug.arch.exception"), ("DEBUG_PC", "debug.arch.pc"),
+        ("HYPERCALL_NR", "hypercall.nr"),
+    )
+}
 
 
 def read_cdef(header: str) -> str:
@@ -60,10 +93,11 @@ SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
 
 ffibuilder = FFI()
 ffibuilder.cdef(read_cdef(os.path.join(HERE, "pyhv_core.h")))
-ffibuilder.cdef("\n".join(f"#define {name} ..." for name in KVM_CONSTANTS))
+ffibuilder.cdef("\n".join(f"#define {name} ..." for name in KVM_CONSTANTS + list(RUN_LAYOUT)))
 ffibuilder.set_source(
     "pyhv._core",
-    '#include <linux/kvm.h>\n#include "pyhv_core.h"\n',
+    '#include <stddef.h>\n#include <linux/kvm.h>\n#include "pyhv_core.h"\n' +
+    "".join(f"#define {name} {value}\n" for name, value in RUN_LAYOUT.items()),
     sources=[_relative(os.path.join(HERE, s)) for s in SOURCES],
     include_dirs=[_relative(HERE)],
     depends=[_relative(os.path.join(HERE, h)) for h in ("pyhv_core.h", "internal.h")],

@@ -1,4 +1,6 @@
-/* partition.c - VM fds: creation, x86 setup, memory slots, dirty logging. */
+/* partition.c - the VM fd (a "partition"): creation with its x86 setup and interrupt
+   controllers, memory slots, irqchip/PIT state, IRQ lines, the MSR filter, coalesced zones,
+   ioeventfds and MSIs. */
 #include "internal.h"
 
 #include <stdlib.h>
@@ -7,25 +9,58 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-int pyhv_partition_create(int kvm_fd, unsigned long type, int *vm_fd_out)
+/* Intel's real-mode emulation needs three pages for a TSS and one for an identity-mapped page
+   table somewhere in guest-physical space that no slot uses; AMD ignores both. */
+static long setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr, uint32_t *stage)
 {
-    long fd = pyhv_ioctl(kvm_fd, KVM_CREATE_VM, (void *)type);
-    if (fd < 0)
-        return (int)fd;
-    *vm_fd_out = (int)fd;
-    return 0;
-}
-
-int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr)
-{
-    /* Intel's real-mode emulation needs three pages for a TSS and one for an identity-mapped
-       page table somewhere in guest-physical space that no slot uses. */
+    *stage = PYHV_STAGE_TSS;
     long r = pyhv_ioctl(vm_fd, KVM_SET_TSS_ADDR, (void *)(unsigned long)tss_addr);
     if (r < 0)
-        return (int)r;
+        return r;
+    *stage = PYHV_STAGE_IDENTITY_MAP;
     __u64 addr = identity_map_addr;
-    r = pyhv_ioctl(vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &addr);
-    return r < 0 ? (int)r : 0;
+    return pyhv_ioctl(vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &addr);
+}
+
+int pyhv_partition_create_x86(int kvm_fd, uint32_t flags, uint64_t tss_addr,
+                              uint64_t identity_map_addr, uint32_t *stage_out, int *vm_fd_out)
+{
+    uint32_t stage = 0;
+    long r = -EINVAL;
+    /* KVM_CREATE_PIT2 needs the in-kernel PIC: refuse before making anything */
+    if ((flags & ~(uint32_t)(PYHV_PARTITION_IRQCHIP | PYHV_PARTITION_PIT)) ||
+        ((flags & PYHV_PARTITION_PIT) && !(flags & PYHV_PARTITION_IRQCHIP)))
+        goto out;
+    stage = PYHV_STAGE_CREATE;
+    long fd = pyhv_ioctl(kvm_fd, KVM_CREATE_VM, (void *)0ul);   /* type 0: the default VM */
+    if (fd < 0) {
+        r = fd;
+        goto out;
+    }
+    if ((r = setup_x86((int)fd, tss_addr, identity_map_addr, &stage)) < 0)
+        goto fail;
+    if (flags & PYHV_PARTITION_IRQCHIP) {
+        /* PIC, IOAPIC, and a LAPIC for each vCPU made from now on: it must precede them */
+        stage = PYHV_STAGE_IRQCHIP;
+        if ((r = pyhv_ioctl((int)fd, KVM_CREATE_IRQCHIP, NULL)) < 0)
+            goto fail;
+    }
+    if (flags & PYHV_PARTITION_PIT) {
+        stage = PYHV_STAGE_PIT;
+        struct kvm_pit_config config = { .flags = KVM_PIT_SPEAKER_DUMMY };
+        if ((r = pyhv_ioctl((int)fd, KVM_CREATE_PIT2, &config)) < 0)
+            goto fail;
+    }
+    *vm_fd_out = (int)fd;
+    if (stage_out)
+        *stage_out = 0;
+    return 0;
+fail:
+    close((int)fd);
+out:
+    if (stage_out)
+        *stage_out = stage;
+    return (int)r;
 }
 
 int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
@@ -42,12 +77,33 @@ int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t g
     return r < 0 ? (int)r : 0;
 }
 
-int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
+int pyhv_partition_map_memory(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
+                              uint64_t size, void **host_out)
 {
-    /* bitmap: one bit per page of the slot, rounded up to 64 bits (the caller sizes it) */
-    struct kvm_dirty_log log = { .slot = slot, .dirty_bitmap = bitmap };
-    long r = pyhv_ioctl(vm_fd, KVM_GET_DIRTY_LOG, &log);
-    return r < 0 ? (int)r : 0;
+    void *host;
+    int rc = pyhv_memory_alloc(size, &host);
+    if (rc < 0)
+        return rc;
+    rc = pyhv_partition_set_slot(vm_fd, slot, flags, gpa, size, host);
+    if (rc < 0) {
+        pyhv_memory_free(host, size);
+        return rc;
+    }
+    *host_out = host;
+    return 0;
+}
+
+int pyhv_partition_unmap_memory(int vm_fd, uint32_t slot, uint64_t gpa, void *host,
+                                uint64_t size)
+{
+    if (vm_fd >= 0) {
+        int rc = pyhv_partition_set_slot(vm_fd, slot, 0, gpa, 0, host);
+        /* the VM still maps it: unmapping now would let whatever the host maps at that address
+           next show through to the guest */
+        if (rc < 0)
+            return rc;
+    }
+    return pyhv_memory_free(host, size);
 }
 
 int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio, int add)
@@ -107,19 +163,6 @@ int pyhv_eventfd_take(int fd, uint64_t *count_out)
     return 0;
 }
 
-int pyhv_partition_create_irqchip(int vm_fd)
-{
-    long r = pyhv_ioctl(vm_fd, KVM_CREATE_IRQCHIP, NULL);
-    return r < 0 ? (int)r : 0;
-}
-
-int pyhv_partition_create_pit(int vm_fd)
-{
-    struct kvm_pit_config config = { .flags = KVM_PIT_SPEAKER_DUMMY };
-    long r = pyhv_ioctl(vm_fd, KVM_CREATE_PIT2, &config);
-    return r < 0 ? (int)r : 0;
-}
-
 int pyhv_partition_irq_line(int vm_fd, uint32_t irq, int level)
 {
     struct kvm_irq_level line = { .irq = irq, .level = level ? 1 : 0 };
@@ -160,14 +203,20 @@ int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112)
     return r < 0 ? (int)r : 0;
 }
 
-/* Guest RDMSR/WRMSR of anything but `allowed` (sorted ascending) raise #GP in the guest.
-   Close indices share a range's bitmap; the kernel bounds both the ranges and the bitmaps. */
-int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n)
+/* KVM's MSR filter: ranges of (base, nmsrs, bitmap), checked in order; an MSR in a range takes
+   its bit (1 = KVM handles it, 0 = denied: #GP, or an exit to user space when user-space MSR
+   exits are on for KVM_MSR_EXIT_REASON_FILTER), any other the default.  The sorted indices
+   are packed into as few ranges as the kernel's bounds allow: a range spans at most
+   KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8 indices from its first, and there are at most
+   KVM_MSR_FILTER_MAX_RANGES of them. */
+int pyhv_partition_set_msr_filter(int vm_fd, int default_allow, const uint32_t *indices,
+                                  uint32_t n)
 {
+    enum { SPAN = KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8 };
     struct kvm_msr_filter filter;
     memset(&filter, 0, sizeof(filter));
-    filter.flags = KVM_MSR_FILTER_DEFAULT_DENY;
-    enum { SPAN = KVM_MSR_FILTER_MAX_BITMAP_SIZE * 8 };
+    filter.flags = default_allow ? KVM_MSR_FILTER_DEFAULT_ALLOW : KVM_MSR_FILTER_DEFAULT_DENY;
+    /* whole bitmaps, so the kernel's copy of BITS_TO_LONGS(nmsrs) longs stays inside them */
     uint8_t (*bitmaps)[KVM_MSR_FILTER_MAX_BITMAP_SIZE] =
         calloc(KVM_MSR_FILTER_MAX_RANGES, KVM_MSR_FILTER_MAX_BITMAP_SIZE);
     if (!bitmaps)
@@ -176,28 +225,54 @@ int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n)
     long rc = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct kvm_msr_filter_range *r = ranges ? &filter.ranges[ranges - 1] : NULL;
-        if (i > 0 && allowed[i] < allowed[i - 1]) {
+        if (i > 0 && indices[i] < indices[i - 1]) {
             rc = -EINVAL;
             goto out;
         }
-        if (!r || allowed[i] - r->base >= SPAN) {
+        if (!r || indices[i] - r->base >= SPAN) {
             if (ranges == KVM_MSR_FILTER_MAX_RANGES) {
                 rc = -E2BIG;
                 goto out;
             }
             r = &filter.ranges[ranges];
             r->flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
-            r->base = allowed[i];
+            r->base = indices[i];
             r->bitmap = bitmaps[ranges];
+            /* default allow: the range's other MSRs must stay allowed, so all bits start 1 */
+            if (default_allow)
+                memset(r->bitmap, 0xff, KVM_MSR_FILTER_MAX_BITMAP_SIZE);
             ranges++;
         }
-        uint32_t bit = allowed[i] - r->base;
-        r->bitmap[bit / 8] |= (uint8_t)(1u << (bit % 8));
+        uint32_t bit = indices[i] - r->base;
+        if (default_allow)
+            r->bitmap[bit / 8] &= (uint8_t)~(1u << (bit % 8));
+        else
+            r->bitmap[bit / 8] |= (uint8_t)(1u << (bit % 8));
         if (bit + 1 > r->nmsrs)
             r->nmsrs = bit + 1;
     }
+    /* with no ranges and default allow, KVM drops the filter */
     rc = pyhv_ioctl(vm_fd, KVM_X86_SET_MSR_FILTER, &filter);
 out:
     free(bitmaps);
     return rc < 0 ? (int)rc : 0;
+}
+
+int pyhv_partition_enable_user_msr(int vm_fd, uint32_t reasons)
+{
+    struct kvm_enable_cap cap = { .cap = KVM_CAP_X86_USER_SPACE_MSR, .args = { reasons } };
+    long r = pyhv_ioctl(vm_fd, KVM_ENABLE_CAP, &cap);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data)
+{
+    /* the in-kernel LAPICs decode address and data as the bus would (destination, vector,
+       delivery mode): INIT and SIPI messages work too */
+    struct kvm_msi msi = {
+        .address_lo = (uint32_t)address,
+        .address_hi = (uint32_t)(address >> 32),
+        .data = data,
+    };
+    return (int)pyhv_ioctl(vm_fd, KVM_SIGNAL_MSI, &msi);
 }

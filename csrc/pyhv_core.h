@@ -7,7 +7,8 @@
  * small structs below, which the C code fills field by field.
  *
  * Every function returns 0 (or a non-negative count/value where it says so) on success and a
- * negative errno on failure; Python turns the latter into an exception (pyhv/_errors.py).
+ * negative errno on failure; Python turns the latter into an exception (check_rc in
+ * pyhv/errors.py).
  */
 #ifndef PYHV_CORE_H
 #define PYHV_CORE_H
@@ -30,13 +31,15 @@ enum pyhv_exit_reason {
     PYHV_EXIT_DEBUG = 8,
     PYHV_EXIT_HYPERCALL = 9,
     PYHV_EXIT_CANCELED = 10,      /* pyhv_vcpu_cancel() stopped the run */
-    PYHV_EXIT_TIMEOUT = 11,       /* the deadline set with pyhv_vcpu_set_deadline() passed */
+    PYHV_EXIT_TIMEOUT = 11,       /* the deadline given to pyhv_vcpu_run() passed */
     PYHV_EXIT_INTERRUPTED = 12,   /* a signal that is not pyhv's own: let Python handle it */
     PYHV_EXIT_UNKNOWN = 13,       /* a KVM exit pyhv does not decode; kvm_reason says which */
     PYHV_EXIT_BAD_EXIT = 14,      /* the kernel described an exit pyhv refuses to trust */
     PYHV_EXIT_DEBUG_EXIT = 15,    /* the guest wrote V to a debug-exit port: data[0] = V,
                                      data[1] = the port (Python makes (V << 1) | 1) */
-    PYHV_EXIT_OUTPUT_FULL = 16    /* a buffered port's buffer needs emptying; then run again */
+    PYHV_EXIT_OUTPUT_FULL = 16,   /* a buffered port's buffer needs emptying; then run again */
+    PYHV_EXIT_MSR = 17            /* a guest RDMSR/WRMSR for user space (msr_* fields); answer
+                                     with pyhv_vcpu_complete_msr, unanswered it raises #GP */
 };
 
 /* Ports the C run loop completes by itself, without returning to Python. */
@@ -61,6 +64,7 @@ struct pyhv_stats {
     uint64_t guest_ns;            /* time in the C run loop: KVM_RUN and C-completed exits */
     uint64_t io_in, io_out, mmio_read, mmio_write;
     uint64_t by_kvm_reason[64];   /* indexed by KVM_EXIT_* (reasons >= 63 count in [63]) */
+    uint64_t msr_read, msr_write; /* PYHV_EXIT_MSR exits */
 };
 
 /* One write the kernel collected in its coalesced MMIO/PIO ring. */
@@ -102,6 +106,12 @@ struct pyhv_exit {
     uint32_t code;            /* suberror, event type, debug exception, ... */
     uint32_t ndata;           /* words valid in data[] (at most 16) */
     uint64_t data[16];
+
+    /* PYHV_EXIT_MSR */
+    uint32_t msr_index;
+    uint8_t msr_write;        /* 1 = WRMSR */
+    uint8_t msr_reason;       /* KVM_MSR_EXIT_REASON_*: why it reached user space */
+    uint64_t msr_value;       /* WRMSR: the value the guest wrote */
 };
 
 struct pyhv_regs {
@@ -170,35 +180,42 @@ struct pyhv_vcpu_state {
     uint64_t msr_value[256];
 };
 
-/* Opaque: one per vCPU fd, owns the mmapped run area. */
+/* Opaque: one per vCPU fd, owns the mmapped run area (a calloc'd one when detached). */
 struct pyhv_vcpu;
 
-/* process-wide: install the kick signal handler (idempotent); returns the signal number */
-int pyhv_init(void);
-
-/* the KVM system handle (/dev/kvm) */
-int pyhv_system_open(const char *path, int *fd_out);
-int pyhv_close(int fd);
+/* ---- system.c: the KVM system handle (/dev/kvm) ---- */
+int pyhv_system_open(const char *path, int *fd_out);   /* open(O_RDWR | O_CLOEXEC) */
+int pyhv_close(int fd);                                 /* close any fd pyhv handed out */
 int pyhv_system_api_version(int kvm_fd);                       /* >= 0: the version */
 int pyhv_check_extension(int fd, long capability);              /* >= 0: the cap's value */
 int pyhv_system_vcpu_mmap_size(int kvm_fd);                     /* >= 0: bytes */
+/* KVM_GET_SUPPORTED_CPUID into out[max]; KVM_GET_MSR_INDEX_LIST likewise (-E2BIG: too small) */
 int pyhv_system_supported_cpuid(int kvm_fd, struct pyhv_cpuid_entry *out, uint32_t max,
                                 uint32_t *count_out);
 int pyhv_system_msr_index_list(int kvm_fd, uint32_t *out, uint32_t max, uint32_t *count_out);
 
-/* guest memory: anonymous, lazily backed host mappings */
-int pyhv_memory_alloc(uint64_t size, void **addr_out);
-int pyhv_memory_free(void *addr, uint64_t size);
-
-/* partitions (VM fds) */
-int pyhv_partition_create(int kvm_fd, unsigned long type, int *vm_fd_out);
-int pyhv_partition_setup_x86(int vm_fd, uint64_t tss_addr, uint64_t identity_map_addr);
+/* ---- partition.c: partitions (VM fds) ---- */
+enum pyhv_partition_flags { PYHV_PARTITION_IRQCHIP = 1, PYHV_PARTITION_PIT = 2 };
+enum pyhv_partition_stage { PYHV_STAGE_CREATE = 1, PYHV_STAGE_TSS = 2,
+                            PYHV_STAGE_IDENTITY_MAP = 3, PYHV_STAGE_IRQCHIP = 4,
+                            PYHV_STAGE_PIT = 5 };
+/* KVM_CREATE_VM, TSS and identity-map addresses, then the in-kernel irqchip and PIT when asked;
+   on failure closes the VM, sets *stage_out to the step that failed (0: flags refused, e.g.
+   PIT without IRQCHIP, -EINVAL) and returns -errno */
+int pyhv_partition_create_x86(int kvm_fd, uint32_t flags, uint64_t tss_addr,
+                              uint64_t identity_map_addr, uint32_t *stage_out, int *vm_fd_out);
+/* add, change (flags: KVM_MEM_*) or, with size 0, delete a memory slot over host_addr */
 int pyhv_partition_set_slot(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
                             uint64_t size, void *host_addr);
-int pyhv_partition_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap);
-/* in-kernel interrupt controllers (PIC, IOAPIC, a LAPIC per vCPU) and PIT; before vCPUs */
-int pyhv_partition_create_irqchip(int vm_fd);
-int pyhv_partition_create_pit(int vm_fd);
+/* map `size` bytes of fresh anonymous host memory (MAP_NORESERVE) and register it as `slot` at
+   `gpa`; on failure nothing stays mapped */
+int pyhv_partition_map_memory(int vm_fd, uint32_t slot, uint32_t flags, uint64_t gpa,
+                              uint64_t size, void **host_out);
+/* delete the slot (when vm_fd >= 0) and unmap its host memory; if KVM refuses the deletion
+   the memory stays mapped (the VM still uses it) */
+int pyhv_partition_unmap_memory(int vm_fd, uint32_t slot, uint64_t gpa, void *host,
+                                uint64_t size);
+/* in-kernel interrupt controllers (made by create_x86): drive an IRQ line */
 int pyhv_partition_irq_line(int vm_fd, uint32_t irq, int level);
 /* chip state for snapshots: chip 0 = PIC master, 1 = PIC slave, 2 = IOAPIC (512 bytes each);
    the PIT as struct kvm_pit_state2 (112 bytes) */
@@ -206,8 +223,17 @@ int pyhv_partition_get_irqchip(int vm_fd, uint32_t chip, uint8_t *out512);
 int pyhv_partition_set_irqchip(int vm_fd, uint32_t chip, const uint8_t *in512);
 int pyhv_partition_get_pit(int vm_fd, uint8_t *out112);
 int pyhv_partition_set_pit(int vm_fd, const uint8_t *in112);
-/* deny the guest every MSR but `allowed` (sorted): the rest raise #GP */
-int pyhv_partition_deny_msrs(int vm_fd, const uint32_t *allowed, uint32_t n);
+/* install KVM's MSR filter: with default_allow, the sorted `indices` are denied (their
+   RDMSR/WRMSR exit to user space when user-space MSR exits are on for
+   KVM_MSR_EXIT_REASON_FILTER, else #GP); without it, only `indices` are allowed.  n == 0 with
+   default_allow removes the filter.  Ranges are packed as KVM allows (bitmaps up to
+   KVM_MSR_FILTER_MAX_BITMAP_SIZE bytes, at most KVM_MSR_FILTER_MAX_RANGES ranges: -E2BIG
+   beyond); unsorted indices: -EINVAL */
+int pyhv_partition_set_msr_filter(int vm_fd, int default_allow, const uint32_t *indices,
+                                  uint32_t n);
+/* KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR) with a mask of KVM_MSR_EXIT_REASON_*: those
+   RDMSR/WRMSR reach user space as PYHV_EXIT_MSR */
+int pyhv_partition_enable_user_msr(int vm_fd, uint32_t reasons);
 /* a zone whose guest writes the kernel queues in the coalesced ring instead of exiting */
 int pyhv_partition_coalesced_zone(int vm_fd, uint64_t address, uint32_t size, int pio,
                                   int add);
@@ -217,29 +243,71 @@ int pyhv_partition_ioeventfd(int vm_fd, uint64_t address, uint32_t len, int pio,
 int pyhv_partition_ioeventfd_remove(int vm_fd, uint64_t address, uint32_t len, int pio,
                                     int match, uint64_t datamatch, int fd);
 int pyhv_eventfd_take(int fd, uint64_t *count_out);   /* 0 and count, or -EAGAIN if none */
+/* KVM_SIGNAL_MSI (in-kernel irqchip): > 0 delivered, 0 blocked by the guest, or -errno */
+int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data);
 
-/* vCPUs */
-int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out);
-void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);
-int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);
+/* ---- vcpu.c: vCPUs and their registers ---- */
+enum pyhv_vcpu_flags { PYHV_VCPU_IRQCHIP = 1 };   /* the VM has in-kernel irqchips */
+/* what pyhv_vcpu_create applies to a new vCPU (in this order: CPUID, special registers, MSRs,
+   registers); NULL pointers leave KVM's defaults */
+struct pyhv_vcpu_init {
+    uint32_t flags;                               /* PYHV_VCPU_* */
+    const struct pyhv_cpuid_entry *cpuid; uint32_t ncpuid;   /* NULL: leave KVM's default */
+    const struct pyhv_sregs *sregs;               /* NULL: leave the reset state */
+    const struct pyhv_regs *regs;                 /* NULL: leave the reset state */
+    const uint32_t *msr_index; const uint64_t *msr_value; uint32_t nmsrs;
+};
+/* create the vCPU, map its run area, and apply `init` (may be NULL); on failure nothing is
+   left but the id, which KVM cannot free without the VM */
+int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
+                     const struct pyhv_vcpu_init *init, struct pyhv_vcpu **out);
+void pyhv_vcpu_destroy(struct pyhv_vcpu *vcpu);             /* NULL is a no-op */
+/* a vCPU with no kernel behind it: a run area of mmap_size bytes (calloc'd), fd -1.  Its runs
+   never enter KVM: each run takes the record injected last (reported once), and a run with no
+   record waiting (at its start, or after completing one in C) returns -ENODATA.  Every other
+   vCPU call is safe on it (those that need the kernel return -EBADF) */
+int pyhv_vcpu_create_detached(uint32_t mmap_size, struct pyhv_vcpu **out);
+/* copy `len` bytes (a kvm_run record, at most the run area's size: -EMSGSIZE; its layout is
+   PYHV_RUN_SIZE and the PYHV_RUN_OFF_* offsets, from csrc/ffi_build.py) to the start of
+   the run area, to be reported by the next pyhv_vcpu_run as if KVM_RUN had returned it (works
+   on real vCPUs too, for tests).  The fields user space owns (immediate_exit,
+   request_interrupt_window, kvm_valid_regs/kvm_dirty_regs, the sync-register area) are kept;
+   -EBUSY during a run or while an exit is still waiting; -EINVAL for a record that would reach
+   a real vCPU's coalesced ring page (exit_decode.c) */
+int pyhv_vcpu_inject_record(struct pyhv_vcpu *vcpu, const uint8_t *record, uint32_t len);
+int pyhv_vcpu_fd(const struct pyhv_vcpu *vcpu);           /* -1 when detached */
 /* tell the vCPU its VM has in-kernel interrupt controllers (its MP state then matters) */
 void pyhv_vcpu_set_irqchip(struct pyhv_vcpu *vcpu, int present);
+/* general registers: through the run area where KVM has sync regs (no ioctl), else ioctls */
 int pyhv_vcpu_get_regs(struct pyhv_vcpu *vcpu, struct pyhv_regs *out);
 int pyhv_vcpu_set_regs(struct pyhv_vcpu *vcpu, const struct pyhv_regs *in);
+/* special registers: KVM_GET/SET_SREGS (get returns ones a restore left for the next entry) */
 int pyhv_vcpu_get_sregs(struct pyhv_vcpu *vcpu, struct pyhv_sregs *out);
 int pyhv_vcpu_set_sregs(struct pyhv_vcpu *vcpu, const struct pyhv_sregs *in);
+/* x87/SSE state (through the XSAVE area where KVM has it) */
 int pyhv_vcpu_get_fpu(struct pyhv_vcpu *vcpu, struct pyhv_fpu *out);
 int pyhv_vcpu_set_fpu(struct pyhv_vcpu *vcpu, const struct pyhv_fpu *in);
-/* MSRs: *done_out tells how many of the n were transferred before one was refused */
+/* MSRs, any number (in chunks KVM accepts): *done_out tells how many of the n were
+   transferred before one was refused (-EINVAL) or an ioctl failed */
 int pyhv_vcpu_get_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, uint64_t *value,
                        uint32_t n, uint32_t *done_out);
 int pyhv_vcpu_set_msrs(struct pyhv_vcpu *vcpu, const uint32_t *index, const uint64_t *value,
                        uint32_t n, uint32_t *done_out);
+/* KVM_SET_CPUID2 of n entries (at most 4096); KVM_GET_CPUID2 into out[max] */
 int pyhv_vcpu_set_cpuid(struct pyhv_vcpu *vcpu, const struct pyhv_cpuid_entry *entries,
                         uint32_t n);
 int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *vcpu, struct pyhv_cpuid_entry *out, uint32_t max,
                         uint32_t *count_out);
+/* KVM_SET_GUEST_DEBUG: control = KVM_GUESTDBG_* flags, debugreg[8] = DR0-DR7 (DR4/5 unused;
+   NULL: all zero).  Debug events then end runs as PYHV_EXIT_DEBUG */
+int pyhv_vcpu_set_guest_debug(struct pyhv_vcpu *vcpu, uint32_t control,
+                              const uint64_t *debugreg);
+/* KVM_TRANSLATE of a guest-virtual address: *gpa_out and *flags_out (bit 0 valid, 1 writeable,
+   2 usermode, as KVM reports them: its x86 code always says writeable and never usermode) */
+int pyhv_vcpu_translate(struct pyhv_vcpu *vcpu, uint64_t gva, uint64_t *gpa_out,
+                        uint32_t *flags_out);
 
+/* ---- fastpath.c: exits completed in C, output buffers, the coalesced ring, counters ---- */
 /* C fast paths: kind PYHV_PORT_NONE removes the port */
 int pyhv_vcpu_set_fast_port(struct pyhv_vcpu *vcpu, uint16_t port, uint32_t kind,
                             uint32_t value);
@@ -250,9 +318,10 @@ int pyhv_vcpu_take_output(struct pyhv_vcpu *vcpu, uint16_t port, uint8_t *out, u
 /* move queued coalesced writes into out; returns the count */
 int pyhv_vcpu_drain_coalesced(struct pyhv_vcpu *vcpu, struct pyhv_coalesced_write *out,
                               uint32_t max);
-int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);
-void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);
+int pyhv_vcpu_get_stats(struct pyhv_vcpu *vcpu, struct pyhv_stats *out);   /* a copy */
+void pyhv_vcpu_reset_stats(struct pyhv_vcpu *vcpu);                        /* all zero */
 
+/* ---- vcpu_state.c: a vCPU's whole state ---- */
 /* whole-state save and load; save first completes a pending IN/MMIO read (KVM_RUN with
    immediate_exit), load first discards one, so neither straddles an exit.  Save returns
    -EBUSY when an exit Python has not seen is pending.  `optional`: which of PYHV_HAS_XCRS and
@@ -268,6 +337,11 @@ int pyhv_vcpu_discard_pending(struct pyhv_vcpu *vcpu);
    few bulk calls): their indices go to ok (returns the count, or -errno) */
 int pyhv_vcpu_restorable_msrs(struct pyhv_vcpu *vcpu, const uint32_t *msr_index, uint32_t n,
                             uint32_t *ok);
+
+/* ---- memory.c: host memory and page-granular memory images ---- */
+/* guest memory: anonymous, lazily backed (MAP_NORESERVE) host mappings */
+int pyhv_memory_alloc(uint64_t size, void **addr_out);
+int pyhv_memory_free(void *addr, uint64_t size);
 
 /* memory images: copy the pages whose bit is set in `pages` (then clear the bits); returns
    how many were copied */
@@ -293,28 +367,34 @@ void pyhv_bitmap_move(uint64_t *dst, uint64_t *src, uint64_t words);
 /* clear the bits of pages that hold only zero bytes; returns how many remain */
 int64_t pyhv_pages_drop_zero(const uint8_t *addr, uint64_t *pages, uint64_t npages);
 
+/* ---- run.c: running and completing exits ---- */
 /* running: -errno, or a summary of the exit: its reason | the PYHV_RUN_* flags that apply */
 enum pyhv_run_flags {
     PYHV_RUN_BULK = 0x100,        /* output_pending or coalesced_pending is set */
     PYHV_RUN_SINGLE_OUT = 0x200   /* an IO exit: an OUT of one element (io_count == 1) */
 };
-int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit);
-/* data for the IN / MMIO read of the latest exit; len must match it exactly */
+/* run until an exit Python must see; deadline_ns: absolute CLOCK_MONOTONIC time past which the
+   run returns PYHV_EXIT_TIMEOUT (0 = none), enforced by pyhv's watchdog thread */
+int pyhv_vcpu_run(struct pyhv_vcpu *vcpu, struct pyhv_exit *exit, uint64_t deadline_ns);
+/* data for the IN / MMIO read of the latest exit (run `seq`, else -ESTALE); len must match it
+   exactly (-EMSGSIZE) */
 int pyhv_vcpu_complete_in(struct pyhv_vcpu *vcpu, uint32_t seq, const uint8_t *data,
                           uint32_t len);
 /* the same for a single IN/read of at most 8 bytes, given as a number (little-endian) */
 int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value);
-/* absolute CLOCK_MONOTONIC deadline in ns for the runs of this vCPU; 0 = none, which also
-   disarms the calling thread's timer once a run is over (call it from the running thread) */
-int pyhv_vcpu_set_deadline(struct pyhv_vcpu *vcpu, uint64_t deadline_ns);
-/* how long buffered-port output may wait before the run hands it to Python (default 50 ms;
-   0 = until the buffer fills or an exit comes) */
-void pyhv_vcpu_set_flush_interval(struct pyhv_vcpu *vcpu, uint64_t interval_ns);
+/* answer the MSR exit of run `seq`: RDMSR gets `value`; error != 0 injects #GP instead
+   (WRMSR: value ignored); -ESTALE unless seq is the latest run and an MSR exit is pending */
+int pyhv_vcpu_complete_msr(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value, int error);
+
+/* ---- kick.c: stopping runs from outside, deadlines ---- */
+/* process-wide: install the kick signal handler (idempotent); returns the signal number.
+   Deadlines and output flushes are kicked by a watchdog thread started on first need */
+int pyhv_init(void);
 /* from any thread: stop the current or the next run of this vCPU */
 void pyhv_vcpu_cancel(struct pyhv_vcpu *vcpu);
 /* forget a cancel that no run has consumed yet */
 void pyhv_vcpu_clear_cancel(struct pyhv_vcpu *vcpu);
-uint64_t pyhv_monotonic_ns(void);
+uint64_t pyhv_monotonic_ns(void);                    /* CLOCK_MONOTONIC, for deadlines */
 
 /* cdef end */
 

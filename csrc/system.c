@@ -1,11 +1,11 @@
-/* system.c - the KVM system handle (/dev/kvm) and guest memory allocation. */
+/* system.c - the KVM system handle (/dev/kvm): open/close, API version, extensions, the vCPU
+   mmap size, supported CPUID and the MSR index list. */
 #include "internal.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 /* Bounds on what the kernel may hand back, so a count never sizes an unbounded allocation. */
@@ -112,22 +112,4 @@ int pyhv_system_msr_index_list(int kvm_fd, uint32_t *out, uint32_t max, uint32_t
     }
     free(l);
     return (int)r;
-}
-
-int pyhv_memory_alloc(uint64_t size, void **addr_out)
-{
-    if (size == 0)
-        return -EINVAL;
-    /* NORESERVE: a "1G" guest costs nothing until it touches its pages */
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED)
-        return -errno;
-    *addr_out = p;
-    return 0;
-}
-
-int pyhv_memory_free(void *addr, uint64_t size)
-{
-    return munmap(addr, size) < 0 ? -errno : 0;
 }

@@ -7,8 +7,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define PYHV_MAX_MSRS_PER_CALL 1024u
-
 /* Capabilities every vCPU asks about; the kernel module's answers do not change, so each is
    asked once per process (-2: not asked yet) instead of three syscalls per vCPU. */
 static int cap_xsave = -2, cap_coalesced = -2, cap_sync_regs = -2;
@@ -24,9 +22,36 @@ static int cached_extension(int vm_fd, long capability, int *cache)
     return value;
 }
 
-int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcpu **out)
+/* What creation applies from `init`, in the order KVM needs: CPUID first (the checks of
+   special registers and MSRs depend on the features it advertises), then special registers,
+   MSRs and general registers.  Special registers go by ioctl even where sync regs could carry
+   them to the first KVM_RUN for free: KVM would check them only then, and a refused set would
+   fail that run (-EINVAL, again at every later run) instead of the creation. */
+static int apply_init(struct pyhv_vcpu *v, const struct pyhv_vcpu_init *init)
+{
+    int rc;
+    v->irqchip = (init->flags & PYHV_VCPU_IRQCHIP) != 0;
+    if (init->cpuid && (rc = pyhv_vcpu_set_cpuid(v, init->cpuid, init->ncpuid)) < 0)
+        return rc;
+    if (init->sregs && (rc = pyhv_vcpu_set_sregs(v, init->sregs)) < 0)
+        return rc;
+    uint32_t done;
+    if (init->nmsrs &&
+        (rc = pyhv_vcpu_set_msrs(v, init->msr_index, init->msr_value, init->nmsrs, &done)) < 0)
+        return rc;
+    if (init->regs && (rc = pyhv_vcpu_set_regs(v, init->regs)) < 0)
+        return rc;
+    return 0;
+}
+
+int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size,
+                     const struct pyhv_vcpu_init *init, struct pyhv_vcpu **out)
 {
     if (mmap_size < sizeof(struct kvm_run))
+        return -EINVAL;
+    /* refuse a malformed init before KVM_CREATE_VCPU: its id could not be made again */
+    if (init && ((init->flags & ~(uint32_t)PYHV_VCPU_IRQCHIP) ||
+                 (init->nmsrs && (!init->msr_index || !init->msr_value))))
         return -EINVAL;
     struct pyhv_vcpu *v = calloc(1, sizeof(*v));
     if (!v)
@@ -50,7 +75,6 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
     pthread_mutex_init(&v->kick_lock, NULL);
     atomic_init(&v->cancel_requested, 0);
     v->has_xsave = cached_extension(vm_fd, KVM_CAP_XSAVE, &cap_xsave) > 0;
-    v->flush_interval_ns = 50 * 1000 * 1000;
     /* the coalesced MMIO/PIO ring is a page of the vCPU mapping, shared by the whole VM */
     long page = sysconf(_SC_PAGESIZE);
     int ring_page = cached_extension(vm_fd, KVM_CAP_COALESCED_MMIO, &cap_coalesced);
@@ -60,11 +84,44 @@ int pyhv_vcpu_create(int vm_fd, uint32_t id, uint32_t mmap_size, struct pyhv_vcp
                                  sizeof(struct kvm_coalesced_mmio));
     }
     int sync = cached_extension(vm_fd, KVM_CAP_SYNC_REGS, &cap_sync_regs);
-    if (sync & KVM_SYNC_X86_REGS) {
+    if (sync > 0 && (sync & KVM_SYNC_X86_REGS)) {   /* (-errno would look like every bit) */
         v->sync_regs = 1;
         v->run->kvm_valid_regs = KVM_SYNC_X86_REGS;
         v->sync_state = (sync & KVM_SYNC_X86_SREGS) && (sync & KVM_SYNC_X86_EVENTS);
     }
+    pyhv_watchdog_add(v);
+    int rc;
+    if (init && (rc = apply_init(v, init)) < 0) {
+        pyhv_vcpu_destroy(v);
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Bounds a detached vCPU's run area: real ones are a few pages (KVM_GET_VCPU_MMAP_SIZE). */
+#define PYHV_DETACHED_MAX_RUN (1u << 20)
+
+int pyhv_vcpu_create_detached(uint32_t mmap_size, struct pyhv_vcpu **out)
+{
+    if (mmap_size < sizeof(struct kvm_run) || mmap_size > PYHV_DETACHED_MAX_RUN)
+        return -EINVAL;
+    struct pyhv_vcpu *v = calloc(1, sizeof(*v));
+    void *run = calloc(1, mmap_size);
+    if (!v || !run) {
+        free(v);
+        free(run);
+        return -ENOMEM;
+    }
+    /* fd -1: every ioctl fails with EBADF; no sync regs, no XSAVE, no coalesced ring, so
+       nothing reads kernel-owned parts of the run area */
+    v->fd = -1;
+    v->detached = 1;
+    v->run = run;
+    v->run_size = mmap_size;
+    pthread_mutex_init(&v->kick_lock, NULL);
+    atomic_init(&v->cancel_requested, 0);
+    pyhv_watchdog_add(v);
     *out = v;
     return 0;
 }
@@ -73,10 +130,15 @@ void pyhv_vcpu_destroy(struct pyhv_vcpu *v)
 {
     if (!v)
         return;
+    pyhv_watchdog_remove(v);        /* first: from now on the watchdog cannot reach it */
     for (uint32_t i = 0; i < PYHV_MAX_FAST_PORTS; i++)
         free(v->fast[i].buffer);
-    munmap(v->run, v->run_size);
-    close(v->fd);
+    if (v->detached) {
+        free(v->run);
+    } else {
+        munmap(v->run, v->run_size);
+        close(v->fd);
+    }
     pthread_mutex_destroy(&v->kick_lock);
     free(v);
 }
@@ -309,34 +371,40 @@ int pyhv_vcpu_set_fpu(struct pyhv_vcpu *v, const struct pyhv_fpu *in)
 }
 
 /* KVM_GET_MSRS / KVM_SET_MSRS return how many entries they processed; a short count means
-   the entry after them was refused. */
+   the entry after them was refused.  KVM takes at most PYHV_MSRS_PER_IOCTL entries a call, so
+   longer lists go in chunks (through one stack buffer: no allocation per call). */
 int pyhv_msrs_transfer(struct pyhv_vcpu *v, unsigned long request, const uint32_t *index,
                        uint64_t *value, uint32_t n, uint32_t *done_out)
 {
-    *done_out = 0;
-    if (n == 0)
-        return 0;
-    if (n > PYHV_MAX_MSRS_PER_CALL)
-        return -E2BIG;
-    struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
-    if (!m)
-        return -ENOMEM;
-    m->nmsrs = n;
-    for (uint32_t i = 0; i < n; i++) {
-        m->entries[i].index = index[i];
-        m->entries[i].data = request == KVM_SET_MSRS ? value[i] : 0;
-    }
-    long rc = pyhv_ioctl(v->fd, request, m);
-    if (rc >= 0) {
-        uint32_t done = rc > (long)n ? n : (uint32_t)rc;
+    _Alignas(struct kvm_msrs) uint8_t buf[sizeof(struct kvm_msrs) +
+                                          PYHV_MSRS_PER_IOCTL * sizeof(struct kvm_msr_entry)];
+    struct kvm_msrs *m = (struct kvm_msrs *)buf;
+    uint32_t done = 0;
+    while (done < n) {
+        uint32_t chunk = n - done < PYHV_MSRS_PER_IOCTL ? n - done : PYHV_MSRS_PER_IOCTL;
+        memset(buf, 0, sizeof(struct kvm_msrs) + chunk * sizeof(struct kvm_msr_entry));
+        m->nmsrs = chunk;
+        for (uint32_t i = 0; i < chunk; i++) {
+            m->entries[i].index = index[done + i];
+            m->entries[i].data = request == KVM_SET_MSRS ? value[done + i] : 0;
+        }
+        long rc = pyhv_ioctl(v->fd, request, m);
+        if (rc < 0) {
+            *done_out = done;
+            return (int)rc;
+        }
+        uint32_t ok = rc > (long)chunk ? chunk : (uint32_t)rc;   /* never past what we gave */
         if (request == KVM_GET_MSRS)
-            for (uint32_t i = 0; i < done; i++)
-                value[i] = m->entries[i].data;
-        *done_out = done;
-        rc = done == n ? 0 : -EINVAL;
+            for (uint32_t i = 0; i < ok; i++)
+                value[done + i] = m->entries[i].data;
+        done += ok;
+        if (ok < chunk) {
+            *done_out = done;
+            return -EINVAL;    /* index[done] was refused */
+        }
     }
-    free(m);
-    return (int)rc;
+    *done_out = done;
+    return 0;
 }
 
 int pyhv_vcpu_get_msrs(struct pyhv_vcpu *v, const uint32_t *index, uint64_t *value, uint32_t n,
@@ -375,4 +443,63 @@ int pyhv_vcpu_get_cpuid(struct pyhv_vcpu *v, struct pyhv_cpuid_entry *out, uint3
                         uint32_t *count_out)
 {
     return pyhv_cpuid_query(v->fd, KVM_GET_CPUID2, out, max, count_out);
+}
+
+int pyhv_push_dirty_regs(struct pyhv_vcpu *v)
+{
+    struct kvm_run *run = v->run;
+    long r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_REGS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_REGS, &run->s.regs.regs)) < 0)
+        return (int)r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_SREGS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_SREGS, &run->s.regs.sregs)) < 0)
+        return (int)r;
+    if ((run->kvm_dirty_regs & KVM_SYNC_X86_EVENTS) &&
+        (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, &run->s.regs.events)) < 0)
+        return (int)r;
+    run->kvm_dirty_regs = 0;    /* the run area still holds the same values: regs_in_run stays */
+    return 0;
+}
+
+_Static_assert(sizeof(((struct kvm_guest_debug_arch *)0)->debugreg) == 8 * sizeof(uint64_t),
+               "debugreg[8]");
+
+int pyhv_vcpu_set_guest_debug(struct pyhv_vcpu *v, uint32_t control, const uint64_t *debugreg)
+{
+    /* KVM reads RIP and RFLAGS when single-stepping starts (it remembers where, and sets TF):
+       registers still waiting in the run area for the next entry must reach it first */
+    int rc = pyhv_push_dirty_regs(v);
+    if (rc < 0)
+        return rc;
+    struct kvm_guest_debug dbg;
+    memset(&dbg, 0, sizeof(dbg));
+    dbg.control = control;
+    if (debugreg)
+        memcpy(dbg.arch.debugreg, debugreg, sizeof(dbg.arch.debugreg));
+    long r = pyhv_ioctl(v->fd, KVM_SET_GUEST_DEBUG, &dbg);
+    if (r < 0)
+        return (int)r;
+    /* with single-step, KVM has changed RFLAGS: the copy in the run area is stale */
+    v->regs_in_run = 0;
+    return 0;
+}
+
+int pyhv_vcpu_translate(struct pyhv_vcpu *v, uint64_t gva, uint64_t *gpa_out,
+                        uint32_t *flags_out)
+{
+    /* the page tables KVM walks are the ones in its CR3/CR0/CR4/EFER: special registers a
+       restore left in the run area for the next entry go first */
+    int rc = pyhv_push_dirty_regs(v);
+    if (rc < 0)
+        return rc;
+    struct kvm_translation t;
+    memset(&t, 0, sizeof(t));
+    t.linear_address = gva;
+    long r = pyhv_ioctl(v->fd, KVM_TRANSLATE, &t);
+    if (r < 0)
+        return (int)r;
+    *gpa_out = t.physical_address;
+    *flags_out = (t.valid ? 1u : 0u) | (t.writeable ? 2u : 0u) | (t.usermode ? 4u : 0u);
+    return 0;
 }

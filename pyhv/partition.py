@@ -23,7 +23,7 @@ from ._native import Feature, VmFd
 from .core import hypervisor as hv
 from .core.lifecycle import PartitionState
 from .core.loop import RunResult, run_all, validate_timeout
-from .core.machine import Machine
+from .core.machine import SAFE_MSRS, Machine
 from .core.memory import PAGE_SIZE, GuestMemory, MemorySlot, as_int, parse_size
 from .core.registration import HandlerRegistration
 from .core.vcpu import VCpu, create_vcpu
@@ -53,12 +53,6 @@ KVM_TSS_SIZE = 4 * PAGE_SIZE
 # RAM given as Partition(memory=...) fills GPA 0 up to here; the rest starts at 4 GiB
 LOW_MEMORY_LIMIT = 3 << 30
 
-# What a hardened partition's guest may still read and write: the MSRs an ordinary kernel
-# needs to run (TSC, PAT, SYSENTER, EFER, syscall and segment-base MSRs, TSC_AUX, APIC base).
-SAFE_MSRS = frozenset({
-    0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083,
-    0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103,
-})
 
 
 class Partition(SnapshotApi, HandlerRegistration):
@@ -125,7 +119,7 @@ class Partition(SnapshotApi, HandlerRegistration):
             self._machine = Machine(self.hypervisor, vm, self.memory, setup_base=setup_base,
                                     irqchip=self.irqchip, pit=self.pit, hardened=self.hardened)
             if hardened:
-                vm.set_msr_filter(False, sorted(SAFE_MSRS))
+                self._machine.update_msr_filter()
             if resettable:
                 self._machine.before_first_run = self.set_reset_point
             if size is not None:

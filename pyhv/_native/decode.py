@@ -23,6 +23,8 @@ from ..exits import (
     IoOut,
     MmioRead,
     MmioWrite,
+    MsrRead,
+    MsrWrite,
     Shutdown,
     SystemEvent,
     Unknown,
@@ -127,6 +129,14 @@ def _invalid(c: Any, ctx: ExitContext) -> Exit:
                        rip=_rip(c))
 
 
+def _msr(c: Any, ctx: ExitContext) -> Exit:
+    rip = c.rip if c.rip_valid else None
+    if c.msr_write:
+        return MsrWrite(c.msr_index, c.msr_value, c.msr_reason, rip=rip, _vcpu=ctx.completer,
+                        _seq=c.seq)
+    return MsrRead(c.msr_index, c.msr_reason, rip=rip, _vcpu=ctx.completer, _seq=c.seq)
+
+
 def _halt(c: Any, ctx: ExitContext) -> Exit:
     return _new_halt(c.rip if c.rip_valid else ctx.rip())
 
@@ -147,6 +157,7 @@ _BUILDERS: dict[int, Callable[[Any, ExitContext], Exit]] = {
     lib.PYHV_EXIT_DEBUG_EXIT: lambda c, ctx: DebugExit((c.data[0] << 1) | 1, c.data[0],
                                                        c.data[1], rip=_rip(c)),
     lib.PYHV_EXIT_BAD_EXIT: _invalid,
+    lib.PYHV_EXIT_MSR: _msr,
 }
 
 

@@ -19,7 +19,7 @@ from ..x86.registers import (
     Segment,
     SpecialRegs,
 )
-from .binding import ffi
+from .binding import ffi, lib
 
 MAX_CPUID_ENTRIES = 4096
 
@@ -121,7 +121,8 @@ class VcpuSetup:
     vCPUs (see :class:`pyhv._native.vcpu.VcpuFd`): its CPUID table, special and general
     registers and MSRs, each optional."""
 
-    __slots__ = ("cpuid", "ncpuid", "sregs", "regs", "msr_index", "msr_value", "nmsrs")
+    __slots__ = ("cpuid", "ncpuid", "sregs", "regs", "msr_index", "msr_value", "nmsrs",
+                 "_init")
 
     def __init__(self, cpuid: Iterable[CpuidEntry] | None = None, sregs: SpecialRegs | None = None,
                  regs: Regs | None = None, msrs: dict[int, int] | None = None) -> None:
@@ -141,11 +142,29 @@ class VcpuSetup:
         self.nmsrs = len(items)
         self.msr_index: Any = ffi.new("uint32_t[]", [i for i, _ in items]) if items else None
         self.msr_value: Any = ffi.new("uint64_t[]", [v for _, v in items]) if items else None
+        self._init: Any = None
+
+    def init(self, irqchip: bool) -> Any:
+        """The ``struct pyhv_vcpu_init *`` that applies this setup (built once per flag)."""
+        flags = lib.PYHV_VCPU_IRQCHIP if irqchip else 0
+        init = self._init
+        if init is None or init.flags != flags:
+            init = ffi.new("struct pyhv_vcpu_init *")
+            init.flags = flags
+            init.cpuid = self.cpuid if self.cpuid is not None else ffi.NULL
+            init.ncpuid = self.ncpuid
+            init.sregs = self.sregs if self.sregs is not None else ffi.NULL
+            init.regs = self.regs if self.regs is not None else ffi.NULL
+            init.msr_index = self.msr_index if self.msr_index is not None else ffi.NULL
+            init.msr_value = self.msr_value if self.msr_value is not None else ffi.NULL
+            init.nmsrs = self.nmsrs
+            self._init = init
+        return init
 
     def merged(self, other: VcpuSetup) -> VcpuSetup:
         """This setup with ``other``'s parts where it has them."""
         out = VcpuSetup()
-        for name in VcpuSetup.__slots__:
+        for name in VcpuSetup.__slots__[:-1]:
             mine, theirs = getattr(self, name), getattr(other, name)
             setattr(out, name, theirs if theirs is not None and theirs != 0 else mine)
         return out

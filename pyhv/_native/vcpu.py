@@ -43,6 +43,7 @@ EXIT_CANCELED = lib.PYHV_EXIT_CANCELED
 EXIT_TIMEOUT = lib.PYHV_EXIT_TIMEOUT
 EXIT_INTERRUPTED = lib.PYHV_EXIT_INTERRUPTED
 EXIT_OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
+EXIT_MSR = lib.PYHV_EXIT_MSR
 RUN_BULK = lib.PYHV_RUN_BULK
 RUN_SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
 
@@ -62,8 +63,22 @@ STATE_DEBUGREGS = lib.PYHV_HAS_DEBUGREGS
 
 STAT_REASONS = lib.PYHV_STAT_REASONS
 _STAT_FIELDS = ("runs", "exits_in_c", "exits_to_python", "guest_ns", "io_in", "io_out",
-                "mmio_read", "mmio_write")
+                "mmio_read", "mmio_write", "msr_read", "msr_write")
 _COALESCED_BATCH = 256
+_EMPTY_SETUP = VcpuSetup()
+
+# guest debugging (KVM_SET_GUEST_DEBUG control bits)
+GUESTDBG_ENABLE = lib.KVM_GUESTDBG_ENABLE
+GUESTDBG_SINGLESTEP = lib.KVM_GUESTDBG_SINGLESTEP
+GUESTDBG_USE_SW_BP = lib.KVM_GUESTDBG_USE_SW_BP
+GUESTDBG_USE_HW_BP = lib.KVM_GUESTDBG_USE_HW_BP
+GUESTDBG_INJECT_DB = lib.KVM_GUESTDBG_INJECT_DB
+GUESTDBG_INJECT_BP = lib.KVM_GUESTDBG_INJECT_BP
+
+# where the fields of a struct kvm_run record lie (for building records in tests)
+RUN_SIZE = lib.PYHV_RUN_SIZE
+RUN_LAYOUT = {name[len("PYHV_RUN_OFF_"):].lower(): getattr(lib, name) for name in dir(lib)
+              if name.startswith("PYHV_RUN_OFF_")}
 _ESTALE = -errno.ESTALE
 
 
@@ -83,13 +98,19 @@ class VcpuFd:
     against a concurrent close.  Running is the caller's to serialize (one thread at a time).
     """
 
-    def __init__(self, vm: VmFd, vcpu_id: int, mmap_size: int, *, irqchip: bool = False,
-                 setup: VcpuSetup | None = None) -> None:
-        """Create vCPU ``vcpu_id`` and apply ``setup``; on failure nothing is left but the id,
-        which KVM cannot free without the VM."""
+    def __init__(self, vm: VmFd | None, vcpu_id: int, mmap_size: int, *,
+                 irqchip: bool = False, setup: VcpuSetup | None = None) -> None:
+        """Create vCPU ``vcpu_id`` of ``vm`` and apply ``setup`` (one C call); on failure
+        nothing is left but the id, which KVM cannot free without the VM.  ``vm=None`` makes
+        a *detached* vCPU: no kernel behind it, its runs report only records given to
+        :meth:`inject_record` (for tests of the exit path without KVM)."""
         out = ffi.new("struct pyhv_vcpu **")
-        check_rc(lib.pyhv_vcpu_create(vm.fd, vcpu_id, mmap_size, out),
-                 f"KVM_CREATE_VCPU {vcpu_id}")
+        if vm is None:
+            check_rc(lib.pyhv_vcpu_create_detached(mmap_size, out), "a detached vCPU")
+        else:
+            init = (setup or _EMPTY_SETUP).init(irqchip)
+            check_rc(lib.pyhv_vcpu_create(vm.fd, vcpu_id, mmap_size, init, out),
+                     f"KVM_CREATE_VCPU {vcpu_id}")
         self.id = vcpu_id
         self._ptr = out[0]
         # True until close(): the run loop reads it once per run, without a call
@@ -98,20 +119,21 @@ class VcpuFd:
         self._lock = threading.Lock()           # cancel() vs close()
         self.record = ffi.new("struct pyhv_exit *")
         self._regs = ffi.new("struct pyhv_regs *")
-        run = functools.partial(lib.pyhv_vcpu_run, self._ptr, self.record)
-        # the run loops' calls: a trip into the guest, and the answer to a single IN/read
-        # (closures over the C objects, not over self: no reference cycle)
-        self.enter = lambda deadline_ns: run()       # (until the C run takes a deadline)
+        # the run loops' calls, bound to the C objects (not to self: no reference cycle)
+        self.enter = functools.partial(lib.pyhv_vcpu_run, self._ptr, self.record)
         self.answer = functools.partial(lib.pyhv_vcpu_complete_in_value, self._ptr)
         self._out: Any = None                   # bulk buffers, made on first use
-        try:
-            if irqchip:
-                lib.pyhv_vcpu_set_irqchip(self._ptr, 1)
-            if setup is not None:
-                self.apply(setup)
-        except BaseException:
-            self.close()
-            raise
+
+    @classmethod
+    def detached(cls, mmap_size: int = 3 * 4096) -> VcpuFd:
+        """A vCPU with no kernel behind it (see ``__init__``)."""
+        return cls(None, 0, mmap_size)
+
+    def inject_record(self, record: bytes) -> None:
+        """Make the next run report ``record`` (a ``struct kvm_run``, laid out as
+        :data:`RUN_LAYOUT` says) as if KVM had returned it."""
+        check_rc(lib.pyhv_vcpu_inject_record(self._handle(), record, len(record)),
+                 "injecting an exit record")
 
     def apply(self, setup: VcpuSetup) -> None:
         """Load the parts of a prepared initial state that it has."""
@@ -150,14 +172,11 @@ class VcpuFd:
         return int(lib.pyhv_vcpu_fd(self._handle()))
 
     # -- running ----------------------------------------------------------------------------
-    # enter(deadline_ns) -> int: one trip into the guest until an exit Python must see; the
-    #   exit summary (EXIT_* | RUN_* flags), with `record` filled.  Only while holding the run.
+    # enter(deadline_ns) -> int: one trip into the guest until an exit Python must see, or
+    #   until the absolute CLOCK_MONOTONIC deadline (0: none); the exit summary (EXIT_* |
+    #   RUN_* flags), with `record` filled.  Only while holding the run.
     # answer(seq, value) -> int: 0 or -errno, a single IN/MMIO read answered with a number
     #   the caller checked (fits the access).  Both are attributes: no Python frame per call.
-
-    def set_deadline(self, deadline_ns: int) -> None:
-        check_rc(lib.pyhv_vcpu_set_deadline(self._handle(), deadline_ns),
-                 "arming the run timeout")
 
     def cancel(self) -> bool:
         """Stop the current or next run; False when the vCPU is closed."""
@@ -194,7 +213,29 @@ class VcpuFd:
         check_rc(rc, what)
 
     def complete_msr(self, seq: int, value: int, fault: bool, what: str) -> None:
-        raise KvmError(errno.ENOSYS, what, "MSR exits need the newer C core")  # TODO
+        """Answer the MSR access of run ``seq``: ``value`` for a read; #GP if ``fault``."""
+        rc = lib.pyhv_vcpu_complete_msr(self._handle(), seq, value, 1 if fault else 0)
+        if rc == _ESTALE:
+            raise StaleExitError(f"{what}: the vCPU has run since this exit (or it was "
+                                 "answered already); complete an exit before running again")
+        check_rc(rc, what)
+
+    # -- debugging --------------------------------------------------------------------------
+    def set_guest_debug(self, control: int, debugreg: list[int] | None = None) -> None:
+        """``KVM_SET_GUEST_DEBUG``: ``control`` is KVM_GUESTDBG_* flags, ``debugreg`` DR0-DR7
+        (eight values; DR4/DR5 unused)."""
+        regs = list(debugreg or [0] * 8)
+        if len(regs) != 8:
+            raise InvalidArgument("guest debug takes 8 debug-register values (DR0-DR7)")
+        check_rc(lib.pyhv_vcpu_set_guest_debug(self._handle(), control, regs),
+                 "KVM_SET_GUEST_DEBUG")
+
+    def translate(self, gva: int) -> int | None:
+        """``KVM_TRANSLATE``: the guest-physical address of ``gva`` in the vCPU's current
+        paging mode, or None where it is not mapped."""
+        gpa, flags = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+        check_rc(lib.pyhv_vcpu_translate(self._handle(), gva, gpa, flags), "KVM_TRANSLATE")
+        return int(gpa[0]) if flags[0] & 1 else None
 
     # -- registers --------------------------------------------------------------------------
     def read_register(self, name: str) -> int:

@@ -15,6 +15,16 @@ from .system import SystemFd
 CHIPS = {"pic_master": 0, "pic_slave": 1, "ioapic": 2}
 CHIP_SIZES = {"pic_master": 512, "pic_slave": 512, "ioapic": 512, "pit": 112}
 
+# the step pyhv_partition_create_x86 reports as failed -> the ioctl it made
+_CREATE_STAGES = {lib.PYHV_STAGE_CREATE: "KVM_CREATE_VM", lib.PYHV_STAGE_TSS: "KVM_SET_TSS_ADDR",
+                  lib.PYHV_STAGE_IDENTITY_MAP: "KVM_SET_IDENTITY_MAP_ADDR",
+                  lib.PYHV_STAGE_IRQCHIP: "KVM_CREATE_IRQCHIP",
+                  lib.PYHV_STAGE_PIT: "KVM_CREATE_PIT2"}
+
+MSR_EXIT_INVAL = lib.KVM_MSR_EXIT_REASON_INVAL
+MSR_EXIT_UNKNOWN = lib.KVM_MSR_EXIT_REASON_UNKNOWN
+MSR_EXIT_FILTER = lib.KVM_MSR_EXIT_REASON_FILTER
+
 MEM_READONLY = lib.KVM_MEM_READONLY
 MEM_LOG_DIRTY_PAGES = lib.KVM_MEM_LOG_DIRTY_PAGES
 
@@ -33,20 +43,13 @@ class VmFd:
         and PIT when asked.  Nothing is left open when a step fails."""
         if pit and not irqchip:
             raise InvalidArgument("the in-kernel PIT needs the in-kernel irqchip")
-        out = ffi.new("int *")
-        check_rc(lib.pyhv_partition_create(system.fd, 0, out), "KVM_CREATE_VM")
-        vm = cls(out[0])
-        try:
-            check_rc(lib.pyhv_partition_setup_x86(vm.fd, tss_addr, identity_map_addr),
-                     "KVM_SET_TSS_ADDR / KVM_SET_IDENTITY_MAP_ADDR")
-            if irqchip:
-                check_rc(lib.pyhv_partition_create_irqchip(vm.fd), "KVM_CREATE_IRQCHIP")
-            if pit:
-                check_rc(lib.pyhv_partition_create_pit(vm.fd), "KVM_CREATE_PIT2")
-        except BaseException:
-            vm.close()
-            raise
-        return vm
+        out, stage = ffi.new("int *"), ffi.new("uint32_t *")
+        flags = (lib.PYHV_PARTITION_IRQCHIP if irqchip else 0) | (
+            lib.PYHV_PARTITION_PIT if pit else 0)
+        rc = lib.pyhv_partition_create_x86(system.fd, flags, tss_addr, identity_map_addr,
+                                           stage, out)
+        check_rc(rc, _CREATE_STAGES.get(stage[0], "KVM_CREATE_VM"))
+        return cls(out[0])
 
     def close(self) -> None:
         self._finalizer()
@@ -57,13 +60,11 @@ class VmFd:
 
     # -- memory slots -----------------------------------------------------------------------
     def map_memory(self, slot: int, flags: int, gpa: int, size: int) -> HostMapping:
-        """Fresh host memory registered as memory slot ``slot`` at ``gpa``."""
-        mapping = HostMapping(size)
-        rc = lib.pyhv_partition_set_slot(self.fd, slot, flags, gpa, size, mapping.pointer)
-        if rc < 0:
-            mapping.free()
-            check_rc(rc, f"KVM_SET_USER_MEMORY_REGION [{gpa:#x}, +{size:#x})")
-        return mapping
+        """Fresh host memory registered as memory slot ``slot`` at ``gpa`` (one C call)."""
+        out = ffi.new("void **")
+        check_rc(lib.pyhv_partition_map_memory(self.fd, slot, flags, gpa, size, out),
+                 f"KVM_SET_USER_MEMORY_REGION [{gpa:#x}, +{size:#x})")
+        return HostMapping(size, out[0])
 
     def set_slot_flags(self, slot: int, flags: int, gpa: int, mapping: HostMapping) -> None:
         """Change a slot's flags (e.g. turn dirty logging on)."""
@@ -72,9 +73,10 @@ class VmFd:
 
     def unmap_memory(self, slot: int, gpa: int, mapping: HostMapping) -> None:
         """Delete the slot, then free its host memory."""
-        check_rc(lib.pyhv_partition_set_slot(self.fd, slot, 0, gpa, 0, mapping.pointer),
+        check_rc(lib.pyhv_partition_unmap_memory(self.fd, slot, gpa, mapping.pointer,
+                                                 mapping.size),
                  "KVM_SET_USER_MEMORY_REGION (delete)")
-        mapping.free()
+        mapping.detach()
 
     def merge_dirty_log(self, slot: int, scratch: PageBitmap, *into: PageBitmap | None) -> None:
         """Read (and so reset) KVM's dirty log of ``slot`` into ``scratch``, OR-ing it into
@@ -130,10 +132,20 @@ class VmFd:
         """KVM's MSR filter: with ``default_allow``, ``indices`` are denied; without it, only
         ``indices`` are allowed.  Denied accesses #GP (or exit, see enable_user_msr)."""
         ordered = sorted(set(indices))
-        if default_allow:
-            raise InvalidArgument("this C core can only build allow-lists")  # TODO new API
-        check_rc(lib.pyhv_partition_deny_msrs(self.fd, ordered, len(ordered)),
-                 "KVM_X86_SET_MSR_FILTER")
+        check_rc(lib.pyhv_partition_set_msr_filter(self.fd, 1 if default_allow else 0, ordered,
+                                                   len(ordered)), "KVM_X86_SET_MSR_FILTER")
+
+    def enable_user_msr(self, reasons: int) -> None:
+        """RDMSR/WRMSR that KVM would fault for ``reasons`` (MSR_EXIT_* bits) exit to user
+        space instead (``KVM_CAP_X86_USER_SPACE_MSR``)."""
+        check_rc(lib.pyhv_partition_enable_user_msr(self.fd, reasons),
+                 "KVM_ENABLE_CAP KVM_CAP_X86_USER_SPACE_MSR")
+
+    def signal_msi(self, address: int, data: int) -> bool:
+        """Inject an MSI (``KVM_SIGNAL_MSI``): True when delivered, False when the guest
+        blocked it."""
+        return check_rc(lib.pyhv_partition_signal_msi(self.fd, address, data),
+                        "KVM_SIGNAL_MSI") > 0
 
     # -- fast paths the kernel offers -------------------------------------------------------
     def coalesced_zone(self, address: int, size: int, pio: bool, add: bool) -> None:

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from ..errors import ClosedError, PoisonedError, StateError
 from ..exits import Exit
 
-
 log = logging.getLogger("pyhv")
 
 

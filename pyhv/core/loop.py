@@ -26,6 +26,7 @@ from .._native.vcpu import (
     EXIT_INTERRUPTED,
     EXIT_IO,
     EXIT_MMIO,
+    EXIT_MSR,
     EXIT_OUTPUT_FULL,
     EXIT_TIMEOUT,
     RUN_BULK,
@@ -33,6 +34,7 @@ from .._native.vcpu import (
 )
 from ..errors import (
     ClosedError,
+    HandlerError,
     HypervisorError,
     InvalidArgument,
     KvmError,
@@ -119,22 +121,12 @@ class VcpuRunner:
         except BaseException:
             self._claim.release()
             raise
-        deadline = 0
-        if timeout is not None:
-            deadline = time.monotonic_ns() + int(timeout * 1e9)
-            try:
-                self.fd.set_deadline(deadline)
-            except BaseException:
-                machine.life.end_run(self.slot)
-                self._claim.release()
-                raise
         self.thread = threading.get_ident()
-        return deadline
+        # CLOCK_MONOTONIC, the clock the C core's deadlines use
+        return 0 if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
 
-    def _end(self, deadline: int, started: float) -> None:
+    def _end(self, started: float) -> None:
         self.run_seconds += time.perf_counter() - started
-        if deadline or self.machine.fast.has_output:
-            self.fd.set_deadline(0)     # disarms the thread's timer (output flush)
         self.thread = None
         self.machine.life.end_run(self.slot)
         self._claim.release()
@@ -210,7 +202,7 @@ class VcpuRunner:
                 self.machine.life.poison(f"vCPU {self.fd.id}: {exit!r}", exit)
             return exit
         finally:
-            self._end(deadline, started)
+            self._end(started)
 
     def _stub_exit(self, halt: Exit) -> Exit:
         assert self.stubs is not None and halt.rip is not None
@@ -289,6 +281,11 @@ class VcpuRunner:
                         handled += 1
                         handling = False
                         continue
+                elif reason == EXIT_MSR:
+                    if self._serve_msr(c):
+                        handled += 1
+                    handling = False
+                    continue
                 elif reason == EXIT_INTERRUPTED or reason == EXIT_OUTPUT_FULL:
                     handling = False
                     continue   # Python runs its signal handlers (Ctrl-C...) here
@@ -324,7 +321,7 @@ class VcpuRunner:
                             f"{exc}")
             raise
         finally:
-            self._end(deadline, started)
+            self._end(started)
         return RunResult(final, handled, time.perf_counter() - started, self.vcpu)
 
     def _serve_io(self, h: Handler, c: Any) -> bool:
@@ -362,6 +359,29 @@ class VcpuRunner:
             return False
         self.fd.complete_read(c.seq, h.read(gpa, size), size, 1,
                               f"read handler for GPA {gpa:#x}")
+        return True
+
+    def _serve_msr(self, c: Any) -> bool:
+        """An RDMSR/WRMSR pyhv's MSR filter sent here: to the MSR bus's handler, or, with
+        none (a hardened partition's denied MSR), #GP as the filter would give.  Whether a
+        handler served it."""
+        index = c.msr_index
+        h = self.machine.msr.find(index)
+        what = f"{'WRMSR' if c.msr_write else 'RDMSR'} {index:#x}"
+        if h is None or (h.write if c.msr_write else h.read) is None:
+            self.fd.complete_msr(c.seq, 0, True, what)
+            return False
+        if c.msr_write:
+            assert h.write is not None
+            h.write(index, 8, c.msr_value)
+            self.fd.complete_msr(c.seq, 0, False, what)
+            return True
+        assert h.read is not None
+        value = h.read(index, 8)
+        if not (type(value) is int and 0 <= value < 1 << 64):
+            raise HandlerError(f"{what}: the read handler answered {value!r}, not a 64-bit "
+                               "unsigned int")
+        self.fd.complete_msr(c.seq, value, False, what)
         return True
 
     def _serve_stub(self, exit: Exit) -> object:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._native import Feature, VcpuFd, VmFd
 from .._native.vcpu import STATE_DEBUGREGS, STATE_MAX_MSRS, STATE_XCRS
-from .._native.vm import CHIPS
+from .._native.vm import CHIPS, MSR_EXIT_FILTER
 from ..exits import GuestException
 from .buses import AddressSpace, Space, SyscallHandler
 from .fastpath import FastPaths
@@ -23,6 +23,15 @@ from .memory import GuestMemory
 from .setup_region import SetupRegion
 
 ExceptionHandler = Callable[[GuestException], Any]
+
+# What a hardened partition's guest may still read and write: the MSRs an ordinary kernel
+# needs to run (TSC, PAT, SYSENTER, EFER, syscall and segment-base MSRs, TSC_AUX, APIC base).
+SAFE_MSRS = frozenset({
+    0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083,
+    0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103,
+})
+# MSR handlers may cover this many MSRs in all (KVM's filter bitmaps bound what it can deny)
+MAX_HANDLED_MSRS = 1 << 16
 
 
 class Machine:
@@ -50,6 +59,7 @@ class Machine:
         self.before_first_run: Callable[[], object] | None = None
         self._first_lock = threading.Lock()
         self._state_msrs: list[int] | None = None
+        self._user_msr = False             # KVM sends filtered MSR accesses to user space
 
     # -- vCPUs --------------------------------------------------------------------------------
     def add_vcpu(self, vcpu: Any, fd: VcpuFd) -> None:
@@ -105,6 +115,21 @@ class Machine:
 
     def chip_names(self) -> set[str]:
         return (set(CHIPS) if self.irqchip else set()) | ({"pit"} if self.pit else set())
+
+    def update_msr_filter(self) -> None:
+        """Make KVM's MSR filter match the MSR handlers (and hardening): the handled MSRs exit
+        to user space (PYHV_EXIT_MSR); a hardened partition denies everything else but
+        :data:`SAFE_MSRS` (#GP, through the same exits once any MSR handler exists)."""
+        handled: set[int] = set()
+        for handler in self.msr.handlers:
+            handled.update(range(handler.start, handler.end))
+        if handled and not self._user_msr:
+            self.vm.enable_user_msr(MSR_EXIT_FILTER)
+            self._user_msr = True
+        if self.hardened:
+            self.vm.set_msr_filter(False, sorted(SAFE_MSRS - handled))
+        else:
+            self.vm.set_msr_filter(True, sorted(handled))
 
     def stop_all(self) -> None:
         """Cancel every vCPU's run (sticky: one not running stops at its next run; during a

@@ -16,7 +16,7 @@ from .buses import (
 )
 from .fastpath import Doorbell, FastPort, PortKind
 from .hypervisor import Hypervisor
-from .machine import ExceptionHandler, Machine
+from .machine import MAX_HANDLED_MSRS, ExceptionHandler, Machine
 from .memory import as_int
 
 
@@ -70,6 +70,36 @@ class HandlerRegistration:
                                    f"({clash}): its handler would never see those accesses")
         return self._machine.mmio.add(gpa, size, read, write)
 
+    def add_msr_handler(self, msrs: int | range, read: ReadHandler | None = None,
+                        write: WriteHandler | None = None) -> Handler:
+        """Serve the guest's RDMSR/WRMSR of ``msrs`` (one index or a ``range``) during
+        :meth:`run`, through KVM's MSR filter and user-space MSR exits: ``read(index, 8) ->
+        int`` answers RDMSR, ``write(index, 8, value)`` takes WRMSR; a missing handler
+        (or a read handler that raises) faults the guest.  In a typed run the accesses come
+        back as :class:`pyhv.exits.MsrRead` / :class:`pyhv.exits.MsrWrite`.
+        """
+        self.hypervisor.require(Feature.X86_USER_SPACE_MSR, "MSR handlers")
+        self.hypervisor.require(Feature.X86_MSR_FILTER, "MSR handlers")
+        self._require_open()
+        if isinstance(msrs, range):
+            if msrs.step != 1 or not msrs:
+                raise InvalidArgument(f"MSR range {msrs} must be non-empty with step 1")
+            start, size = msrs.start, len(msrs)
+        else:
+            start, size = as_int("MSR index", msrs), 1
+        machine = self._machine
+        total = sum(h.end - h.start for h in machine.msr.handlers) + size
+        if total > MAX_HANDLED_MSRS:
+            raise InvalidArgument(f"MSR handlers may cover at most {MAX_HANDLED_MSRS} MSRs")
+        handler = machine.msr.add(start, size, read, write)
+        try:
+            machine.update_msr_filter()
+        except BaseException:
+            machine.msr.remove(handler)
+            machine.update_msr_filter()
+            raise
+        return handler
+
     def _check_no_fast_port(self, start: int, size: int) -> None:
         port = self._machine.fast.overlaps(start, size)
         if port is not None:
@@ -96,6 +126,12 @@ class HandlerRegistration:
         if isinstance(handler, FastPort):
             machine.life.require_quiet("remove a fast-path port")
             machine.fast.remove_port(handler)
+            return
+        if handler.space == "msr":
+            if handler not in machine.msr:
+                raise InvalidArgument(f"{handler!r} is not registered here")
+            machine.msr.remove(handler)
+            machine.update_msr_filter()
             return
         space = machine.io if handler.space == "io" else machine.mmio
         if handler not in space:

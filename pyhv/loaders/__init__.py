@@ -19,8 +19,8 @@ at GPA 0x10000-0x20000 and refuse images that would overlap it or pyhv's setup r
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from ..errors import ImageFormatError, InvalidArgument

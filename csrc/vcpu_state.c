@@ -1,12 +1,10 @@
-/* state.c - a vCPU's whole state in one call each way, and page-granular memory images. */
+/* vcpu_state.c - a vCPU's whole state in one call each way, the discard of a pending exit, and
+   probing which MSRs a vCPU can have restored. */
 #include "internal.h"
 
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 _Static_assert(sizeof(struct kvm_regs) == 144, "kvm_regs size");
 _Static_assert(sizeof(struct kvm_sregs) == 312, "kvm_sregs size");
@@ -18,21 +16,23 @@ _Static_assert(sizeof(struct kvm_vcpu_events) == 64, "kvm_vcpu_events size");
 _Static_assert(sizeof(struct kvm_lapic_state) == 1024, "kvm_lapic_state size");
 _Static_assert(PYHV_KVM_CAP_DEBUGREGS == KVM_CAP_DEBUGREGS, "KVM_CAP_DEBUGREGS");
 
-#define PAGE 4096u
-
 /* A discarded completion's reads (an IN or MMIO read waiting in the run area) are answered
-   with all ones, as an empty bus would.  Only the exit's own data is touched: the pages after
-   the PIO page (the VM-wide coalesced ring) are not the vCPU's to clear. */
+   with all ones, as an empty bus would, and an MSR exit with #GP, as an unknown MSR would be.
+   Only the exit's own data is touched: the pages after the PIO page (the VM-wide coalesced
+   ring) are not the vCPU's to clear. */
 static void answer_with_ones(struct pyhv_vcpu *v)
 {
     struct kvm_run *run = v->run;
+    uint32_t reason = run->exit_reason;
     uint64_t len;
     uint8_t *data;
-    if (run->exit_reason == KVM_EXIT_MMIO && !run->mmio.is_write)
+    if (reason == KVM_EXIT_MMIO && !run->mmio.is_write)
         memset(run->mmio.data, 0xff, sizeof(run->mmio.data));
-    else if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_IN &&
+    else if (reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_IN &&
              (data = pyhv_io_data(v, &len)) != NULL)
         memset(data, 0xff, len);
+    else if (reason == KVM_EXIT_X86_RDMSR || reason == KVM_EXIT_X86_WRMSR)
+        run->msr.error = 1;
 }
 
 /* Re-enter KVM_RUN with immediate_exit set: the kernel applies pending sync regs, finishes an
@@ -51,19 +51,11 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
     if (v->exit_waiting) {
         if (!discard)
             return -EBUSY;
-        v->exit_waiting = 0;
+        v->exit_waiting = PYHV_WAITING_NONE;
         answer_with_ones(v);
     }
-    if ((run->kvm_dirty_regs & KVM_SYNC_X86_REGS) &&
-        (r = pyhv_ioctl(v->fd, KVM_SET_REGS, &run->s.regs.regs)) < 0)
+    if ((r = pyhv_push_dirty_regs(v)) < 0)
         return (int)r;
-    if ((run->kvm_dirty_regs & KVM_SYNC_X86_SREGS) &&
-        (r = pyhv_ioctl(v->fd, KVM_SET_SREGS, &run->s.regs.sregs)) < 0)
-        return (int)r;
-    if ((run->kvm_dirty_regs & KVM_SYNC_X86_EVENTS) &&
-        (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, &run->s.regs.events)) < 0)
-        return (int)r;
-    run->kvm_dirty_regs = 0;
     uint64_t valid = run->kvm_valid_regs;
     run->kvm_valid_regs = valid | store;
     run->immediate_exit = 1;
@@ -74,7 +66,7 @@ static int flush_pending(struct pyhv_vcpu *v, uint64_t store, int discard)
     int rounds = 0;
     while ((r = pyhv_ioctl(v->fd, KVM_RUN, NULL)) == 0) {
         if (!discard) {
-            v->exit_waiting = 1;     /* the next pyhv_vcpu_run hands it to Python */
+            v->exit_waiting = PYHV_WAITING_KERNEL;   /* the next run hands it to Python */
             r = -EBUSY;
             break;
         }
@@ -107,9 +99,6 @@ static int msrs_io(struct pyhv_vcpu *v, unsigned long request, const uint32_t *i
     return pyhv_msrs_transfer(v, request, index, value, n, &done);
 }
 
-/* KVM refuses more than this many MSRs in one call (MAX_IO_MSRS is 256, exclusive) */
-#define MSR_CHUNK 128u
-
 /* Transfer index[0..n) (values in value[]) with as few ioctls as KVM allows: a call stops at
    the first MSR KVM refuses, which is dropped, and the next call goes on after it.  The
    accepted indices and their values are packed to the front of index[] and value[] (in
@@ -119,9 +108,8 @@ static int keep_accepted(struct pyhv_vcpu *v, unsigned long request, uint32_t *i
 {
     uint32_t kept = 0, next = 0;
     while (next < n) {
-        uint32_t chunk = n - next < MSR_CHUNK ? n - next : MSR_CHUNK;
         uint32_t done = 0;
-        int rc = pyhv_msrs_transfer(v, request, index + next, value + next, chunk, &done);
+        int rc = pyhv_msrs_transfer(v, request, index + next, value + next, n - next, &done);
         if (rc < 0 && rc != -EINVAL)
             return rc;
         for (uint32_t i = 0; i < done; i++, kept++) {   /* kept <= next + i: safe in place */
@@ -201,7 +189,8 @@ int pyhv_vcpu_save_state(struct pyhv_vcpu *v, const uint32_t *msr_index, uint32_
         if (pyhv_ioctl(v->fd, KVM_GET_LAPIC, out->lapic) == 0)
             out->present |= PYHV_HAS_LAPIC;
     }
-    memcpy(out->msr_index, msr_index, nmsrs * sizeof(uint32_t));
+    if (nmsrs)           /* msr_index may be NULL then, which memcpy must not be given */
+        memcpy(out->msr_index, msr_index, nmsrs * sizeof(uint32_t));
     out->nmsrs = nmsrs;
     return msrs_io(v, KVM_GET_MSRS, out->msr_index, out->msr_value, nmsrs);
 }
@@ -254,7 +243,8 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
         (r = pyhv_ioctl(v->fd, KVM_SET_VCPU_EVENTS, (void *)in->events)) < 0)
         return (int)r;
     /* without in-kernel interrupt controllers a vCPU is always runnable: nothing to load */
-    if ((in->present & PYHV_HAS_MP_STATE) && (v->irqchip || in->mp_state != KVM_MP_STATE_RUNNABLE)) {
+    if ((in->present & PYHV_HAS_MP_STATE) &&
+        (v->irqchip || in->mp_state != KVM_MP_STATE_RUNNABLE)) {
         struct kvm_mp_state mp = { .mp_state = in->mp_state };
         if ((r = pyhv_ioctl(v->fd, KVM_SET_MP_STATE, &mp)) < 0)
             return (int)r;
@@ -274,137 +264,4 @@ int pyhv_vcpu_load_state(struct pyhv_vcpu *v, const struct pyhv_vcpu_state *in)
         v->regs_in_run = 1;
     }
     return 0;
-}
-
-int64_t pyhv_copy_pages(uint8_t *dst, const uint8_t *src, uint64_t *pages, uint64_t npages)
-{
-    int64_t copied = 0;
-    for (uint64_t w = 0; w < (npages + 63) / 64; w++) {
-        uint64_t bits = pages[w];
-        while (bits) {
-            uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(bits);
-            bits &= bits - 1;
-            if (i >= npages)
-                break;
-            memcpy(dst + i * PAGE, src + i * PAGE, PAGE);
-            copied++;
-        }
-        pages[w] = 0;
-    }
-    return copied;
-}
-
-int pyhv_partition_dirty_merge(int vm_fd, uint32_t slot, uint64_t *pages, uint64_t *scratch,
-                               uint64_t npages, uint64_t *user)
-{
-    uint64_t words = (npages + 63) / 64;
-    memset(scratch, 0, words * sizeof(uint64_t));
-    int rc = pyhv_partition_get_dirty_log(vm_fd, slot, scratch);
-    if (rc < 0)
-        return rc;
-    for (uint64_t w = 0; w < words; w++) {
-        if (pages)
-            pages[w] |= scratch[w];
-        if (user)
-            user[w] |= scratch[w];
-    }
-    return 0;
-}
-
-/* Pages that hold data: present or swapped out, from /proc/self/pagemap (bits 63 and 62).
-   mincore, the fallback, cannot see swapped-out anonymous pages. */
-static int resident_from_pagemap(const void *addr, uint64_t npages, uint64_t *pages)
-{
-    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    enum { CHUNK = 8192 };
-    uint64_t *entries = malloc(CHUNK * sizeof(uint64_t));
-    int rc = entries ? 0 : -ENOMEM;
-    uint64_t first_page = (uint64_t)(uintptr_t)addr / PAGE;
-    for (uint64_t done = 0; rc == 0 && done < npages; done += CHUNK) {
-        uint64_t n = npages - done < CHUNK ? npages - done : CHUNK;
-        ssize_t got = pread(fd, entries, n * sizeof(uint64_t),
-                            (off_t)((first_page + done) * sizeof(uint64_t)));
-        if (got != (ssize_t)(n * sizeof(uint64_t))) {
-            rc = got < 0 ? -errno : -EIO;
-            break;
-        }
-        for (uint64_t i = 0; i < n; i++)
-            if (entries[i] & (3ull << 62))
-                pages[(done + i) / 64] |= 1ull << ((done + i) % 64);
-    }
-    free(entries);
-    close(fd);
-    return rc;
-}
-
-int pyhv_memory_resident(const void *addr, uint64_t npages, uint64_t *pages)
-{
-    if (resident_from_pagemap(addr, npages, pages) == 0)
-        return 0;
-    /* mincore in chunks: one status byte per page */
-    enum { CHUNK = 65536 };
-    unsigned char *vec = malloc(CHUNK);
-    if (!vec)
-        return -ENOMEM;
-    int rc = 0;
-    for (uint64_t first = 0; first < npages && rc == 0; first += CHUNK) {
-        uint64_t n = npages - first < CHUNK ? npages - first : CHUNK;
-        if (mincore((uint8_t *)addr + first * PAGE, n * PAGE, vec) < 0) {
-            rc = -errno;
-            break;
-        }
-        for (uint64_t i = 0; i < n; i++)
-            if (vec[i] & 1)
-                pages[(first + i) / 64] |= 1ull << ((first + i) % 64);
-    }
-    free(vec);
-    return rc;
-}
-
-int64_t pyhv_pages_drop_zero(const uint8_t *addr, uint64_t *pages, uint64_t npages)
-{
-    int64_t kept = 0;
-    for (uint64_t i = 0; i < npages; i++) {
-        uint64_t bit = 1ull << (i % 64);
-        if (!(pages[i / 64] & bit))
-            continue;
-        const uint64_t *words = (const uint64_t *)(addr + i * PAGE);
-        uint64_t any = 0;
-        for (unsigned j = 0; j < PAGE / 8 && !any; j++)
-            any |= words[j];
-        if (any)
-            kept++;
-        else
-            pages[i / 64] &= ~bit;
-    }
-    return kept;
-}
-
-void pyhv_bitmap_set(uint64_t *bitmap, uint64_t first, uint64_t count)
-{
-    for (uint64_t i = first; i < first + count; i++)
-        bitmap[i / 64] |= 1ull << (i % 64);
-}
-
-void pyhv_bitmap_move(uint64_t *dst, uint64_t *src, uint64_t words)
-{
-    for (uint64_t w = 0; w < words; w++) {
-        dst[w] |= src[w];
-        src[w] = 0;
-    }
-}
-
-int64_t pyhv_restore_slot(int vm_fd, uint32_t slot, int logging, uint8_t *memory,
-                          const uint8_t *image, uint64_t *changed, uint64_t *scratch,
-                          uint64_t *host_dirty, uint64_t *user, uint64_t npages)
-{
-    if (logging) {
-        int rc = pyhv_partition_dirty_merge(vm_fd, slot, changed, scratch, npages, user);
-        if (rc < 0)
-            return rc;
-    }
-    pyhv_bitmap_move(changed, host_dirty, (npages + 63) / 64);
-    return pyhv_copy_pages(memory, image, changed, npages);
 }
