@@ -385,6 +385,9 @@ int pyhv_vcpu_complete_in_value(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t v
 /* answer the MSR exit of run `seq`: RDMSR gets `value`; error != 0 injects #GP instead
    (WRMSR: value ignored); -ESTALE unless seq is the latest run and an MSR exit is pending */
 int pyhv_vcpu_complete_msr(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value, int error);
+/* what the latest exit still waits for: 0 nothing (answered, or none asked), 1 an IN,
+   2 an MMIO read, 3 an MSR access (answered exits clear it: a second answer is -ESTALE) */
+int pyhv_vcpu_pending(const struct pyhv_vcpu *vcpu);
 
 /* ---- kick.c: stopping runs from outside, deadlines ---- */
 /* process-wide: install the kick signal handler (idempotent); returns the signal number.

@@ -147,6 +147,7 @@ int pyhv_vcpu_complete_in(struct pyhv_vcpu *v, uint32_t seq, const uint8_t *data
         return -EMSGSIZE;
     /* where decode found (and bounds-checked) the exit's data: not re-read from the run area */
     memcpy(v->pending_data, data, len);
+    v->pending = PYHV_PENDING_NONE;     /* answered: a second answer is stale */
     return 0;
 }
 
@@ -169,5 +170,11 @@ int pyhv_vcpu_complete_msr(struct pyhv_vcpu *v, uint32_t seq, uint64_t value, in
     v->run->msr.error = error ? 1 : 0;
     if (!v->pending_msr_write && !error)
         v->run->msr.data = value;
+    v->pending = PYHV_PENDING_NONE;     /* answered: a second answer is stale */
     return 0;
+}
+
+int pyhv_vcpu_pending(const struct pyhv_vcpu *v)
+{
+    return (int)v->pending;
 }

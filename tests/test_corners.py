@@ -98,3 +98,32 @@ def test_run_all_stops_every_vcpu_when_one_ends_on_an_exit_nobody_handles(kvm):
         assert isinstance(results[0].exit, exits.IoOut) and results[0].vcpu is first
         assert isinstance(results[1].exit, exits.Canceled)
         assert part.state is pyhv.PartitionState.POISONED
+
+
+def test_a_second_complete_raises_instead_of_replacing_the_answer(part):
+    part.memory.write(0x1000, assemble("in $0x60, %al\nout %al, $0x61\nhlt", origin=0x1000))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    ex = cpu.run(timeout=10)
+    assert isinstance(ex, exits.IoIn)
+    ex.complete(0x42)
+    with pytest.raises(pyhv.StaleExitError, match="answered already"):
+        ex.complete(0x43)
+    out = cpu.run(timeout=10)
+    assert isinstance(out, exits.IoOut) and out.value == 0x42
+
+
+def test_a_snapshot_refuses_while_an_exit_waits_for_its_answer(part, tmp_path):
+    part.memory.write(0x1000, assemble("in $0x60, %al\nout %al, $0x61\nhlt", origin=0x1000))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    ex = cpu.run(timeout=10)
+    assert cpu.awaiting_answer is ex
+    with pytest.raises(pyhv.StateError, match="IoIn"):
+        part.snapshot()
+    ex.complete(0x42)                     # still answerable: nothing answered it for us
+    assert cpu.awaiting_answer is None
+    snap = part.snapshot()
+    out = cpu.run(timeout=10)
+    assert isinstance(out, exits.IoOut) and out.value == 0x42
+    part.restore(snap)                    # the answer is part of the snapshot
+    out = cpu.run(timeout=10)
+    assert isinstance(out, exits.IoOut) and out.value == 0x42

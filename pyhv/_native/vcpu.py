@@ -47,6 +47,9 @@ EXIT_MSR = lib.PYHV_EXIT_MSR
 RUN_BULK = lib.PYHV_RUN_BULK
 RUN_SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
 
+# what an exit may still wait for (pyhv_vcpu_pending)
+PENDING_NONE, PENDING_IN, PENDING_MMIO_READ, PENDING_MSR = 0, 1, 2, 3
+
 # fast-path port kinds
 PORT_BUFFERED = lib.PYHV_PORT_BUFFERED
 PORT_CONSTANT = lib.PYHV_PORT_CONSTANT
@@ -193,6 +196,10 @@ class VcpuFd:
 
     def current_seq(self) -> int:
         return int(self.record.seq)
+
+    def pending(self) -> int:
+        """What the latest exit still waits for: PENDING_NONE, _IN, _MMIO_READ or _MSR."""
+        return int(lib.pyhv_vcpu_pending(self._handle()))
 
     def io_bytes(self) -> bytes:
         """The data of the current IO exit (size * count bytes, bounded by the C core)."""

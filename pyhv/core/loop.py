@@ -103,6 +103,7 @@ class VcpuRunner:
         self.parked = False                    # in a run parked by pause()
         self.closing = False                   # close() waits for the run to end
         self.run_seconds = 0.0
+        self.last_exit: Exit | None = None     # the latest exit handed to Python
 
     # -- claiming -----------------------------------------------------------------------------
     def _begin(self, timeout: float | None) -> int:
@@ -200,6 +201,7 @@ class VcpuRunner:
                 exit = self._stub_exit(exit)
             if exit.fault:
                 self.machine.life.poison(f"vCPU {self.fd.id}: {exit!r}", exit)
+            self.last_exit = exit
             return exit
         finally:
             self._end(started)
@@ -308,6 +310,7 @@ class VcpuRunner:
                     clean = served is _ENDED
                 break
             handling = False
+            self.last_exit = final
             if final.fault:
                 life.poison(f"vCPU {fd.id}: {final!r}", final)
             elif not (final.clean_end or clean):

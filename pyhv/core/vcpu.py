@@ -134,6 +134,14 @@ class VCpu:
         """Whether its run is parked by :meth:`pyhv.Partition.pause`."""
         return self._runner.parked
 
+    @property
+    def awaiting_answer(self) -> Exit | None:
+        """The exit this vCPU waits for an answer to (an :class:`~pyhv.exits.IoIn`,
+        :class:`~pyhv.exits.MmioRead` or MSR exit not yet completed), or None."""
+        if self._fd.closed or not self._fd.pending():
+            return None
+        return self._runner.last_exit
+
     def clear_cancel(self) -> None:
         """Forget a cancel no run has consumed yet."""
         self._fd.clear_cancel()

@@ -26,7 +26,15 @@ class Persistent(Protocol):
 
 def take(machine: Machine, devices: Mapping[str, Persistent]) -> Snapshot:
     """A :class:`Snapshot` of a quiet machine; from now on its memory counts changed pages,
-    so that restoring this snapshot copies only those."""
+    so that restoring this snapshot copies only those.  A vCPU waiting for the answer to an
+    exit (an IN, MMIO read or MSR access not yet completed) makes it refuse: the snapshot
+    would otherwise hold an answer nobody gave."""
+    for vcpu in machine.vcpus:
+        waiting = vcpu.awaiting_answer
+        if waiting is not None:
+            # saving would have to answer it (all ones) behind the caller's back
+            raise StateError(f"vCPU {vcpu.id} waits for the answer to {waiting!r}: complete() "
+                             "it before taking a snapshot")
     msrs = machine.state_msrs()
     optional = machine.state_parts()
     vcpus = []
