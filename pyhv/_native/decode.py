@@ -63,7 +63,7 @@ def _rip(c: Any) -> int | None:
 
 
 # the exits every run loop sees most, built without the frozen dataclasses' __init__
-_new_io_out = fast_constructor(IoOut)          # rip, port, size, data, count
+new_io_out = _new_io_out = fast_constructor(IoOut)   # rip, port, size, data, count
 _new_io_in = fast_constructor(IoIn)            # rip, _vcpu, _seq, port, size, count
 _new_mmio_read = fast_constructor(MmioRead)    # rip, _vcpu, _seq, gpa, size
 _new_mmio_write = fast_constructor(MmioWrite)  # rip, gpa, size, data

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import threading
 import time
+from threading import get_ident
+from time import monotonic_ns, perf_counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._native import VcpuFd
-from .._native.decode import ExitContext, decode
+from .._native.decode import ExitContext, decode, new_io_out
 from .._native.vcpu import (
     EXIT_CANCELED,
     EXIT_HALT,
@@ -83,6 +85,7 @@ def validate_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
+_new_io_out = new_io_out
 _MISSING = object()
 _LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32}
 _SERVED, _ENDED = object(), object()
@@ -175,14 +178,43 @@ class VcpuRunner:
 
     # -- the typed run ------------------------------------------------------------------------
     def typed(self, timeout: float | None) -> Exit:
-        """Run to the next exit Python must see and return it, typed."""
-        deadline = self._begin(timeout)
-        started = time.perf_counter()
+        """Run to the next exit Python must see and return it, typed.
+
+        This is the README's loop, once per exit: claiming and releasing the vCPU are
+        written out here (what _begin/_end do, without their frames), and a single OUT is
+        decoded inline."""
+        claim = self._claim
+        if not claim.acquire(False):
+            raise HypervisorError(f"vCPU {self.fd.id} is already running on another thread")
+        machine = self.machine
+        life = machine.life
+        slot = self.slot
+        try:
+            if not self.fd.open:
+                raise ClosedError(f"vCPU {self.fd.id} is closed")
+            if machine.before_first_run is not None:
+                machine.first_run()
+            slot.active = True                     # then look at `blocked` (lifecycle.py)
+            if life.blocked:
+                slot.active = False
+                life.begin_run(slot)               # raises the error that applies
+        except BaseException:
+            claim.release()
+            raise
+        life.ever_ran = True
+        self.thread = get_ident()
+        started = perf_counter()
+        deadline = 0 if timeout is None else monotonic_ns() + int(timeout * 1e9)
         try:
             c = self.fd.record
             enter = self.fd.enter
             while True:
                 rc = enter(deadline)
+                if rc == RUN_SINGLE_OUT:
+                    exit = _new_io_out(c.rip if c.rip_valid else None, c.io_port, c.io_size,
+                                       c.io_value.to_bytes(c.io_size, "little"), 1)
+                    self.last_exit = exit
+                    return exit
                 if rc < 0:
                     raise KvmError(-rc, f"KVM_RUN on vCPU {self.fd.id}")
                 if rc & RUN_BULK:
@@ -190,7 +222,7 @@ class VcpuRunner:
                 reason = rc & 0xFF
                 if reason == EXIT_INTERRUPTED or reason == EXIT_OUTPUT_FULL:
                     continue     # Python runs its signal handlers (Ctrl-C...) here
-                if reason == EXIT_CANCELED and self.machine.life.paused:
+                if reason == EXIT_CANCELED and life.paused:
                     if self.park():
                         continue
                 if reason == EXIT_TIMEOUT:
@@ -200,11 +232,16 @@ class VcpuRunner:
             if reason == EXIT_HALT and self.stubs is not None:
                 exit = self._stub_exit(exit)
             if exit.fault:
-                self.machine.life.poison(f"vCPU {self.fd.id}: {exit!r}", exit)
+                life.poison(f"vCPU {self.fd.id}: {exit!r}", exit)
             self.last_exit = exit
             return exit
         finally:
-            self._end(started)
+            self.run_seconds += perf_counter() - started
+            self.thread = None
+            slot.active = False
+            if life.paused:
+                life.end_run(slot)                 # wakes pause()
+            claim.release()
 
     def _stub_exit(self, halt: Exit) -> Exit:
         assert self.stubs is not None and halt.rip is not None
