@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from threading import get_ident
 from time import monotonic_ns, perf_counter
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._native import VcpuFd
