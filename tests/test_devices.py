@@ -10,6 +10,7 @@ import pytest
 
 import pyhv
 from pyhv import devices, exits
+from pyhv.testing import assemble
 
 from .conftest import boot, guest_code
 
@@ -294,3 +295,18 @@ def test_a_uart_refuses_an_output_that_cannot_take_bytes():
     # refused when attached, not with a TypeError in the middle of a guest's run
     with pytest.raises(pyhv.InvalidArgument, match="neither callable nor a stream"):
         devices.Uart16550(42)
+
+
+@pytest.mark.parametrize("fifo", [False, True], ids=["no-fifo", "fifo"])
+def test_uart_loopback_is_bounded_by_its_fifo(part, fifo):
+    """Regression: UART loopback queued every byte sent, not only what its FIFO holds."""
+    # 100000 bytes looped back, none read: a 16550A holds 1 (FIFOs off) or 16 (FIFOs on)
+    uart = part.attach(devices.Uart16550())
+    enable_fifo = "mov $0x3fa, %dx\nmov $0x01, %al\nout %al, %dx\n" if fifo else ""
+    part.memory.write(0x100000, assemble(
+        enable_fifo + "mov $0x3fc, %dx\nmov $0x10, %al\nout %al, %dx\nmov $0x3f8, %dx\n"
+        "mov $100000, %ecx\n1: out %al, %dx\nloop 1b\nhlt", origin=0x100000))
+    part.create_vcpu(mode="long", entry=0x100000)
+    assert part.run(timeout=120).halted
+    assert len(uart.rx) <= 16
+    assert len(uart.rx) == (16 if fifo else 1)

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 import pyhv
-from pyhv import exits
+from pyhv import devices, exits
 from pyhv._native.binding import ffi, lib
 from pyhv.snapshot import MAGIC, STATE_SIZE
 from pyhv.testing import assemble
@@ -520,3 +520,36 @@ def test_restore_ends_a_string_instruction_with_a_huge_count(kvm):
         part.restore(snap)                       # used to fail with EBUSY
         assert part.memory.read(0, 16 << 20) == before
         assert isinstance(cpu.run(timeout=10), exits.Halt)
+
+
+def test_hardening_and_device_state_survive_snapshots(kvm):
+    """Regression: snapshots lost hardened=True, and devices attached to a partition made from a
+    snapshot did not take their saved state."""
+    with pyhv.Partition(memory="4M", hardened=True) as part:
+        part.memory.write(0x1000, b"\xf4")
+        part.create_vcpu(mode="long", entry=0x1000)
+        rtc = part.attach(devices.Rtc())
+        rtc.cmos[0x40] = 0x5A
+        template = part.snapshot()
+    assert template.hardened
+    with pyhv.PartitionPool(template, size=1, setup=lambda p: p.attach(devices.Rtc())) as pool:
+        with pool.lease() as guest:
+            assert guest.hardened and guest.devices["rtc"].cmos[0x40] == 0x5A
+
+
+def test_snapshot_file_claiming_a_huge_slot_is_refused(part, tmp_path):
+    """Regression: a snapshot file could claim a slot of any size, which load() tried to map."""
+    import hashlib
+    import json
+    part.memory.write(0x1000, b"\xf4")
+    part.create_vcpu(mode="long", entry=0x1000)
+    part.snapshot().save(tmp_path / "s")
+    raw = (tmp_path / "s").read_bytes()
+    length = struct.unpack_from("<I", raw, 12)[0]
+    header = json.loads(raw[16:16 + length])
+    header["slots"][0]["size"] = 1 << 50
+    blob = json.dumps(header).encode()
+    body = raw[:12] + struct.pack("<I", len(blob)) + blob + raw[16 + length:-32]
+    (tmp_path / "huge").write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(pyhv.SnapshotFormatError, match="implausible slot"):
+        pyhv.Snapshot.load(tmp_path / "huge")
