@@ -14,7 +14,7 @@ import pyhv
 from pyhv import exits
 from pyhv.testing import assemble
 
-from .conftest import boot, fd_count, run_in_background
+from ..conftest import boot, fd_count, run_in_background
 
 
 @pytest.mark.parametrize("mode", ["real", "protected", "long"])

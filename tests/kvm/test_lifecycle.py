@@ -11,7 +11,7 @@ import pyhv
 from pyhv import PartitionState, exits
 from pyhv.testing import assemble
 
-from .conftest import boot, guest_code, run_in_background
+from ..conftest import boot, guest_code, run_in_background
 
 COUNTER = 0x200000
 

@@ -14,8 +14,8 @@ from pyhv import devices, exits, loaders
 from pyhv.loaders import layout, multiboot
 from pyhv.loaders.samples import sample_images
 
-from .conftest import fd_count
-from .images import build_multiboot, link_elf
+from ..conftest import fd_count
+from ..images import build_multiboot, link_elf
 
 
 def boot_multiboot(path, memory="32M", **load) -> tuple[pyhv.RunResult, str, pyhv.Partition]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +20,7 @@ from pyhv.snapshot import MAGIC, STATE_SIZE
 from pyhv.testing import assemble
 from pyhv.x86.setup import DEFAULT_SETUP_BASE, SYSCALL_STUB
 
-from .conftest import boot, guest_code, native_vcpu, native_vm
+from ..conftest import boot, guest_code, native_vcpu, native_vm
 
 HALFWAY = 80
 
@@ -86,9 +86,9 @@ def test_snapshot_survives_a_file_and_another_process(part, tmp_path):
     assert path.stat().st_size < 128 * 1024       # 16 MiB of RAM, stored sparsely
     script = textwrap.dedent(f"""
         import json, sys
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
         import pyhv
-        from tests.test_snapshots import run_on
+        from tests.kvm.test_snapshots import run_on
         part = pyhv.Partition.from_snapshot(pyhv.Snapshot.load({str(path)!r}))
         print(json.dumps(run_on(part.vcpus[0])))
     """)

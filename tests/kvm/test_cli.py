@@ -12,7 +12,7 @@ import pytest
 from pyhv.tools.demo import demo_image
 from pyhv.testing import assemble_file
 
-DEMO_SOURCE = Path(__file__).parents[1] / "pyhv" / "guests" / "demo.S"
+DEMO_SOURCE = Path(__file__).parents[2] / "pyhv" / "guests" / "demo.S"
 
 
 def pyhv_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +52,7 @@ def test_demo_binary_matches_its_source():
 
 
 def test_run_boots_a_multiboot_kernel_and_exits_with_its_code(kvm, tmp_path):
-    from .images import build_multiboot
+    from ..images import build_multiboot
     kernel = build_multiboot(tmp_path)
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"ramdisk")
@@ -64,7 +64,7 @@ def test_run_boots_a_multiboot_kernel_and_exits_with_its_code(kvm, tmp_path):
 
 
 def test_run_serial_to_a_file(kvm, tmp_path):
-    from .images import build_multiboot
+    from ..images import build_multiboot
     kernel = build_multiboot(tmp_path)
     log = tmp_path / "console.log"
     proc = pyhv_cli("run", str(kernel), "--memory", "32M", "--serial", f"file:{log}")
@@ -111,7 +111,7 @@ def test_run_help_documents_the_exit_status():
 
 
 def test_run_with_two_cpus(kvm, tmp_path):
-    from .images import build_multiboot
+    from ..images import build_multiboot
     # the application processor waits for a SIPI that never comes; the kernel's debug-exit
     # on the boot processor ends the whole machine
     proc = pyhv_cli("run", str(build_multiboot(tmp_path)), "--cpus", "2", "--memory", "32M",

@@ -12,7 +12,7 @@ import pytest
 import pyhv
 from pyhv import exits
 
-from .conftest import boot
+from ..conftest import boot
 
 GENEROUS = 5.0   # an upper bound that only a hang would cross; not a speed target
 

@@ -11,7 +11,7 @@ import pytest
 import pyhv
 from pyhv import exits
 
-from .conftest import boot, fd_count
+from ..conftest import boot, fd_count
 
 
 def test_many_partitions_created_and_closed_leave_no_fds(kvm):

@@ -8,7 +8,7 @@ import pyhv
 from pyhv import exits
 from pyhv.core.memory import parse_size
 
-from .conftest import fd_count
+from ..conftest import fd_count
 
 
 @pytest.mark.parametrize("text, size", [("64K", 65536), ("16M", 16 << 20), ("1G", 1 << 30),

@@ -12,7 +12,7 @@ import pyhv
 from pyhv import devices, exits
 from pyhv.testing import assemble
 
-from .conftest import boot, guest_code
+from ..conftest import boot, guest_code
 
 FIXED_TIME = calendar.timegm((2031, 7, 24, 13, 45, 56, 0, 0, 0))
 

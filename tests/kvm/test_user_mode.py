@@ -16,7 +16,7 @@ from pyhv.x86.setup import (
 )
 from pyhv.testing import assemble
 
-from .conftest import guest_code
+from ..conftest import guest_code
 
 PAYLOAD = 0x100000
 

@@ -12,7 +12,7 @@ from pyhv import exits
 from pyhv.tools import stress
 from pyhv.testing import assemble
 
-from .conftest import guest_code
+from ..conftest import guest_code
 
 GENEROUS = 10.0   # bounds that only a hang would cross; not speed targets
 
