@@ -1,12 +1,21 @@
 """The pyhv command's argument handling (pyhv.tools.cli), in process: what it refuses before
-it would need KVM, and what its help says."""
+it would need KVM, and what its help says; and, as a user runs it (in a subprocess), what it
+does where no KVM is needed."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pyhv import __version__
+from pyhv.testing import assemble_file
 from pyhv.tools.cli import RUN_EPILOG, build_parser, main
+from pyhv.tools.demo import demo_image
+
+DEMO_SOURCE = Path(__file__).parents[2] / "pyhv" / "guests" / "demo.S"
 
 
 def parse(*argv: str):
@@ -104,3 +113,45 @@ def test_doctor_of_a_device_that_does_not_exist(capsys, tmp_path):
     assert main(["doctor", "--device", str(tmp_path / "kvm")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("pyhv doctor: KVM is not usable: ") and "VT-x/AMD-V" in err
+
+
+# -- in a subprocess ------------------------------------------------------------------------
+def pyhv_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pyhv", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_doctor_fails_clearly_without_kvm(tmp_path):
+    proc = pyhv_cli("doctor", "--device", str(tmp_path / "kvm"))
+    assert proc.returncode == 1
+    assert "KVM is not usable" in proc.stderr and "VT-x/AMD-V" in proc.stderr
+
+
+def test_no_command_prints_help():
+    proc = pyhv_cli()
+    assert proc.returncode == 2 and "doctor" in proc.stdout and "demo" in proc.stdout
+
+
+def test_demo_binary_matches_its_source():
+    assert demo_image() == assemble_file(DEMO_SOURCE, origin=0x1000), (
+        "pyhv/guests/demo.bin is stale: rebuild it from demo.S (see the comment at its top)")
+
+
+def test_run_help_documents_the_exit_status():
+    proc = pyhv_cli("run", "--help")
+    assert proc.returncode == 0
+    for text in ("--format", "--memory", "--cpus", "--append", "--initrd", "--serial",
+                 "--timeout", "--debug-exit", "exit status", "124"):
+        assert text in proc.stdout
+
+
+def test_stress_without_kvm_fails_clearly(tmp_path):
+    # the child gets a /dev/kvm path that does not exist: no traceback, a one-line error
+    proc = subprocess.run([sys.executable, "-c",
+                           "import sys, pyhv.core.hypervisor as s; "
+                           "s.Hypervisor.__init__.__defaults__ = (sys.argv[1],); "
+                           "from pyhv.tools.cli import main; raise SystemExit(main(['stress', "
+                           "'races', '--count', '1']))", str(tmp_path / "kvm")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("pyhv stress: ") and "Traceback" not in proc.stderr

@@ -10,8 +10,8 @@ import struct
 
 import pytest
 
-from pyhv import EndRun, InvalidArgument, PortKind, exits
-from pyhv.devices import FwCfg, I8042, IsaDebugExit, Rtc, Uart16550
+from pyhv import EndRun, InvalidArgument, PortKind, devices, exits
+from pyhv.devices import I8042, FwCfg, IsaDebugExit, Rtc, Uart16550
 
 from .fakehost import FakeHost, FakeSlot
 
@@ -440,6 +440,66 @@ def test_rtc_state_round_trip():
     clock.now += 1
     assert clock_reads(host) == clock_reads(other_host) == [31, 45, 13, 1, 24, 7, 31, 20]
     assert cmos_read(other_host, 0x40) == 0x5A
+
+
+# the clock driven through its handlers directly (these came from the KVM tests, which
+# needed no guest for them)
+FIXED_TIME = calendar.timegm((2031, 7, 24, 13, 45, 56, 0, 0, 0))
+
+
+def test_rtc_binary_and_12_hour_modes_and_guest_set_time():
+    rtc = devices.Rtc(clock=lambda: FIXED_TIME)
+
+    def read(reg):
+        rtc._write_index(0x70, 1, reg)
+        return rtc._read_data(0x71, 1)
+
+    def write(reg, value):
+        rtc._write_index(0x70, 1, reg)
+        rtc._write_data(0x71, 1, value)
+
+    write(0x0B, 0x04)                                   # binary, 12-hour
+    assert read(0x04) == 0x80 | 1 and read(0x00) == 56  # 1 PM
+    write(0x0B, 0x02)                                   # BCD, 24-hour
+    write(0x09, 0x32)                                   # the guest sets the year to 2032
+    assert read(0x09) == 0x32 and read(0x07) == 0x24
+    state = rtc.get_state()
+    other = devices.Rtc(clock=lambda: FIXED_TIME)
+    other.set_state(state)
+    other._write_index(0x70, 1, 0x09)
+    assert other._read_data(0x71, 1) == 0x32
+
+
+def test_rtc_stops_while_set_and_keeps_its_weekday_counter():
+    now = [float(calendar.timegm((2031, 7, 24, 23, 59, 50, 0, 0, 0)))]   # a Thursday
+    rtc = devices.Rtc(clock=lambda: now[0])
+
+    def read(reg):
+        rtc._write_index(0x70, 1, reg)
+        return rtc._read_data(0x71, 1)
+
+    def write(reg, value):
+        rtc._write_index(0x70, 1, reg)
+        rtc._write_data(0x71, 1, value)
+
+    assert read(0x06) == 5                       # Thursday (1 = Sunday)
+    write(0x0B, 0x82)                            # SET: the clock stops
+    now[0] += 100
+    assert read(0x00) == 0x50 and read(0x04) == 0x23
+    write(0x00, 0x55)
+    assert read(0x00) == 0x55
+    other = devices.Rtc(clock=lambda: now[0])
+    other.set_state(rtc.get_state())             # a stopped clock survives a snapshot
+    for clock in (rtc, other):
+        clock._write_index(0x70, 1, 0x0B)
+        clock._write_data(0x71, 1, 0x02)         # SET cleared: runs from 23:59:55
+    now[0] += 3
+    assert read(0x00) == 0x58 and read(0x07) == 0x24
+    write(0x06, 0x02)                            # the guest calls it Monday
+    now[0] += 2
+    assert read(0x07) == 0x25 and read(0x06) == 3   # midnight: Tuesday by its counter
+    other._write_index(0x70, 1, 0x07)
+    assert other._read_data(0x71, 1) == 0x25
 
 
 # -- i8042 --------------------------------------------------------------------------------
