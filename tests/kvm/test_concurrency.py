@@ -9,8 +9,8 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.tools import stress
 from pyhv.testing import assemble
+from pyhv.tools import stress
 
 from ..conftest import guest_code
 

@@ -16,7 +16,7 @@ import pytest
 import pyhv
 from pyhv import devices, exits
 from pyhv._native.binding import ffi, lib
-from pyhv.snapshot import MAGIC, STATE_SIZE
+from pyhv.snapshot import MAGIC
 from pyhv.testing import assemble
 from pyhv.x86.setup import DEFAULT_SETUP_BASE, SYSCALL_STUB
 

@@ -192,9 +192,10 @@ def test_extract_vmlinux(compress):
      "boot protocol 2.04 is too old for a 64-bit entry \\(2.12 needed\\)"),
     (patched(SAMPLES["linux"], 0x236, struct.pack("<H", 0)),
      "the kernel has no 64-bit entry point \\(xloadflags\\)"),
-    (patched(SAMPLES["linux"], 0x211, b"\x00"), "not a bzImage \\(the kernel does not load high\\)"),
-    (patched(SAMPLES["linux"], 0x1F1, bytes([200])), "truncated: the setup code is larger than the "
-     "file"),
+    (patched(SAMPLES["linux"], 0x211, b"\x00"),
+     "not a bzImage \\(the kernel does not load high\\)"),
+    (patched(SAMPLES["linux"], 0x1F1, bytes([200])),
+     "truncated: the setup code is larger than the file"),
     (b"MZ" + bytes(4000), "not a Linux bzImage \\(no HdrS setup header\\)"),
 ], ids=["no payload", "bzip2", "corrupt gzip", "not ELF", "old protocol", "no 64-bit",
         "not high", "setup past the end", "not a kernel"])

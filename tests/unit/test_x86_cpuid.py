@@ -49,7 +49,7 @@ def test_for_vcpu_sets_the_apic_ids(vcpu_id):
     leaf1 = out[1]
     assert leaf1.ebx == (vcpu_id & 0xFF) << 24 | 0x00020800      # EBX[31:24], the rest kept
     assert [e.edx for e in out if e.function in (0xB, 0x1F)] == [vcpu_id] * 3   # x2APIC ID
-    others = [(a, b) for a, b in zip(TABLE, out) if a.function not in (1, 0xB, 0x1F)]
+    others = [(a, b) for a, b in zip(TABLE, out, strict=True) if a.function not in (1, 0xB, 0x1F)]
     assert all(a == b for a, b in others)
 
 

@@ -4,6 +4,7 @@ region's size is counted exactly."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import struct
 
@@ -332,7 +333,7 @@ def test_region_contents_write_each_part_at_its_offset(long_mode):
     # the parts of the fixed region do not overlap
     fixed = sorted((gpa, gpa + len(data)) for gpa, data in writes[1:]
                    if gpa < BASE + PAGE_TABLES_OFFSET)
-    assert all(a[1] <= b[0] for a, b in zip(fixed, fixed[1:]))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(fixed))
 
 
 @pytest.mark.parametrize("spans", [
