@@ -14,6 +14,20 @@ from pyhv.core.lifecycle import Lifecycle
 S = PartitionState
 
 
+STARTED: list[FakeRun] = []
+
+
+@pytest.fixture(autouse=True)
+def no_run_outlives_its_test():
+    """A test that fails half-way must not leave a run behind (it would wait forever)."""
+    yield
+    while STARTED:
+        run = STARTED.pop()
+        run.stop.set()
+        run.life.close()                  # ends a parked run
+        run.thread.join(5)
+
+
 class FakeRun:
     """A run on its own thread, as the run loop makes one: begin_run, then "in the guest"
     until told to stop; pause()'s cancel makes it park until resume (or close)."""
@@ -26,9 +40,10 @@ class FakeRun:
         self.started = threading.Event()
         self.parks = 0
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run)
+        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> FakeRun:
+        STARTED.append(self)
         self.thread.start()
         assert self.started.wait(5)
         return self
