@@ -1,5 +1,10 @@
 """Shared fixtures: real partitions on the real /dev/kvm, and guests assembled from tests/guests.
 
+The suite's layout: ``tests/unit`` needs no KVM (``.ci/unit-without-kvm`` runs it where
+/dev/kvm does not exist), ``tests/kvm`` holds one file per component run on the real
+/dev/kvm, ``tests/hostile`` the hostile guests; this module and ``tests/images.py`` are
+imported from all three (``from ..conftest import boot``).
+
 A test needs KVM when it uses the ``kvm`` fixture (``part`` does) or carries the ``kvm``
 marker; a docstring example needs it when it makes a partition or asks the hypervisor.
 Without a usable /dev/kvm those are skipped with the reason, except on CI (the CI environment
