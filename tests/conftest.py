@@ -1,7 +1,15 @@
 """Shared fixtures: real partitions on the real /dev/kvm, and guests assembled from tests/guests.
 
-Without a usable /dev/kvm the KVM tests are skipped with the reason, except on CI (the CI
-environment variable set), where that is a failure.
+The suite's layout: ``tests/unit`` needs no KVM (``.ci/unit-without-kvm`` runs it where
+/dev/kvm does not exist), ``tests/kvm`` holds one file per component run on the real
+/dev/kvm, ``tests/hostile`` the hostile guests; this module and ``tests/images.py`` are
+imported from all three (``from ..conftest import boot``).
+
+A test needs KVM when it uses the ``kvm`` fixture (``part`` does) or carries the ``kvm``
+marker; a docstring example needs it when it makes a partition or asks the hypervisor.
+Without a usable /dev/kvm those are skipped with the reason, except on CI (the CI environment
+variable set), where that is a failure.  A session that collects none of them (``pytest
+tests/unit``) never looks at /dev/kvm.
 """
 
 from __future__ import annotations
@@ -23,16 +31,36 @@ ORIGIN = 0x1000
 BITS = {"real": 16, "protected": 32, "long": 64}
 
 
+# what a docstring example does when it needs /dev/kvm
+_KVM_EXAMPLES = ("Partition(", "PartitionPool(", "Hypervisor(", "check(")
+
+
+def needs_kvm(item: pytest.Item) -> bool:
+    """Whether ``item`` needs a usable /dev/kvm (see the module docstring)."""
+    if "kvm" in getattr(item, "fixturenames", ()) or item.get_closest_marker("kvm"):
+        return True
+    dtest = getattr(item, "dtest", None)            # a docstring example (DoctestItem)
+    return dtest is not None and any(name in example.source for example in dtest.examples
+                                     for name in _KVM_EXAMPLES)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "kvm: the test needs a usable /dev/kvm")
+
+
 def pytest_collection_modifyitems(config, items):
+    wanting = [item for item in items if needs_kvm(item)]
+    if not wanting:
+        return
     usable, why = kvm_usable()
     if usable:
         return
     if os.environ.get("CI"):
-        raise pytest.UsageError(f"CI needs a usable /dev/kvm: {why}")
+        raise pytest.UsageError(f"CI needs a usable /dev/kvm ({len(wanting)} collected tests "
+                                f"need it): {why}")
     skip = pytest.mark.skip(reason=f"KVM not usable here: {why}")
-    for item in items:
-        if "kvm" in item.fixturenames or item.get_closest_marker("kvm"):
-            item.add_marker(skip)
+    for item in wanting:
+        item.add_marker(skip)
 
 
 @pytest.fixture

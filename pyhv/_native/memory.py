@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import KvmError, check_rc
+from ..errors import InvalidArgument, KvmError, check_rc
 from .binding import ffi, lib
 
 PAGE_SIZE = 4096
@@ -35,8 +35,14 @@ class PageBitmap:
         self.c = ffi.new("uint64_t[]", self.words)
 
     def set_range(self, first: int, count: int) -> None:
-        if count > 0:
-            lib.pyhv_bitmap_set(self.c, first, count)
+        """Set ``count`` bits from ``first`` (none when ``count <= 0``); a range past the
+        bitmap's pages is refused."""
+        if count <= 0:
+            return
+        if first < 0 or first + count > self.pages:
+            raise InvalidArgument(f"pages [{first}, {first + count}) are outside a bitmap of "
+                                  f"{self.pages} pages")
+        lib.pyhv_bitmap_set(self.c, first, count)
 
     def clear(self) -> None:
         ffi.memmove(self.c, bytes(self.words * 8), self.words * 8)

@@ -118,6 +118,8 @@ class AddressSpace:
             self._cache.clear()
 
     def remove(self, handler: Handler) -> None:
+        if handler not in self._handlers:
+            raise InvalidArgument(f"{handler!r} is not registered in this {self.space} space")
         i = self._handlers.index(handler)
         del self._handlers[i]
         del self._starts[i]

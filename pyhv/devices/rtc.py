@@ -59,6 +59,7 @@ class Rtc(Device):
         self.offset = 0.0                 # guest time minus host time, after guest writes
         self.weekday_shift = 0            # the weekday counter minus the date's weekday
         self.held: list[int] | None = None   # FIELDS while the clock is stopped
+        self.bad: dict[int, int] = {}     # time registers written with a bad BCD digit
         self.cmos = bytearray(128)
         self.cmos[STATUS_A] = 0x26        # 32.768 kHz base, 1024 Hz rate, no update running
         self.cmos[STATUS_B] = B_24H       # BCD, 24-hour
@@ -91,6 +92,8 @@ class Rtc(Device):
         i = self.index
         if i not in TIME_REGISTERS:
             return self.cmos[i]
+        if i in self.bad:
+            return self.bad[i]                # held as written
         year, month, day, hour, minute, second, weekday = self._fields()
         if i == HOURS and not self.cmos[STATUS_B] & B_24H:
             return self._encode(hour % 12 or 12) | (0x80 if hour >= 12 else 0)
@@ -114,6 +117,13 @@ class Rtc(Device):
             self.cmos[i] = value
             return
         fields = self._fields()
+        digits = value & 0x7F if i == HOURS else value
+        if not self.cmos[STATUS_B] & B_BINARY and (digits & 0xF > 9 or digits >> 4 > 9):
+            # no BCD number: the clock stops with the register as written
+            self.bad[i] = value
+            self.held = fields
+            return
+        self.bad.pop(i, None)
         if i == HOURS and not self.cmos[STATUS_B] & B_24H:
             decoded = self._decode(value & 0x7F) % 12 + (12 if value & 0x80 else 0)
         else:
@@ -132,6 +142,8 @@ class Rtc(Device):
     def _start(self) -> None:
         """Run the clock from the held fields, if they make a date (else they stay held)."""
         assert self.held is not None
+        if self.bad:
+            return                            # a register still holds a bad digit
         year, month, day, hour, minute, second, weekday = self.held
         try:
             wanted = datetime.datetime(year, month, day, hour, minute, second,
@@ -145,7 +157,8 @@ class Rtc(Device):
     def get_state(self) -> dict[str, Any]:
         return {"index": self.index, "offset": self.offset, "cmos": self.cmos.hex(),
                 "weekday_shift": self.weekday_shift,
-                "held": None if self.held is None else list(self.held)}
+                "held": None if self.held is None else list(self.held),
+                "bad": {str(reg): raw for reg, raw in self.bad.items()}}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.index = int(state["index"]) & 0x7F
@@ -154,3 +167,5 @@ class Rtc(Device):
         self.weekday_shift = int(state.get("weekday_shift", 0)) % 7
         held = state.get("held")
         self.held = None if held is None or len(held) != len(FIELDS) else [int(v) for v in held]
+        self.bad = {int(reg) & 0x7F: int(raw) & 0xFF for reg, raw in state.get("bad", {}).items()
+                    if int(reg) & 0x7F in TIME_REGISTERS}

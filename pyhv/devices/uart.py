@@ -157,8 +157,11 @@ class Uart16550(Device):
         return IIR_NONE | fifos
 
     def _update(self) -> None:
-        """Follow the state: the IRQ line, and which C fast paths may stay on."""
-        part = self.partition
+        """Follow the state: the IRQ line, and which C fast paths may stay on (once
+        attached: before that there is nothing to follow, attach() catches up)."""
+        part = getattr(self, "partition", None)
+        if part is None:
+            return
         level = self._iir() & IIR_NONE == 0
         if level != self.irq_level and part.irqchip:
             part.set_irq(self.irq, level)

@@ -234,6 +234,9 @@ class _Reader:
         self.check(isinstance(version, str), "pyhv_version is not a string")
         hardened = self.flag(header.get("hardened", False), "hardened")
         slots = [self._slot(s) for s in header["slots"]]
+        spans = sorted((s.gpa, s.gpa + s.size) for s in slots)
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            self.check(end <= start, f"memory slots overlap at {start:#x}")
         vcpus = [self._vcpu(v) for v in header["vcpus"]]
         ids = [v.id for v in vcpus]
         self.check(len(set(ids)) == len(ids), "two vCPUs with one id")

@@ -31,7 +31,7 @@ MAX_EXITS_PER_CASE = 64
 RSS_TOLERANCE = 4 << 20        # soak RSS growth allowed for allocator noise
 
 # Long-mode guests at 0x1000, encoded here so that `pyhv stress` needs no assembler;
-# tests/test_stress.py checks each against its source in GUEST_SOURCES.
+# tests/unit/test_stress.py checks each against its source in GUEST_SOURCES.
 SOAK_LIFECYCLE_GUEST = bytes.fromhex("bf0000200048c70701000000b055e680f4")
 SOAK_SNAPSHOT_GUEST = bytes.fromhex("bf00004000b90800000048890f4881c700100000e2f4f4")
 CANCEL_RACE_GUEST = bytes.fromhex("31c066ba1005efffc0ebfb")

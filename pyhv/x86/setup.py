@@ -103,7 +103,7 @@ def gdt_bytes(base: int) -> bytes:
     return struct.pack(f"<{len(entries)}Q", *entries)
 
 
-# -- stubs: the instruction bytes are spelled out; tests/test_modes.py assembles the same
+# -- stubs: the instruction bytes are spelled out; tests/unit/test_x86_setup.py assembles the
 # mnemonics and compares.
 HLT = b"\xf4"
 STUB64 = (HLT + b"\x48\xcf",                      # hlt; iretq

@@ -3,6 +3,7 @@ coalesced ring and ioeventfd doorbells; and the per-vCPU statistics that show it
 
 from __future__ import annotations
 
+import gc
 import io
 import select
 import time
@@ -13,7 +14,7 @@ import pyhv
 from pyhv import exits
 from pyhv.testing import assemble
 
-from .conftest import boot, run_in_background
+from ..conftest import boot, fd_count, run_in_background
 
 
 @pytest.mark.parametrize("mode", ["real", "protected", "long"])
@@ -199,3 +200,62 @@ def test_the_deadline_still_fires_after_an_early_flush_kick(part):
     with pytest.raises(pyhv.Timeout):
         part.run(timeout=1)
     assert time.monotonic() - started < 10
+
+
+def test_a_raising_sink_cannot_overflow_another_ports_buffer(kvm):
+    """Regression: a sink that raised left the other buffered ports unemptied, and the next run
+    overflowed their C buffers."""
+    # OUTs alternate between two buffered ports; the first port's sink always raises
+    with pyhv.Partition(memory="4M") as part:
+        part.memory.write(0x100000, assemble(
+            "1: mov $0x3f8, %dx\nout %al, %dx\nmov $0x2f8, %dx\nout %eax, %dx\njmp 1b",
+            origin=0x100000))
+        cpu = part.create_vcpu(mode="long", entry=0x100000)
+        received = bytearray()
+
+        def broken(data):
+            raise OSError("sink broke")
+
+        part.add_buffered_port(0x3F8, broken)
+        part.add_buffered_port(0x2F8, received.extend)
+        for _ in range(300):
+            with pytest.raises(OSError):
+                cpu.run(timeout=5)
+        assert len(received) > 4 * 300       # the other port kept getting its bytes
+
+
+def test_fast_ports_cannot_change_under_a_running_vcpu(part):
+    """Regression: fast ports could be added and removed under a running vCPU, whose C run loop
+    reads the port table."""
+    part.memory.write(0x100000, assemble("jmp .", origin=0x100000))
+    part.create_vcpu(mode="long", entry=0x100000)
+    port = part.add_buffered_port(0x2F8, lambda data: None)
+    runner, _ = run_in_background(part, lambda: pytest.raises(pyhv.Timeout, part.run, 2))
+    with pytest.raises(pyhv.StateError):
+        part.remove_handler(port)
+    with pytest.raises(pyhv.StateError):
+        part.add_constant_port(0x2FD, 0x60)
+    runner.join()
+    part.remove_handler(port)                 # fine once nothing runs
+
+
+def test_doorbells_of_a_dropped_partition_are_closed(kvm):
+    """Regression: a partition dropped without close() leaked its doorbells' eventfds."""
+    pyhv.check()
+    before = fd_count()
+    for _ in range(10):
+        part = pyhv.Partition(memory="1M")
+        part.add_doorbell(0x600, 4, io=True)
+        del part
+    gc.collect()
+    assert fd_count() == before
+
+
+def test_debug_exit_code_of_a_large_value(part):
+    """Regression: the debug-exit code (V << 1) | 1 of a 32-bit V overflowed."""
+    part.memory.write(0x100000, assemble("mov $0x80000001, %eax\nout %eax, $0xf4",
+                                         origin=0x100000))
+    part.create_vcpu(mode="long", entry=0x100000)
+    part.add_debug_exit()
+    ex = part.run(timeout=10).exit
+    assert ex.value == 0x80000001 and ex.code == 0x100000003

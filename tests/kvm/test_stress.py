@@ -7,7 +7,6 @@ import os
 import pytest
 
 from pyhv.loaders.samples import sample_images
-from pyhv.testing import assemble
 from pyhv.tools import stress
 
 RSS_TOLERANCE = stress.RSS_TOLERANCE   # a leak of even 1 KiB a cycle would show past it
@@ -38,9 +37,3 @@ def test_corrupt_image_corpus(kvm):
     report = stress.image_corpus(sample_images(), 300, seed=11)
     assert report.images == 300 * len(sample_images())
     assert report.refused > report.images // 2 and report.fds[0] == report.fds[1]
-
-
-@pytest.mark.parametrize("name", sorted(stress.GUEST_SOURCES))
-def test_the_built_in_stress_guests_match_their_sources(name):
-    source = stress.GUEST_SOURCES[name].replace("; ", "\n")
-    assert getattr(stress, name) == assemble(source, origin=0x1000)

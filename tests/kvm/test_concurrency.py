@@ -12,7 +12,7 @@ from pyhv import exits
 from pyhv.testing import assemble
 from pyhv.tools import stress
 
-from .conftest import guest_code
+from ..conftest import guest_code
 
 GENEROUS = 10.0   # bounds that only a hang would cross; not speed targets
 
@@ -112,3 +112,14 @@ def test_run_all_stops_a_vcpu_that_had_not_started_when_the_machine_ended(part, 
     assert isinstance(results[1].exit, exits.Canceled)
     monkeypatch.undo()
     assert isinstance(first.run(timeout=10), exits.Halt)   # no cancel left behind
+
+
+def test_a_machine_end_in_run_all_leaves_no_cancel_behind(part):
+    """Regression: run_all's machine-wide stop canceled vCPUs that were not running, so their
+    next run came back Canceled."""
+    part.memory.write(0x100000, assemble("mov $1, %al\nout %al, $0xf4", origin=0x100000))
+    cpu = part.create_vcpu(mode="long", entry=0x100000)
+    part.add_debug_exit()
+    assert isinstance(part.run_all(timeout=10)[0].exit, exits.DebugExit)
+    cpu.regs.rip = 0x100000
+    assert isinstance(part.run(timeout=10).exit, exits.DebugExit)     # not Canceled

@@ -9,8 +9,9 @@ import pytest
 
 import pyhv
 from pyhv import PartitionState, exits
+from pyhv.testing import assemble
 
-from .conftest import boot, guest_code, run_in_background
+from ..conftest import boot, guest_code, run_in_background
 
 COUNTER = 0x200000
 
@@ -124,3 +125,53 @@ def test_closing_a_vcpu_whose_run_is_parked_ends_that_run(part):
     assert isinstance(results[0], exits.Canceled) and cpu.closed
     part.resume()
     assert part.vcpus == ()
+
+
+def test_pause_resume_leaves_no_stray_cancel(kvm):
+    """Regression: runs parked by pause() were canceled again and came back Canceled after
+    resume()."""
+    # vCPU 1 sits in a slow handler while pause() waits for it; vCPU 0 parks meanwhile and
+    # must not come back with Canceled after resume()
+    with pyhv.Partition(memory="4M") as part:
+        part.memory.write(0x100000, assemble("1: out %al, $0x80\njmp 1b", origin=0x100000))
+        part.memory.write(0x101000, assemble("jmp .", origin=0x101000))
+        part.create_vcpu(mode="long", entry=0x101000, stack=0x70000)
+        part.create_vcpu(mode="long", entry=0x100000, stack=0x60000)
+        part.add_io_handler(0x80, write=lambda *a: time.sleep(0.2))
+        results = []
+        runner = threading.Thread(target=lambda: results.append(
+            pytest.raises(pyhv.Timeout, part.run_all, 2.0)))
+        runner.start()
+        time.sleep(0.3)
+        part.pause()
+        time.sleep(0.2)
+        part.resume()
+        runner.join(10)
+        assert results                        # ended by its timeout, not by a stray cancel
+
+
+def test_closing_a_paused_partition_ends_its_parked_runs(kvm):
+    """Regression: close() left the runs parked by pause() waiting."""
+    part = pyhv.Partition(memory="4M")
+    part.memory.write(0x100000, assemble("jmp .", origin=0x100000))
+    part.create_vcpu(mode="long", entry=0x100000)
+    runner, results = run_in_background(part, lambda: part.run(timeout=30))
+    part.pause()
+    started = time.monotonic()
+    part.close()
+    runner.join(10)
+    assert time.monotonic() - started < 5 and not runner.is_alive()
+    assert isinstance(results[0].exit, exits.Canceled)
+
+
+def test_stop_during_a_pause_takes_effect_on_resume(kvm):
+    """Regression: a stop() made while the partition was paused was lost at resume()."""
+    with pyhv.Partition(memory="4M") as part:
+        part.memory.write(0x100000, assemble("jmp .", origin=0x100000))
+        part.create_vcpu(mode="long", entry=0x100000)
+        runner, results = run_in_background(part, lambda: part.run(timeout=30))
+        part.pause()
+        part.stop()
+        part.resume()
+        runner.join(10)
+        assert isinstance(results[0].exit, exits.Canceled)

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import pyhv
-from pyhv import exits
+from pyhv import devices, exits
 from pyhv._native.binding import ffi, lib
 from pyhv.snapshot import MAGIC
 from pyhv.testing import assemble
 from pyhv.x86.setup import DEFAULT_SETUP_BASE, SYSCALL_STUB
 
-from .conftest import boot, guest_code, native_vcpu, native_vm
+from ..conftest import boot, guest_code, native_vcpu, native_vm
 
 HALFWAY = 80
 
@@ -86,9 +86,9 @@ def test_snapshot_survives_a_file_and_another_process(part, tmp_path):
     assert path.stat().st_size < 128 * 1024       # 16 MiB of RAM, stored sparsely
     script = textwrap.dedent(f"""
         import json, sys
-        sys.path.insert(0, {os.path.dirname(os.path.dirname(__file__))!r})
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
         import pyhv
-        from tests.test_snapshots import run_on
+        from tests.kvm.test_snapshots import run_on
         part = pyhv.Partition.from_snapshot(pyhv.Snapshot.load({str(path)!r}))
         print(json.dumps(run_on(part.vcpus[0])))
     """)
@@ -520,3 +520,36 @@ def test_restore_ends_a_string_instruction_with_a_huge_count(kvm):
         part.restore(snap)                       # used to fail with EBUSY
         assert part.memory.read(0, 16 << 20) == before
         assert isinstance(cpu.run(timeout=10), exits.Halt)
+
+
+def test_hardening_and_device_state_survive_snapshots(kvm):
+    """Regression: snapshots lost hardened=True, and devices attached to a partition made from a
+    snapshot did not take their saved state."""
+    with pyhv.Partition(memory="4M", hardened=True) as part:
+        part.memory.write(0x1000, b"\xf4")
+        part.create_vcpu(mode="long", entry=0x1000)
+        rtc = part.attach(devices.Rtc())
+        rtc.cmos[0x40] = 0x5A
+        template = part.snapshot()
+    assert template.hardened
+    with pyhv.PartitionPool(template, size=1, setup=lambda p: p.attach(devices.Rtc())) as pool:
+        with pool.lease() as guest:
+            assert guest.hardened and guest.devices["rtc"].cmos[0x40] == 0x5A
+
+
+def test_snapshot_file_claiming_a_huge_slot_is_refused(part, tmp_path):
+    """Regression: a snapshot file could claim a slot of any size, which load() tried to map."""
+    import hashlib
+    import json
+    part.memory.write(0x1000, b"\xf4")
+    part.create_vcpu(mode="long", entry=0x1000)
+    part.snapshot().save(tmp_path / "s")
+    raw = (tmp_path / "s").read_bytes()
+    length = struct.unpack_from("<I", raw, 12)[0]
+    header = json.loads(raw[16:16 + length])
+    header["slots"][0]["size"] = 1 << 50
+    blob = json.dumps(header).encode()
+    body = raw[:12] + struct.pack("<I", len(blob)) + blob + raw[16 + length:-32]
+    (tmp_path / "huge").write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(pyhv.SnapshotFormatError, match="implausible slot"):
+        pyhv.Snapshot.load(tmp_path / "huge")

@@ -14,8 +14,8 @@ from pyhv import devices, exits, loaders
 from pyhv.loaders import layout, multiboot
 from pyhv.loaders.samples import sample_images
 
-from .conftest import fd_count
-from .images import build_multiboot, link_elf
+from ..conftest import fd_count
+from ..images import build_multiboot, link_elf
 
 
 def boot_multiboot(path, memory="32M", **load) -> tuple[pyhv.RunResult, str, pyhv.Partition]:
@@ -301,3 +301,16 @@ def test_loaders_parse_check_and_map_once(kvm, monkeypatch):
         calls.update(map=0)
         loaders.load(part, images["multiboot"])
         assert calls["map"] == 1
+
+
+def test_loaders_check_the_boot_data_area_before_writing(kvm, tmp_path):
+    """Regression: loaders wrote the image before finding that the boot data area was not RAM."""
+    from pyhv.loaders.samples import sample_images
+    with pyhv.Partition() as part:             # RAM only from 1 MiB: no boot data area
+        part.map_memory(0x100000, 0x4000000)
+        part.memory.fill(0x100000, 0x4000000, 0xA5)    # so zeros written would show too
+        pristine = part.memory.read(0x100000, 0x4000000)   # all RAM: linux/pvh load at 16 MiB
+        for fmt in ("multiboot", "linux", "pvh"):
+            with pytest.raises(pyhv.ImageFormatError, match="boot data area"):
+                pyhv.loaders.load(part, sample_images()[fmt], "linux" if fmt == "pvh" else fmt)
+            assert part.memory.read(0x100000, 0x4000000) == pristine, fmt

@@ -12,7 +12,7 @@ import pytest
 import pyhv
 from pyhv import exits
 
-from .conftest import boot
+from ..conftest import boot
 
 GENEROUS = 5.0   # an upper bound that only a hang would cross; not a speed target
 
@@ -233,3 +233,24 @@ def test_run_refuses_a_vcpu_of_another_partition(part, kvm):
         foreign = other.create_vcpu(mode="real", entry=0x1000)
         with pytest.raises(pyhv.InvalidArgument):
             part.run(vcpu=foreign)
+
+
+def test_timeouts_work_in_a_forked_child(part):
+    """Regression: a forked child kept its parent's thread id and timer, so its run timeouts
+    never fired."""
+    part.memory.write(0x1000, b"\xf4")
+    part.create_vcpu(mode="real", entry=0x1000).run(timeout=5)       # this thread's timer
+    pid = os.fork()
+    if pid == 0:                                                       # the child
+        try:
+            with pyhv.Partition(memory="1M") as child:
+                child.memory.write(0x1000, b"\xeb\xfe")
+                try:
+                    child.create_vcpu(mode="real", entry=0x1000).run(timeout=0.2)
+                except pyhv.Timeout:
+                    os._exit(0)
+            os._exit(2)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

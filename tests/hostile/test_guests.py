@@ -9,7 +9,7 @@ import pyhv
 from pyhv import exits
 from pyhv.testing import assemble
 
-from .conftest import fd_count
+from ..conftest import fd_count
 
 BOUND = 2.0        # seconds any single hostile run may take before it counts as a timeout
 

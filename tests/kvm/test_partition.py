@@ -11,7 +11,7 @@ import pytest
 import pyhv
 from pyhv import exits
 
-from .conftest import boot, fd_count
+from ..conftest import boot, fd_count
 
 
 def test_many_partitions_created_and_closed_leave_no_fds(kvm):
@@ -153,3 +153,15 @@ def test_a_pool_closes_a_partition_whose_restore_was_interrupted(kvm, monkeypatc
         with pytest.raises(KeyboardInterrupt):
             pool.release(part)
         assert part.closed                  # not left half restored, outside the pool
+
+
+def test_a_closed_vcpu_leaves_the_partition(part):
+    """Regression: a closed vCPU stayed in Partition.vcpus (and snapshot() failed on it with
+    ClosedError)."""
+    part.memory.write(0x1000, b"\xf4")
+    first = part.create_vcpu(mode="real", entry=0x1000)
+    second = part.create_vcpu(mode="real", entry=0x1000)
+    first.close()
+    assert part.vcpus == (second,)
+    part.snapshot()                           # no ClosedError from the closed one
+    part.stop()

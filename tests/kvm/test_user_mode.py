@@ -9,14 +9,10 @@ from pyhv import exits
 from pyhv.testing import assemble
 from pyhv.x86.setup import (
     ERROR_CODE_VECTORS,
-    STUB16,
-    STUB32,
-    STUB64,
-    SYSCALL_ENTRY,
     USER_CODE64_SELECTOR,
 )
 
-from .conftest import guest_code
+from ..conftest import guest_code
 
 PAYLOAD = 0x100000
 
@@ -24,15 +20,6 @@ PAYLOAD = 0x100000
 def load_user(part: pyhv.Partition, name: str, **kwargs) -> pyhv.VCpu:
     part.memory.write(PAYLOAD, guest_code(name, "long", origin=PAYLOAD))
     return part.create_vcpu(mode="user", entry=PAYLOAD, **kwargs)
-
-
-def test_stub_bytes_are_the_instructions_they_claim():
-    assert STUB64 == (assemble("hlt; iretq"), assemble("hlt; add $8, %rsp; iretq"))
-    ret32 = "pushl 8(%esp); popfl; ret $8"
-    assert STUB32 == (assemble(f"hlt; {ret32}", bits=32),
-                      assemble(f"hlt; add $4, %esp; {ret32}", bits=32))
-    assert STUB16 == assemble("hlt; iret", bits=16)
-    assert SYSCALL_ENTRY == assemble("hlt; sysretq")
 
 
 def test_payload_runs_at_cpl3_and_its_syscalls_reach_python(part):

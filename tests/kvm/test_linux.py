@@ -17,7 +17,7 @@ import pyhv
 import pyhv.loaders.linux
 from pyhv import devices, exits, loaders
 
-from .images import CACHE, debian_kernel, fetch_busybox, newc_cpio
+from ..images import CACHE, debian_kernel, fetch_busybox, newc_cpio
 
 CMDLINE = "earlyprintk=serial,ttyS0,115200 console=ttyS0 nokaslr"
 

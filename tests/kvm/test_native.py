@@ -18,7 +18,7 @@ from pyhv._native.structs import cpuid_to_c, sregs_to_c
 from pyhv.testing import assemble
 from pyhv.x86.cpuid import for_vcpu
 
-from .conftest import fd_count, native_vcpu, native_vm
+from ..conftest import fd_count, native_vcpu, native_vm
 
 
 def handle(cpu):

@@ -6,21 +6,8 @@ import pytest
 
 import pyhv
 from pyhv import exits
-from pyhv.core.memory import parse_size
 
-from .conftest import fd_count
-
-
-@pytest.mark.parametrize("text, size", [("64K", 65536), ("16M", 16 << 20), ("1G", 1 << 30),
-                                         ("2MiB", 2 << 20), ("4096", 4096), (8192, 8192)])
-def test_parse_size(text, size):
-    assert parse_size(text) == size
-
-
-@pytest.mark.parametrize("bad", ["16X", "", "-1M", 1.5, None, True])
-def test_parse_size_refuses(bad):
-    with pytest.raises(pyhv.InvalidArgument):
-        parse_size(bad)
+from ..conftest import fd_count
 
 
 def test_read_write_and_typed_access(part):

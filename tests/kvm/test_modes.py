@@ -17,7 +17,7 @@ from pyhv.x86.setup import (
     region_size,
 )
 
-from .conftest import boot
+from ..conftest import boot
 
 
 def outs(cpu: pyhv.VCpu, timeout: float = 10.0) -> tuple[list[int], pyhv.exits.Exit]:

@@ -10,7 +10,7 @@ import pyhv
 from pyhv import exits
 from pyhv.x86.registers import GENERAL_REGISTERS
 
-from .conftest import boot
+from ..conftest import boot
 
 CHANGED_BY_GUEST = [n for n in GENERAL_REGISTERS if n not in ("rsp", "rip", "rflags")]
 

@@ -7,7 +7,7 @@ import pytest
 import pyhv
 from pyhv import exits
 
-from .conftest import boot
+from ..conftest import boot
 
 
 def test_io_in_completion_in_every_mode(kvm):
