@@ -1,4 +1,4 @@
-"""The ``pyhv`` command: ``pyhv doctor`` and ``pyhv demo``."""
+"""The ``pyhv`` command: ``doctor``, ``demo``, ``run`` (in :mod:`pyhv.tools.run`) and ``stress``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 
 from ..errors import HypervisorError, HypervisorUnavailable
 from ..version import __version__
+from . import run as run_command
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -81,85 +81,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result.halted and outcome.output.startswith(b"Hello") else 1
 
 
-RUN_EPILOG = """exit status:
-  (V << 1) | 1   the guest wrote V to the debug-exit port (QEMU's isa-debug-exit; low 8 bits)
-  0              the guest halted, or reset the machine (i8042)
-  2              the guest triple-faulted (shutdown)
-  3              the guest stopped on an exit pyhv could not handle (internal error, ...)
-  124            the timeout passed
-  1              pyhv could not run the image (bad image or arguments, no KVM)
-"""
-
-
-def _int(text: str) -> int:
-    return int(text, 0)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from .. import devices, exits, loaders
-    from ..errors import Timeout
-    from ..partition import Partition
-
-    serial_file = None
-    sink: Callable[[bytes], object]
-    try:
-        if args.serial == "stdio":
-            def sink(data: bytes) -> None:
-                sys.stdout.buffer.write(data)
-                sys.stdout.buffer.flush()
-        elif args.serial.startswith("file:"):
-            serial_file = open(args.serial[5:], "wb")   # noqa: SIM115 - closed below
-            sink = serial_file.write
-        elif args.serial == "none":
-            def sink(data: bytes) -> None:
-                pass
-        else:
-            raise HypervisorError(f"--serial {args.serial!r}: use stdio, file:PATH or none")
-        data, name = loaders.read_image(args.image)
-        kind = loaders.detect(data) if args.format == "auto" else args.format
-        irqchip = args.irqchip if args.irqchip is not None else (
-            kind == "linux" or args.cpus > 1)
-        if args.cpus > 1 and not irqchip:
-            raise HypervisorError("--cpus above 1 needs the in-kernel irqchip (no --no-irqchip)")
-        with Partition(memory=args.memory, irqchip=irqchip, pit=irqchip) as part:
-            part.ignore_unclaimed_ports()
-            part.attach(devices.Uart16550(sink))
-            part.attach(devices.I8042())
-            part.attach(devices.Rtc())
-            part.attach(devices.FwCfg(cpus=args.cpus))
-            if args.debug_exit:
-                part.attach(devices.IsaDebugExit(args.debug_exit))
-            image = loaders.load(part, data, kind, name=name,   # the file is read once
-                                 cmdline=args.append, initrd=args.initrd,
-                                 address=args.address, mode=args.mode)
-            image.create_vcpu(part)
-            for _ in range(args.cpus - 1):     # application processors wait for a SIPI
-                part.create_vcpu(mode="real", entry=0, stack=0x1000)
-            try:
-                results = part.run_all(timeout=args.timeout) if args.cpus > 1 else [
-                    part.run(timeout=args.timeout)]
-            except Timeout:
-                print(f"pyhv run: timeout after {args.timeout:g} s", file=sys.stderr)
-                return 124
-        final = next((r.exit for r in results if not isinstance(r.exit, exits.Canceled)),
-                     results[0].exit)
-        if isinstance(final, exits.DebugExit):
-            return final.code & 0xFF
-        if isinstance(final, (exits.Halt, exits.Reset)):
-            return 0
-        if isinstance(final, exits.Shutdown):
-            print("pyhv run: the guest triple-faulted", file=sys.stderr)
-            return 2
-        print(f"pyhv run: the guest stopped on {final!r}", file=sys.stderr)
-        return 3
-    except HypervisorError as exc:
-        print(f"pyhv run: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if serial_file is not None:
-            serial_file.close()
-
-
 def _stress(args: argparse.Namespace) -> int:
     from . import stress
 
@@ -209,30 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     run = sub.add_parser(
         "run", help="boot a guest image (flat, ELF, multiboot, Linux)",
-        description="Boot IMAGE with a 16550 UART on COM1, an i8042, a CMOS clock, fw_cfg and "
-        "the debug-exit port; flags are spelled like QEMU's where they mean the same.",
-        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("image", help="the guest image")
-    run.add_argument("--format", choices=("auto", "flat", "elf", "multiboot", "linux"),
-                     default="auto", help="image format (default: detect, like QEMU -kernel)")
-    run.add_argument("--memory", "-m", default="64M", help="guest RAM (default 64M)")
-    run.add_argument("--cpus", "-smp", type=int, default=1, help="vCPUs (default 1)")
-    run.add_argument("--append", default="", help="kernel command line")
-    run.add_argument("--initrd", help="initial ramdisk / first multiboot module")
-    run.add_argument("--serial", default="stdio",
-                     help="COM1 output: stdio (default), file:PATH or none")
-    run.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
-    run.add_argument("--debug-exit", type=_int, default=0xF4, metavar="PORT",
-                     help="isa-debug-exit port (default 0xf4; 0 for none)")
-    run.add_argument("--address", type=_int, default=None,
-                     help="flat images: load and entry address (default 0x100000)")
-    run.add_argument("--mode", choices=("real", "protected", "long", "user"), default="long",
-                     help="flat images: the mode to enter them in (default long)")
-    chip = run.add_mutually_exclusive_group()
-    chip.add_argument("--irqchip", dest="irqchip", action="store_true", default=None,
-                      help="in-kernel PIC/IOAPIC/LAPIC and PIT (default: for Linux or SMP)")
-    chip.add_argument("--no-irqchip", dest="irqchip", action="store_false")
-    run.set_defaults(func=_run)
+        description=run_command.DESCRIPTION, epilog=run_command.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    run_command.add_arguments(run)
+    run.set_defaults(func=run_command.main)
     stress = sub.add_parser(
         "stress", help="long checks: guest-code fuzzing, leak soaks, cancel races, bad images",
         description="The full-size versions of the hostile-input checks the test suite runs "

@@ -12,8 +12,9 @@ import pytest
 
 from pyhv import __version__
 from pyhv.testing import assemble_file
-from pyhv.tools.cli import RUN_EPILOG, build_parser, main
+from pyhv.tools.cli import build_parser, main
 from pyhv.tools.demo import demo_image
+from pyhv.tools.run import EPILOG as RUN_EPILOG
 
 DEMO_SOURCE = Path(__file__).parents[2] / "pyhv" / "guests" / "demo.S"
 
