@@ -2,4 +2,7 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["csrc/ffi_build.py:ffibuilder"])
+# The C core uses only CPython's limited API (cffi builds _core.abi3.so), so one wheel serves
+# every CPython from the oldest supported one (requires-python in pyproject.toml) on.
+setup(cffi_modules=["csrc/ffi_build.py:ffibuilder"],
+      options={"bdist_wheel": {"py_limited_api": "cp310"}})

@@ -17,6 +17,8 @@ run loop, buses, fast paths, lifecycle), then snapshots, devices and loaders, th
 
 from __future__ import annotations
 
+import logging
+
 from . import devices, exits, loaders
 from ._native import Feature
 from .core.buses import EndRun, Handler, Space
@@ -56,6 +58,9 @@ from .snapshot import Snapshot, SnapshotFormatError
 from .version import __version__
 from .x86.cpuid import CpuidEntry
 from .x86.registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
+
+# a library logs, the application decides where it goes (pyhv run -v turns it on)
+logging.getLogger("pyhv").addHandler(logging.NullHandler())
 
 __all__ = [
     "OPTIONAL_FEATURES",

@@ -48,10 +48,13 @@ class ExitContext:
     """What decoding needs besides the record: who completes reads, the RIP when the
     record lacks it, and notes about the backend for error messages."""
 
-    def __init__(self, completer: Any, rip: Callable[[], int], backend_note: str = "") -> None:
+    def __init__(self, completer: Any, rip: Callable[[], int], backend_note: str = "",
+                 code_at: Callable[[int], bool] | None = None) -> None:
         self.completer = completer
         self.rip = rip
         self.backend_note = backend_note
+        # whether guest RAM holds the code at a guest-virtual address (None: not known)
+        self.code_at = code_at
 
 
 def _words(c: Any) -> tuple[int, ...]:
@@ -109,6 +112,12 @@ def _internal(c: Any, ctx: ExitContext) -> Exit:
     text = _INTERNAL_ERRORS.get(c.code, f"suberror {c.code}")
     message = f"KVM internal error at rip={rip:#x}: {text}"
     instruction = failed_instruction(words) if c.code == _EMULATION_FAILURE else b""
+    if c.code == _EMULATION_FAILURE and not instruction and ctx.code_at is not None and \
+            not ctx.code_at(rip):
+        # KVM could not even fetch the instruction: say why, not "could not emulate"
+        message = (f"KVM internal error at rip={rip:#x}: RIP is not in guest RAM (no memory "
+                   "slot holds the code there, or the page tables do not map it)")
+        return InternalError(c.code, words, message, b"", rip=rip)
     if instruction:
         message += f" (bytes at rip: {instruction.hex(' ')})"
         if ctx.backend_note:

@@ -66,7 +66,8 @@ class Lifecycle:
     """
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)   # waits use it; plain updates the lock
         self._slots: list[RunSlot] = []
         self.parked = 0            # runs parked by pause()
         self.paused = False
@@ -80,12 +81,12 @@ class Lifecycle:
     def new_slot(self) -> RunSlot:
         """A slot for a new vCPU."""
         slot = RunSlot()
-        with self._cond:
+        with self._lock:
             self._slots = self._slots + [slot]
         return slot
 
     def drop_slot(self, slot: RunSlot) -> None:
-        with self._cond:
+        with self._lock:
             self._slots = [s for s in self._slots if s is not slot]
 
     @property
@@ -143,7 +144,8 @@ class Lifecycle:
     def wake(self) -> None:
         """Have parked runs look again at why they wait (a vCPU of theirs is closing)."""
         with self._cond:
-            self._cond.notify_all()
+            if self.parked:
+                self._cond.notify_all()
 
     def pause(self, cancel_running: Callable[[], None]) -> None:
         with self._cond:
@@ -201,4 +203,5 @@ class Lifecycle:
         with self._cond:
             self.closed = True
             self._update_blocked()
-            self._cond.notify_all()
+            if self.parked or self.paused:
+                self._cond.notify_all()

@@ -99,7 +99,14 @@ class VcpuRunner:
         self.fd = fd
         self.machine = machine
         self.stubs: Stubs | None = None        # set when the vCPU uses pyhv's stubs
-        self.ctx = ExitContext(fd, lambda: fd.read_register("rip"), machine.backend_note)
+        memory = machine.memory
+
+        def code_at(rip: int) -> bool:
+            gpa = fd.translate(rip)
+            return gpa is not None and memory.is_ram(gpa)
+
+        self.ctx = ExitContext(fd, lambda: fd.read_register("rip"), machine.backend_note,
+                               code_at)
         self._claim = threading.Lock()
         self.slot = machine.life.new_slot()
         self.thread: int | None = None         # the thread running it now

@@ -78,7 +78,8 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
     log.info("%s: loading %d bytes as %s%s", name, len(data), chosen,
              " (detected)" if format == "auto" else "")
     if chosen in ("flat", "elf") and (cmdline or initrd is not None):
-        raise InvalidArgument(f"{name}: a {chosen} image takes no command line or initrd "
+        article = "an" if chosen[0] in "aeiou" else "a"
+        raise InvalidArgument(f"{name}: {article} {chosen} image takes no command line or initrd "
                               "(only multiboot and Linux kernels do)")
     ramdisk = None if initrd is None else read_image(initrd)
     if chosen == "flat":

@@ -127,3 +127,23 @@ def test_a_snapshot_refuses_while_an_exit_waits_for_its_answer(part, tmp_path):
     part.restore(snap)                    # the answer is part of the snapshot
     out = cpu.run(timeout=10)
     assert isinstance(out, exits.IoOut) and out.value == 0x42
+
+
+def test_fetching_code_outside_guest_ram_says_so(part):
+    # mov $0x40000000, %rax; jmp *%rax -- mapped by pyhv's page tables, but no slot there
+    part.memory.write(0x1000, bytes.fromhex("48 b8 00 00 00 40 00 00 00 00 ff e0"))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    ex = cpu.run(timeout=10)
+    assert isinstance(ex, exits.InternalError) and ex.rip == 0x40000000
+    assert "RIP is not in guest RAM" in ex.message and "could not emulate" not in ex.message
+
+
+def test_pyhv_logs_under_its_own_logger(part, caplog):
+    import logging
+    caplog.set_level(logging.DEBUG, logger="pyhv")
+    part.memory.write(0x1000, bytes.fromhex("0f 0b"))           # ud2 at CPL0, no IDT
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    assert any("vCPU 0 created" in r.getMessage() for r in caplog.records)
+    cpu.run(timeout=10)                                          # a triple fault: poisoned
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "poisoned" in warnings[0].getMessage()
