@@ -83,17 +83,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _stress(args: argparse.Namespace) -> int:
     from . import stress
+    from .progress import Progress
 
     if args.what == "fuzz":
-        report = stress.fuzz(args.count, seed=args.seed, timeout=args.timeout)
+        with Progress(args.count, "fuzz") as step:
+            report = stress.fuzz(args.count, seed=args.seed, timeout=args.timeout,
+                                 on_case=lambda *case: step())
         print(report.summary())
         return 0 if report.fds[0] == report.fds[1] else 1
     if args.what == "soak":
         ok = True
         # under AddressSanitizer (PYHV_SANITIZE=1) freed memory sits in its quarantine
         check_rss = not os.environ.get("PYHV_SANITIZE")
-        for run in (stress.soak_lifecycle, stress.soak_snapshots):
-            soak = run(args.count)
+        for name, run in (("soak create/run/destroy", stress.soak_lifecycle),
+                          ("soak snapshot/restore", stress.soak_snapshots)):
+            with Progress(args.count, name) as step:
+                soak = run(args.count, progress=step)
             print(soak.summary())
             ok = ok and soak.fds[0] == soak.fds[1] and (
                 soak.rss_growth < stress.RSS_TOLERANCE or not check_rss)
@@ -105,9 +110,31 @@ def _stress(args: argparse.Namespace) -> int:
         print(f"{args.count} cancels: {canceled} runs canceled, {seen} exits, none lost")
         return 0
     from ..loaders.samples import sample_images
-    images = stress.image_corpus(sample_images(), args.count, seed=args.seed)
+    samples = sample_images()
+    with Progress(args.count * len(samples), "images") as step:
+        images = stress.image_corpus(samples, args.count, seed=args.seed, progress=step)
     print(images.summary())
     return 0 if images.fds[0] == images.fds[1] else 1
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not > 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not > 0")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,11 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The full-size versions of the hostile-input checks the test suite runs "
         "small. Exit status 0 when nothing leaked or broke.")
     stress.add_argument("what", choices=("fuzz", "soak", "races", "images"))
-    stress.add_argument("--count", type=int, default=None,
+    stress.add_argument("--count", type=_positive_int, default=None,
                         help="cases / cycles (defaults: fuzz 10000, soak 10000, races 1000, "
                         "images 2000 per format)")
     stress.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    stress.add_argument("--timeout", type=float, default=0.25,
+    stress.add_argument("--timeout", type=_positive_float, default=0.25,
                         help="fuzz: seconds a random guest may run (default 0.25)")
     stress.set_defaults(func=_stress)
     return parser

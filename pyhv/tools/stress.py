@@ -173,7 +173,8 @@ class SoakReport:
                 f"{self.rss[1] / 2**20:.1f} MiB ({self.rss_growth / 2**20:+.2f})")
 
 
-def _soak(name: str, cycles: int, step: Callable[[], None], warmup: int) -> SoakReport:
+def _soak(name: str, cycles: int, step: Callable[[], None], warmup: int,
+          progress: Callable[[], None] | None = None) -> SoakReport:
     import gc
     for _ in range(warmup):          # let allocator pools and caches settle first
         step()
@@ -182,12 +183,14 @@ def _soak(name: str, cycles: int, step: Callable[[], None], warmup: int) -> Soak
     started = time.monotonic()
     for _ in range(cycles):
         step()
+        if progress is not None:
+            progress()
     gc.collect()
     return SoakReport(name, cycles, (fds, fd_count()), (rss, rss_bytes()),
                       time.monotonic() - started)
 
 
-def soak_lifecycle(cycles: int) -> SoakReport:
+def soak_lifecycle(cycles: int, progress: Callable[[], None] | None = None) -> SoakReport:
     """Create a partition, run a guest that touches memory and does port IO, destroy it."""
     code = SOAK_LIFECYCLE_GUEST
 
@@ -200,10 +203,10 @@ def soak_lifecycle(cycles: int) -> SoakReport:
             if not result.halted:
                 raise HypervisorError(f"soak guest ended on {result.exit!r}")
 
-    return _soak("create/run/destroy", cycles, step, warmup=min(cycles, 50))
+    return _soak("create/run/destroy", cycles, step, warmup=min(cycles, 50), progress=progress)
 
 
-def soak_snapshots(cycles: int) -> SoakReport:
+def soak_snapshots(cycles: int, progress: Callable[[], None] | None = None) -> SoakReport:
     """Snapshot a guest, run it (it dirties memory), restore, on one partition."""
     part = Partition(memory="16M")
     try:
@@ -222,7 +225,8 @@ def soak_snapshots(cycles: int) -> SoakReport:
         base = part.snapshot()       # a new snapshot each cycle: the old one must be freed
 
     try:
-        return _soak("snapshot/restore", cycles, step, warmup=min(cycles, 50))
+        return _soak("snapshot/restore", cycles, step, warmup=min(cycles, 50),
+                     progress=progress)
     finally:
         part.close()
 
@@ -301,7 +305,8 @@ class ImageReport:
                 f"{self.fds[0]} -> {self.fds[1]}")
 
 
-def image_corpus(samples: dict[str, bytes], count: int, seed: int = 0) -> ImageReport:
+def image_corpus(samples: dict[str, bytes], count: int, seed: int = 0,
+                 progress: Callable[[], None] | None = None) -> ImageReport:
     """Feed ``count`` mutations of each sample image (format -> bytes) to its loader: each must
     load or raise :class:`pyhv.ImageFormatError` having written nothing.  Anything else
     propagates."""
@@ -315,6 +320,8 @@ def image_corpus(samples: dict[str, bytes], count: int, seed: int = 0) -> ImageR
         for fmt, sample in samples.items():
             loader = {"elf32": "elf", "pvh": "linux"}.get(fmt, fmt)
             for blob in mutations(sample, rng, count):
+                if progress is not None:
+                    progress()
                 report.images += 1
                 report.by_format[fmt] += 1
                 try:
