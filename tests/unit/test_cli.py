@@ -35,7 +35,7 @@ def parse(*argv: str):
      "argument --no-irqchip: not allowed with argument --irqchip"),
     (["run", "k", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["stress", "nuke"], "argument what: invalid choice: 'nuke'"),
-    (["stress", "fuzz", "--count", "many"], "argument --count: invalid int value: 'many'"),
+    (["stress", "fuzz", "--count", "many"], "argument --count: 'many' is not a whole number"),
     (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
