@@ -36,6 +36,8 @@ def parse(*argv: str):
     (["run", "k", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["stress", "nuke"], "argument what: invalid choice: 'nuke'"),
     (["stress", "fuzz", "--count", "many"], "argument --count: 'many' is not a whole number"),
+    (["stress", "fuzz", "--count", "-5"], "argument --count: -5 is not > 0"),
+    (["stress", "soak", "--count", "0"], "argument --count: 0 is not > 0"),
     (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ])
