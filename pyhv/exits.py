@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from .errors import HandlerError, StaleExitError
 
@@ -512,7 +512,10 @@ class Unknown(Exit):
     data: tuple[int, ...] = ()
 
 
-def fast_constructor(cls: type[Exit]) -> Callable[..., Any]:
+E = TypeVar("E", bound="Exit")
+
+
+def fast_constructor(cls: type[E]) -> Callable[..., E]:
     """A function that builds a ``cls`` from all its field values, in field order (keyword-only
     ones included), for decoders on the hot path: a frozen dataclass's ``__init__`` sets each
     field through ``object.__setattr__``; this sets the slots directly.  The result is the
@@ -531,5 +534,5 @@ def fast_constructor(cls: type[Exit]) -> Callable[..., Any]:
         lines.append(f"    set_{name}(obj, {name})")
     lines.append("    return obj")
     exec("\n".join(lines), namespace)       # noqa: S102 - code built from field names above
-    make: Callable[..., Any] = namespace["make"]
+    make: Callable[..., E] = namespace["make"]
     return make

@@ -109,7 +109,8 @@ class HostMapping:
 
     def read(self, offset: int, length: int) -> bytes:
         """Bytes at ``offset`` (the caller checked the range)."""
-        return ffi.buffer(self.pointer + offset, length)[:]
+        data: bytes = ffi.buffer(self.pointer + offset, length)[:]
+        return data
 
     def write(self, offset: int, data: Any) -> None:
         """Copy ``data`` (bytes-like) to ``offset`` (the caller checked the range)."""

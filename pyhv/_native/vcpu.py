@@ -204,7 +204,8 @@ class VcpuFd:
     def io_bytes(self) -> bytes:
         """The data of the current IO exit (size * count bytes, bounded by the C core)."""
         c = self.record
-        return ffi.buffer(c.io_data, c.io_size * c.io_count)[:]
+        data: bytes = ffi.buffer(c.io_data, c.io_size * c.io_count)[:]
+        return data
 
     def complete_read(self, seq: int, value: Any, size: int, count: int, what: str) -> None:
         """Answer the IN / MMIO read of run ``seq`` with ``value`` (see encode_answer)."""
@@ -373,7 +374,8 @@ class VcpuFd:
         state = ffi.new("struct pyhv_vcpu_state *")
         check_rc(lib.pyhv_vcpu_save_state(self._handle(), msrs, len(msrs), optional, state),
                  f"saving vCPU {self.id}")
-        return ffi.buffer(state)[:]
+        blob: bytes = ffi.buffer(state)[:]
+        return blob
 
     def load_state(self, blob: bytes) -> None:
         state = ffi.from_buffer("struct pyhv_vcpu_state *", blob)

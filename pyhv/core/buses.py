@@ -161,6 +161,7 @@ def sink_writer(sink: Any) -> OutputSink:
     write = sink.write if hasattr(sink, "write") else sink
     if not callable(write):
         raise InvalidArgument(f"sink {sink!r} is neither callable nor a stream")
-    return write
+    writer: OutputSink = write
+    return writer
 
 

@@ -218,10 +218,11 @@ class VcpuRunner:
             while True:
                 rc = enter(deadline)
                 if rc == RUN_SINGLE_OUT:
-                    exit = _new_io_out(c.rip if c.rip_valid else None, c.io_port, c.io_size,
-                                       c.io_value.to_bytes(c.io_size, "little"), 1)
-                    self.last_exit = exit
-                    return exit
+                    out: Exit = _new_io_out(c.rip if c.rip_valid else None, c.io_port,
+                                            c.io_size, c.io_value.to_bytes(c.io_size, "little"),
+                                            1)
+                    self.last_exit = out
+                    return out
                 if rc < 0:
                     raise KvmError(-rc, f"KVM_RUN on vCPU {self.fd.id}")
                 if rc & RUN_BULK:

@@ -14,11 +14,11 @@
 :meth:`Snapshot.load`); :mod:`pyhv.snapshot.persist` puts the parts' own states together.
 """
 
+from .._native.vcpu import STATE_SIZE
 from .format import (
     FORMAT_MAJOR,
     FORMAT_MINOR,
     MAGIC,
-    STATE_SIZE,
     Snapshot,
     SnapshotFormatError,
     VcpuImage,

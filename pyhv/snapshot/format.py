@@ -152,7 +152,7 @@ class _Reader:
         return SnapshotFormatError(f"{self.name}: {why}")
 
     def take(self, n: int) -> bytes:
-        data = self.f.read(n)
+        data: bytes = self.f.read(n)
         if len(data) != n:
             raise self.fail("truncated")
         self.digest.update(data)
