@@ -248,12 +248,12 @@ class Partition(SnapshotApi, HandlerRegistration):
     def set_irq(self, line: int, level: bool) -> None:
         """Drive interrupt ``line`` (ISA IRQ 0-15 on the PIC, or an IOAPIC pin up to 23) of
         the in-kernel irqchip high or low.  Safe from any thread."""
+        self._require_open()
         if not self.irqchip:
             raise StateError("set_irq needs a partition made with irqchip=True")
         line = as_int("line", line)
         if not 0 <= line < 24:
             raise InvalidArgument(f"interrupt line {line} is not 0..23")
-        self._require_open()
         self._vm.irq_line(line, level)
 
     def pulse_irq(self, line: int) -> None:
@@ -337,6 +337,7 @@ class Partition(SnapshotApi, HandlerRegistration):
         An exit that ends the whole machine (debug-exit, reset, shutdown, a system event), or
         one nobody handled, on one vCPU stops the others too (their results are ``Canceled``).
         """
+        self._require_open()
         return run_all(list(self._machine.vcpus), self._machine, validate_timeout(timeout))
 
     def stop(self) -> None:

@@ -426,6 +426,7 @@ class GuestMemory:
     def dirty_pages(self, slot: MemorySlot) -> list[int]:
         """GPAs of the pages of ``slot`` the guest wrote since the last call (see
         :meth:`pyhv.Partition.dirty_pages`)."""
+        self._require_open()
         if slot not in self._slots:
             raise InvalidArgument(f"{slot} is not a slot of this partition")
         if not slot.dirty_log:

@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except HypervisorError as exc:     # e.g. no usable /dev/kvm for `pyhv stress`
         print(f"pyhv {args.command}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"pyhv {args.command}: interrupted", file=sys.stderr)
+        return 130     # 128 + SIGINT, what a shell reports for a tool stopped by Ctrl-C
     except BrokenPipeError:
         # `pyhv doctor | head`: the reader left; say nothing more, as other Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -147,3 +147,66 @@ def test_pyhv_logs_under_its_own_logger(part, caplog):
     cpu.run(timeout=10)                                          # a triple fault: poisoned
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "poisoned" in warnings[0].getMessage()
+
+
+def test_every_operation_on_a_closed_partition_or_vcpu_is_a_closed_error(kvm):
+    part = pyhv.Partition(memory="2M")
+    slot = part.memory.slots[0]
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    snap = part.snapshot()
+    part.close()
+    refused = {
+        "memory.read": lambda: part.memory.read(0, 1),
+        "memory.write": lambda: part.memory.write(0, b"x"),
+        "memory.fill": lambda: part.memory.fill(0, 1),
+        "map_memory": lambda: part.map_memory(0x400000, 0x1000),
+        "unmap_memory": lambda: part.unmap_memory(slot),
+        "dirty_pages": lambda: part.dirty_pages(slot),
+        "create_vcpu": lambda: part.create_vcpu(mode="real", entry=0x1000),
+        "add_io_handler": lambda: part.add_io_handler(0x60, read=lambda p, s: 0),
+        "add_mmio_handler": lambda: part.add_mmio_handler(0xD0000000, 4, read=lambda a, s: 0),
+        "add_buffered_port": lambda: part.add_buffered_port(0x3F8, print),
+        "add_debug_exit": lambda: part.add_debug_exit(),
+        "add_doorbell": lambda: part.add_doorbell(0x600, io=True),
+        "attach": lambda: part.attach(pyhv.devices.Rtc()),
+        "set_irq": lambda: pyhv.Partition.set_irq(part, 4, True),
+        "snapshot": part.snapshot,
+        "restore": lambda: part.restore(snap),
+        "pause": part.pause,
+        "run": part.run,
+        "run_all": part.run_all,
+        "cpu.run": cpu.run,
+        "cpu.regs": lambda: cpu.regs.rax,
+        "cpu.sregs": lambda: cpu.sregs.cr0,
+        "cpu.get_msrs": lambda: cpu.get_msrs([0x10]),
+        "cpu.cancel": cpu.cancel,
+        "cpu.stats": lambda: cpu.stats,
+    }
+    wrong = {}
+    for name, operation in refused.items():
+        try:
+            operation()
+        except pyhv.ClosedError:
+            continue
+        except Exception as exc:                 # noqa: BLE001 - reported below
+            wrong[name] = repr(exc)
+        else:
+            wrong[name] = "no error"
+    assert not wrong, wrong
+    part.close()                                  # still idempotent
+    cpu.close()
+
+
+def test_ctrl_c_during_a_long_command_exits_130_without_a_traceback(kvm):
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "pyhv", "stress", "fuzz", "--count",
+                             "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(3)                                  # well into the fuzz loop
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and "interrupted" in err
