@@ -458,7 +458,7 @@ def describe_host() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
     return (f"pyhv {pyhv.__version__}; backend {caps.backend} "
-            f"({'hardware' if caps.hardware else 'software'} KVM); {cpu}; "
+            f"({caps.kind} KVM); {cpu}; "
             f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
 
 

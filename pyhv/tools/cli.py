@@ -13,9 +13,10 @@ from . import run as run_command
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from ..core.hypervisor import check
+    from ..core.hypervisor import check, default
     from ..exits import Halt
     from ..partition import Partition
+    from . import doctor
 
     try:
         caps = check(args.device)
@@ -42,6 +43,16 @@ def _doctor(args: argparse.Namespace) -> int:
             print(f"\nsmoke test: FAILED (expected a halt, got {exit!r})")
             return 1
         print(f"\nsmoke test: ok (a long-mode guest ran to `hlt` in {took:.1f} ms)")
+        try:
+            speed = doctor.measure()
+            features = doctor.feature_lines(default())
+        except HypervisorError as exc:
+            print(f"\nmeasurements: FAILED ({exc})")
+            return 1
+        print("\nspeed (measured here, best of 3):")
+        print("\n".join(speed.lines()))
+        print("features (probed by running guests):")
+        print("\n".join(features))
     print("\nREADY")
     return 0
 
@@ -56,7 +67,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"pyhv demo: KVM is not usable: {exc.strerror}", file=sys.stderr)
         return 1
     print(f"pyhv {__version__} on {caps.backend} "
-          f"({'hardware' if caps.hardware else 'software'} KVM): running the built-in demo "
+          f"({caps.kind} KVM): running the built-in demo "
           "guest (long mode, 2 MiB RAM)")
     at_line_start = [True]
 
@@ -116,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyhv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = sub.add_parser("doctor", help="check KVM: backend, API version, capabilities",
-                            description="Report the KVM backend (hardware or kvm_pvm) and what "
-                            "that means for speed, the API version and the capabilities pyhv "
-                            "uses, then run a one-instruction guest. Exit status 0 when pyhv "
-                            "can run guests here, 1 otherwise.")
+                            description="Report the KVM backend (hardware or kvm_pvm), the API "
+                            "version and the capabilities pyhv uses, run a one-instruction "
+                            "guest, then measure what guests cost here (compute at CPL3 and "
+                            "CPL0, exits) and probe features whose behaviour differs between "
+                            "backends. Exit status 0 when pyhv can run guests here, 1 "
+                            "otherwise.")
     doctor.add_argument("--device", help="KVM device to check (default /dev/kvm); skips the "
-                        "guest smoke test")
+                        "guest smoke test and the measurements")
     doctor.set_defaults(func=_doctor)
     demo = sub.add_parser("demo", help="run the built-in demo guest",
                           description="Run a built-in long-mode guest (pyhv/guests/demo.S) that "
