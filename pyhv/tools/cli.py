@@ -114,6 +114,9 @@ def _stress(args: argparse.Namespace) -> int:
     if args.what == "races":
         seen, canceled = stress.cancel_races(args.count, seed=args.seed)
         print(f"{args.count} cancels: {canceled} runs canceled, {seen} exits, none lost")
+        if args.count and not canceled:      # cancels are sticky: at least one must land
+            print("no cancel stopped a run: cancel does not work", file=sys.stderr)
+            return 1
         return 0
     from ..loaders.samples import sample_images
     images = stress.image_corpus(sample_images(), args.count, seed=args.seed)

@@ -178,11 +178,3 @@ def test_coalesced_ring_overflow_keeps_order(kvm):
         assert part.run(timeout=60).halted
         assert writes == list(range(3000))
         assert 0 < cpu.stats.mmio_write < 3000        # some exited, most were queued
-
-
-@pytest.mark.parametrize("mode, bits", [("real", 16), ("protected", 32), ("user", 64)])
-def test_random_code_in_every_mode_is_contained(mode, bits):
-    from pyhv.tools import stress
-    report = stress.fuzz(60, seed=bits, modes=(mode,), timeout=0.1)
-    assert report.cases == 60 and sum(report.exits.values()) == 60
-    assert report.longest < BOUND and report.fds[0] == report.fds[1]

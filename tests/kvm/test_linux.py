@@ -55,6 +55,7 @@ def vmlinux() -> bytes:
     kernel = debian_kernel()
     cached = CACHE / f"vmlinux-{kernel.name.removeprefix('vmlinuz-')}"
     if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)    # PYHV_TEST_KERNEL: maybe no cache
         cached.write_bytes(pyhv.loaders.linux.extract_vmlinux(kernel.read_bytes(), kernel.name))
     return cached.read_bytes()
 
