@@ -1,10 +1,12 @@
 """Linux from Debian's own kernel package: the bzImage boot protocol and the PVH entry of the
 vmlinux inside it, checked as far as this host lets a stock kernel get.
 
-On kvm_pvm ring-0 code is emulated one instruction at a time and a stock kernel stops at its
-int3 self-test (~50 s in), so these tests look for the earliest console lines each path
-reaches (the decompressor's first words for the bzImage, the kernel's banner for PVH) within a
-bounded time.  The full boot to a busybox init needs hardware KVM and is skipped elsewhere.
+On kvm_pvm ring-0 code is emulated one instruction at a time, and the emulator cannot do
+``lock cmpxchg16b``: a stock kernel stops there with an emulation failure about 35 s into its
+boot (kernel time, just after its "Memory:" line; measured with this kernel on PVH), so these
+tests look for the earliest console lines each path reaches (the decompressor's first words
+for the bzImage, the kernel's banner for PVH) within a bounded time.  The full boot to a
+busybox init needs hardware KVM and is skipped elsewhere.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ def test_vmlinux_boots_through_pvh_to_the_banner(kvm):
 def test_full_boot_to_a_busybox_init(kvm):
     caps = pyhv.check()
     if not caps.hardware:
-        pytest.skip(f"{caps.backend} emulates ring-0 code and a stock kernel stops at its int3 "
-                    "self-test (~50 s in): a full boot needs hardware KVM")
+        pytest.skip(f"{caps.backend} emulates ring-0 code and cannot emulate `lock "
+                    "cmpxchg16b`, where a stock kernel stops ~35 s into its boot: a full boot "
+                    "needs hardware KVM")
     busybox = fetch_busybox().read_bytes()
     init = b"#!/bin/busybox sh\n/bin/busybox echo PYHV-INIT-MARKER\n/bin/busybox reboot -f\n"
     initrd = newc_cpio({"bin": (0o40755, b""), "bin/busybox": (0o100755, busybox),
