@@ -14,6 +14,8 @@ from pyhv.core import probes
 from pyhv.core.hypervisor import Hypervisor
 from pyhv.tools.cli import main
 
+from ..conftest import fd_count
+
 
 def pyhv_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pyhv", *args], capture_output=True,
@@ -151,3 +153,12 @@ def test_output_into_a_closed_pipe_ends_quietly(kvm):
         os.close(write_end)
     assert proc.returncode == 141, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_doctor_of_a_named_device_runs_its_guests_on_that_device(kvm, capsys):
+    pyhv.check()
+    fds = fd_count()
+    assert main(["doctor", "--device", "/dev/kvm"]) == 0
+    out = capsys.readouterr().out
+    assert "smoke test: ok" in out and "CPL0 compute: " in out and "port IO at CPL3" in out
+    assert fd_count() == fds                         # its own handle is closed again
