@@ -62,6 +62,7 @@ def vmlinux() -> bytes:
     return cached.read_bytes()
 
 
+@pytest.mark.timeout(90 + 60)           # its own bound, and time to build the partition
 def test_bzimage_reaches_the_decompressor(kvm):
     kernel = debian_kernel()
     part, console = linux_partition()
@@ -75,6 +76,7 @@ def test_bzimage_reaches_the_decompressor(kvm):
         run_until(part, console, b"KASLR disabled: 'nokaslr' on cmdline.", limit=90)
 
 
+@pytest.mark.timeout(240 + 60)          # (extracting the vmlinux the first time included)
 def test_vmlinux_boots_through_pvh_to_the_banner(kvm):
     data = vmlinux()
     assert loaders.detect(data) == "linux"                       # an ELF with a PVH note
@@ -94,6 +96,7 @@ def test_vmlinux_boots_through_pvh_to_the_banner(kvm):
             assert line in text, line
 
 
+@pytest.mark.timeout(300 + 60)
 def test_full_boot_to_a_busybox_init(kvm):
     caps = pyhv.check()
     if not caps.hardware:
