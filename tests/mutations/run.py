@@ -143,8 +143,9 @@ def try_mutation(copy: Path, mutation: Mutation, pristine_core: dict[Path, bytes
         if mutation.in_c:
             complaint = build_c_core(copy)
             if complaint:
+                said = [line for line in complaint.splitlines() if "error:" in line]
                 return Outcome(mutation, "error", detail="does not compile: " +
-                               complaint.strip().splitlines()[-1])
+                               (said or complaint.strip().splitlines())[0].strip())
         status, seconds, output = run_tests(copy, mutation.tests, mutation.timeout or timeout,
                                             wall, stop_early=True)
     finally:
