@@ -50,6 +50,9 @@ class Row:
     target: float | None
     note: str = ""
     target_is_value: bool = False
+    # how far the repeats moved: the lowest and highest ratio of an interleaved pair (or
+    # value, when the target bounds the value)
+    moves: tuple[float, float] | None = None
 
     @property
     def verdict(self) -> str:
@@ -77,22 +80,42 @@ def build_reference() -> ctypes.CDLL:
                                   ctypes.c_uint64]
     lib.ref_make_idle.restype = ctypes.c_long
     lib.ref_free_idle.restype = ctypes.c_long
+    lib.ref_clock_ns.argtypes = [ctypes.c_int]
+    lib.ref_clock_ns.restype = ctypes.c_double
     return lib
 
 
-def best(pairs: int, first: Callable[[], float], second: Callable[[], float]) -> tuple[float,
-                                                                                     float]:
-    """Best (lowest) time of each of two measurements, run alternately ``pairs`` times."""
+@dataclass(frozen=True)
+class Spread:
+    """Lowest and highest of one side's repeats, and of the ratio within each pair."""
+
+    values: tuple[float, float]
+    ratios: tuple[float, float]
+
+
+def best(pairs: int, first: Callable[[], float],
+         second: Callable[[], float]) -> tuple[float, float, Spread]:
+    """Best (lowest) time of each of two measurements, run alternately ``pairs`` times, and
+    how much the repeats moved."""
     a, b = [], []
     for _ in range(pairs):
         a.append(first())
         b.append(second())
-    return min(a), min(b)
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    return min(a), min(b), Spread((min(a), max(a)), (min(ratios), max(ratios)))
 
 
 def row(name: str, value: float, unit: str, reference: float, target: float | None,
-        note: str = "", target_is_value: bool = False) -> Row:
-    return Row(name, value, unit, reference, value / reference, target, note, target_is_value)
+        note: str = "", target_is_value: bool = False, spread: Spread | None = None,
+        scale: float = 1.0) -> Row:
+    """A row; ``spread`` (in seconds, shown times ``scale`` for value targets) says how far
+    the repeats moved."""
+    moves = None
+    if spread is not None:
+        lo, hi = spread.values if target_is_value else spread.ratios
+        moves = (lo * scale, hi * scale) if target_is_value else (lo, hi)
+    return Row(name, value, unit, reference, value / reference, target, note, target_is_value,
+               moves)
 
 
 # -- exits --------------------------------------------------------------------------------
@@ -102,7 +125,17 @@ def out_loop(count: int) -> bytes:
                     "1: out %eax, %dx\nloop 1b\nhlt", origin=CODE)
 
 
-def bench_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
+@dataclass(frozen=True)
+class ExitShares:
+    """Where a Python-handled exit's time goes inside pyhv's handler-driven run, from the
+    vCPU's own counters (best of the repeats, µs per exit): the C run loop (the kernel's
+    round trip included) and Python (dispatch and the handler)."""
+
+    c_loop_us: float
+    python_us: float
+
+
+def bench_exits(ref: ctypes.CDLL, repeats: int) -> tuple[list[Row], ExitShares]:
     count = 3000
     part = pyhv.Partition(memory="16M")
     part.memory.write(CODE, out_loop(count))
@@ -123,17 +156,24 @@ def bench_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
         assert outs == count, outs
         return took / count
 
+    in_c, in_python = [], []
+
     def python_handled() -> float:
         cpu.regs.load(start)
         seen[0] = 0
+        cpu.reset_stats()
         result = part.run(timeout=60)
         assert result.halted and seen[0] == count
+        stats = cpu.stats
+        in_c.append(stats.guest_seconds / count)
+        in_python.append(stats.host_seconds / count)
         return result.elapsed / count
 
     handler = part.add_io_handler(EXIT_PORT, write=on_out)
-    py, c = best(repeats, python_handled, raw_c)
+    py, c, spread = best(repeats, python_handled, raw_c)
     rows = [row("exit_python_vs_c", py * 1e6, "us/exit", c * 1e6, 1.15,
-                "port OUT handled by a Python handler vs a raw C KVM_RUN loop, same vCPU")]
+                "port OUT handled by a Python handler vs a raw C KVM_RUN loop, same vCPU",
+                spread=spread)]
     part.remove_handler(handler)
 
     collected = bytearray()
@@ -146,11 +186,12 @@ def bench_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
         assert result.halted and len(collected) == 4 * count
         return result.elapsed / count
 
-    fast, c = best(repeats, c_fast, raw_c)
+    fast, c, spread = best(repeats, c_fast, raw_c)
     rows.append(row("exit_cfast_vs_c", fast * 1e6, "us/exit", c * 1e6, 1.03,
-                    "port OUT completed by pyhv's C core (buffered port) vs the raw C loop"))
+                    "port OUT completed by pyhv's C core (buffered port) vs the raw C loop",
+                    spread=spread))
     part.close()
-    return rows
+    return rows, ExitShares(min(in_c) * 1e6, min(in_python) * 1e6)
 
 
 def bench_typed_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
@@ -186,9 +227,10 @@ def bench_typed_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
         assert outs == count
         return took / count
 
-    py, c = best(repeats, typed, raw_c)
+    py, c, spread = best(repeats, typed, raw_c)
     rows = [row("exit_typed_vs_c", py * 1e6, "us/exit", c * 1e6, 1.25,
-                "cpu.run(timeout=5) + match per OUT (the README's loop) vs the raw C loop")]
+                "cpu.run(timeout=5) + match per OUT (the README's loop) vs the raw C loop",
+                spread=spread)]
     part.close()
 
     part = pyhv.Partition(memory="16M")
@@ -205,9 +247,10 @@ def bench_typed_exits(ref: ctypes.CDLL, repeats: int) -> list[Row]:
         assert result.halted and result.exits_handled == count
         return result.elapsed / count
 
-    py, c = best(repeats, handled_in, raw_c)
+    py, c, spread = best(repeats, handled_in, raw_c)
     rows.append(row("exit_in_python_vs_c", py * 1e6, "us/exit", c * 1e6, 1.20,
-                    "port IN answered by a Python handler vs the raw C loop answering it"))
+                    "port IN answered by a Python handler vs the raw C loop answering it",
+                    spread=spread))
     part.close()
     return rows
 
@@ -231,9 +274,10 @@ def bench_lifecycle(ref: ctypes.CDLL, repeats: int) -> tuple[Row, float]:
         assert rc == 0, rc
         return (time.perf_counter() - began) / n
 
-    py, c = best(repeats, with_pyhv, raw_c)
+    py, c, spread = best(repeats, with_pyhv, raw_c)
     return row("create_run_destroy_vs_c", py * 1e3, "ms/cycle", c * 1e3, 1.1,
-               "1 MiB real-mode guest: create, run to hlt, destroy; C sets CPUID too"), py
+               "1 MiB real-mode guest: create, run to hlt, destroy; C sets CPUID too",
+               spread=spread), py
 
 
 # -- compute at CPL3 ----------------------------------------------------------------------
@@ -270,13 +314,13 @@ def bench_compute(repeats: int) -> tuple[Row, float]:
         answer.append(native_fn())
         return time.perf_counter() - began
 
-    guest, host = best(repeats, in_guest, native)
+    guest, host, spread = best(repeats, in_guest, native)
     assert len(set(answer)) == 1, "guest and host computed different results"
     part.close()
     per = 1e9 / ITERATIONS
     return row("cpl3_compute_vs_native", guest * per, "ns/iter", host * per, 1.05,
-               "a 5-instruction loop at CPL3 in user mode vs the same bytes run on the host"), \
-        guest * per
+               "a 5-instruction loop at CPL3 in user mode vs the same bytes run on the host",
+               spread=spread), guest * per
 
 
 # -- snapshots ----------------------------------------------------------------------------
@@ -303,12 +347,13 @@ def bench_restore(repeats: int) -> Row:
 
     # not interleaved: a full restore copies 64 MiB, which would leave the next fast restore
     # with cold caches
-    fast = min(restore(False) for _ in range(repeats))
+    fast = [restore(False) for _ in range(repeats)]
     full = min(restore(True) for _ in range(max(repeats // 3, 2)))
     part.close()
-    return row("restore_64m_16dirty_us", fast * 1e6, "us", full * 1e6, 50,
+    spread = Spread((min(fast), max(fast)), (min(fast) / full, max(fast) / full))
+    return row("restore_64m_16dirty_us", min(fast) * 1e6, "us", full * 1e6, 50,
                "restore of a 64 MiB guest that dirtied 16 pages vs a full-memory-copy restore",
-               target_is_value=True)
+               target_is_value=True, spread=spread, scale=1e6)
 
 
 def bench_pool(repeats: int) -> Row:
@@ -335,11 +380,11 @@ def bench_pool(repeats: int) -> Row:
                 part.create_vcpu(mode="real", entry=CODE).run()
         return (time.perf_counter() - began) / (n // 10)
 
-    cycle, create = best(max(repeats // 3, 2), pooled, fresh)
+    cycle, create, spread = best(max(repeats // 3, 2), pooled, fresh)
     pool.close()
     return row("pool_cycle_ms", cycle * 1e3, "ms", create * 1e3, 0.10,
                "pool acquire + run to hlt + release vs create -> run -> destroy",
-               target_is_value=True)
+               target_is_value=True, spread=spread, scale=1e3)
 
 
 def rss_bytes() -> int:
@@ -453,30 +498,90 @@ def bench_unicorn(repeats: int, pyhv_cycle: float, pyhv_iter_ns: float,
 
 
 # -- output -------------------------------------------------------------------------------
-def describe_host() -> str:
+def python_call_ns() -> float:
+    """ns per call of a Python function shaped like a port handler (the interpreter's speed
+    here: most of an exit's Python cost is calls and attribute reads like this one)."""
+    def handler(port: int, size: int, value: int) -> None:
+        pass
+
+    def loop(n: int) -> float:
+        began = time.perf_counter()
+        for i in range(n):
+            handler(0x510, 4, i)
+        return time.perf_counter() - began
+
+    n = 200_000
+    return min(loop(n) for _ in range(5)) / n * 1e9
+
+
+def python_build() -> str:
+    """How this CPython was built, as far as speed goes (PGO/LTO, a shared libpython)."""
+    import sysconfig
+    flags = str(sysconfig.get_config_var("CONFIG_ARGS") or "")
+    traits = ["PGO" if "--enable-optimizations" in flags else "no PGO",
+              "LTO" if "--with-lto" in flags else "no LTO"]
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        traits.append("shared libpython")
+    return ", ".join(traits)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (5 min {five:.1f}) on {os.cpu_count()} CPUs"
+
+
+def clocksource() -> str:
+    try:
+        with open("/sys/devices/system/clocksource/clocksource0/current_clocksource") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def describe_host(ref: ctypes.CDLL) -> str:
+    """Which host the numbers are from: backend, CPU, kernel and its clock, Python, and how
+    busy it is (what makes the same rows differ between hosts of one kind)."""
     caps = pyhv.check()
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
-    return (f"pyhv {pyhv.__version__}; backend {caps.backend} "
-            f"({'hardware' if caps.hardware else 'software'} KVM); {cpu}; "
-            f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
+    clock = min(ref.ref_clock_ns(100_000) for _ in range(5))
+    return (f"pyhv {pyhv.__version__}; backend {caps.backend} ({caps.kind} KVM); {cpu}; "
+            f"kernel {platform.release()}, clocksource {clocksource()} (a clock read takes "
+            f"{clock:.0f} ns); Python {platform.python_version()} ({python_build()}; a "
+            f"handler-like call takes {python_call_ns():.0f} ns); {load()}")
 
 
 def table(rows: list[Row]) -> str:
     lines = [f"{'name':26} {'pyhv':>10} {'reference':>10} {'unit':9} {'ratio':>7} "
-             f"{'target':>7}  verdict"]
+             f"{'target':>7}  {'moves':>13}  verdict"]
     for r in rows:
         if r.value is None:
             lines.append(f"{r.name:26} {'-':>10} {'-':>10} {r.unit:9} {'-':>7} {'-':>7}  "
-                         f"{r.note}")
+                         f"{'-':>13}  {r.note}")
             continue
         verdict = r.verdict
         target = "-" if r.target is None else (
             f"{r.target:g}{r.unit.split('/')[0]}" if r.target_is_value else f"{r.target:.2f}")
         ratio = "-" if r.ratio is None else f"{r.ratio:.3f}"
+        moves = "-" if r.moves is None else (
+            f"{r.moves[0]:.3g}-{r.moves[1]:.3g}{r.unit.split('/')[0]}" if r.target_is_value
+            else f"{r.moves[0]:.2f}-{r.moves[1]:.2f}")
         lines.append(f"{r.name:26} {r.value:10.3f} {r.reference:10.3f} {r.unit:9} "
-                     f"{ratio:>7} {target:>7}  {verdict}")
+                     f"{ratio:>7} {target:>7}  {moves:>13}  {verdict}")
     return "\n".join(lines)
+
+
+def exit_breakdown(rows: list[Row], shares: ExitShares) -> str:
+    """Where an exit's time goes: the kernel's round trip (the raw C loop), pyhv's C run loop
+    around it, and Python, the last two from the vCPU's counters inside the same runs (so
+    a busy host moves them less than it moves the rows)."""
+    kernel = next(r.reference for r in rows if r.name == "exit_python_vs_c")
+    if kernel is None:
+        return ""
+    return (f"per Python-handled exit: {kernel:.2f} us in the kernel's round trip (raw C "
+            f"loop); in pyhv's run {shares.c_loop_us:.2f} us in its C run loop (kernel "
+            f"included: {shares.c_loop_us - kernel:+.2f} us against the raw loop) and "
+            f"{shares.python_us:.2f} us in Python (dispatch and the handler)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -486,9 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeats = 2 if args.quick else 21
 
-    print(describe_host(), flush=True)
     ref = build_reference()
-    rows = bench_exits(ref, repeats)
+    print(describe_host(ref), flush=True)
+    print("(each row: the best of interleaved repeats; 'moves' is the lowest and highest "
+          "ratio of a repeat pair, or value for targets on the value)", flush=True)
+    rows, shares = bench_exits(ref, repeats)
     rows += bench_typed_exits(ref, repeats)
     lifecycle, cycle = bench_lifecycle(ref, max(repeats // 2, 2))
     compute, iter_ns = bench_compute(max(repeats // 4, 2))
@@ -496,10 +603,13 @@ def main(argv: list[str] | None = None) -> int:
     rows += [bench_restore(repeats), bench_pool(repeats), bench_idle_rss(ref)]
     rows += bench_unicorn(repeats, cycle, iter_ns, rows[0].value or 0.0)
     print(table(rows))
+    print(exit_breakdown(rows, shares))
+    print(f"after the run: {load()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{k: v for k, v in asdict(r).items()
-                        if k in ("name", "value", "unit", "reference", "ratio", "target")}
+                        if k in ("name", "value", "unit", "reference", "ratio", "target",
+                                 "moves")}
                        for r in rows], f, indent=2)
             f.write("\n")
     return 0

@@ -25,6 +25,7 @@ from .core.lifecycle import PartitionState
 from .core.loop import RunResult, run_all, validate_timeout
 from .core.machine import SAFE_MSRS, Machine
 from .core.memory import PAGE_SIZE, GuestMemory, MemorySlot, as_int, parse_size
+from .core.probes import require_port_io_at_cpl3
 from .core.registration import HandlerRegistration
 from .core.vcpu import VCpu, create_vcpu
 from .devices import Device
@@ -215,7 +216,9 @@ class Partition(SnapshotApi, HandlerRegistration):
         below it).  ``cpuid`` replaces the CPUID table (default: all KVM supports).
         ``exceptions=True`` reports guest exceptions as :class:`pyhv.exits.GuestException`
         (always on in user mode).  ``allow_port_io=True`` sets IOPL 3, so a user-mode payload
-        may use ``in``/``out`` directly.  See :mod:`pyhv.x86.modes` for each mode's state.
+        may use ``in``/``out`` directly; where the backend ignores the guest's IOPL at CPL3
+        (kvm_pvm, found by a probe: :mod:`pyhv.core.probes`) it raises
+        :class:`pyhv.MissingCapability`.  See :mod:`pyhv.x86.modes` for each mode's state.
         """
         self._require_open()
         if mode not in MODES:
@@ -232,6 +235,8 @@ class Partition(SnapshotApi, HandlerRegistration):
         limit = self.hypervisor.capability(Feature.MAX_VCPUS) or 1
         if vcpu_id >= limit:
             raise InvalidArgument(f"KVM allows {limit} vCPUs per partition")
+        if allow_port_io and mode == "user":   # at CPL0 IOPL changes nothing
+            require_port_io_at_cpl3(self.hypervisor)
         self._next_vcpu_id += 1      # KVM cannot destroy a vCPU without its VM: a failure burns it
         return create_vcpu(self, self._machine, vcpu_id, mode=mode, entry=entry, stack=stack,
                            cpuid=cpuid, exceptions=exceptions, allow_port_io=allow_port_io)

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Run an already set-up vCPU (pyhv made it: same VM, same guest, same registers) until it
@@ -183,4 +184,17 @@ long ref_make_idle(int n, const uint8_t *code, size_t len, uint64_t entry, uint6
     if (rc < 0)
         ref_free_idle();
     return rc;
+}
+
+/* Nanoseconds one clock_gettime(CLOCK_MONOTONIC) takes here, averaged over `n` calls: pyhv's
+   run loop reads the clock at least twice per run, so a host whose clock is slow to read
+   (no vDSO for its clocksource: a system call each time) pays for it on every exit. */
+double ref_clock_ns(int n)
+{
+    struct timespec a, b, t;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < n; i++)
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / n;
 }

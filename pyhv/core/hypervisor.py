@@ -62,11 +62,15 @@ OPTIONAL_FEATURES: Mapping[Feature, str] = {
 REQUIRED_CAPABILITIES: Mapping[str, str] = {f.kvm_name: why for f, why in REQUIRED_FEATURES.items()}
 OPTIONAL_CAPABILITIES: Mapping[str, str] = {f.kvm_name: why for f, why in OPTIONAL_FEATURES.items()}
 
+# backend -> (description, hardware-assisted); an unrecognised one is neither said to be
+# hardware nor software: `pyhv doctor` measures what it does
 _BACKENDS = {
     "kvm_intel": ("Intel VT-x", True),
     "kvm_amd": ("AMD-V (SVM)", True),
     "kvm_pvm": ("PVM, a software KVM without VT-x/AMD-V", False),
 }
+UNKNOWN_BACKEND = ("an unrecognised KVM backend (no kvm_intel, kvm_amd or kvm_pvm module "
+                   "loaded)", None)
 # added to emulation-failure messages on kvm_pvm
 PVM_EMULATION_NOTE = ("kvm_pvm also reports this way some instructions that should raise #UD "
                       "or #BP at ring 0, such as xgetbv with CR4.OSXSAVE off, rdpru, invpcid "
@@ -247,7 +251,7 @@ class Hypervisor:
     def info(self) -> Capabilities:
         """Everything :func:`check` reports, for this handle."""
         backend = self.backend
-        description, hardware = _BACKENDS.get(backend, ("an unrecognised KVM backend", True))
+        description, hardware = _BACKENDS.get(backend, UNKNOWN_BACKEND)
         values = {f.kvm_name: self.capability(f)
                   for f in list(REQUIRED_FEATURES) + list(OPTIONAL_FEATURES)}
         missing = tuple(f.kvm_name for f in REQUIRED_FEATURES if not values[f.kvm_name])
@@ -271,7 +275,7 @@ class Capabilities:
 
     backend: str                    # "kvm_intel", "kvm_amd", "kvm_pvm" or "unknown"
     backend_description: str
-    hardware: bool                  # hardware-assisted (VT-x/AMD-V) or software KVM
+    hardware: bool | None           # hardware-assisted (VT-x/AMD-V), software, or not known
     device: str
     api_version: int
     capabilities: Mapping[str, int]
@@ -289,20 +293,28 @@ class Capabilities:
         """Whether the capability is present (a :class:`pyhv.Feature` or its name)."""
         return bool(self.capabilities.get(Feature.parse(feature).kvm_name, 0))
 
+    @property
+    def kind(self) -> str:
+        """"hardware", "software" or "unknown" (for messages)."""
+        return "unknown" if self.hardware is None else "hardware" if self.hardware else \
+            "software"
+
     def speed_note(self) -> str:
-        if self.backend == "kvm_pvm":
-            return ("software KVM: guest code at CPL0 is emulated instruction by instruction "
-                    "(thousands of times slower than native); guest code at CPL3 runs natively")
+        """What the backend's kind implies for speed, before anything is measured (``pyhv
+        doctor`` measures it)."""
+        if self.hardware is None:
+            return "unknown backend: speed unknown until measured"
         if self.hardware:
-            return "hardware-assisted: guest code runs at native speed"
-        return "unknown backend: speed unknown"
+            return "hardware-assisted: guest code should run at native speed"
+        return ("software KVM: guest code at CPL0 should be emulated (thousands of times "
+                "slower than native) and guest code at CPL3 run natively")
 
     def report(self) -> str:
         """A human-readable report (what ``pyhv doctor`` prints)."""
         lines = [
             f"device:       {self.device}",
             f"backend:      {self.backend} ({self.backend_description})",
-            f"speed:        {self.speed_note()}",
+            f"expected:     {self.speed_note()}",
             f"API version:  {self.api_version}",
             f"memory slots: {self.memory_slots}",
             f"vCPUs:        {self.recommended_vcpus} recommended, {self.max_vcpus} max",

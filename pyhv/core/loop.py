@@ -454,6 +454,7 @@ def run_all(vcpus: list[Any], machine: Machine, timeout: float | None) -> list[R
     if not vcpus:
         raise HypervisorError("the partition has no vCPU: call create_vcpu() first")
     machine.first_run()                      # one reset point, before any thread runs
+    poisoned_before = machine.life.poisoned  # else a poison comes from one of these runs
     results: list[RunResult | None] = [None] * len(vcpus)
     errors: list[BaseException] = []
     ended = threading.Event()
@@ -469,10 +470,11 @@ def run_all(vcpus: list[Any], machine: Machine, timeout: float | None) -> list[R
             try:
                 results[i] = result = vcpu.serve(timeout)
             except PoisonedError:
-                if not ended.is_set():
+                if poisoned_before:
                     raise
-                # another vCPU ended on an exit nobody handled before this one began: it
-                # is stopped like the others
+                # another vCPU ended on an exit nobody handled before this one began (maybe
+                # before that run could say so: `ended` is not enough): it is stopped like
+                # the others
                 results[i] = result = RunResult(Canceled(), 0, 0.0, vcpu)
             # the whole machine stopped (debug-exit, reset...), or this vCPU ended on an
             # exit nobody handled (the partition is poisoned): the others stop too

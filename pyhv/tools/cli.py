@@ -13,9 +13,10 @@ from . import run as run_command
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from ..core.hypervisor import check
+    from ..core.hypervisor import Hypervisor, check, default
     from ..exits import Halt
     from ..partition import Partition
+    from . import doctor
 
     try:
         caps = check(args.device)
@@ -27,21 +28,30 @@ def _doctor(args: argparse.Namespace) -> int:
     if not caps.ok:
         print(f"\nNOT READY: missing {', '.join(caps.missing)}")
         return 1
-    if args.device is None:
+    hv = default() if args.device is None else Hypervisor(args.device)
+    try:
         # a real guest: one `hlt` in long mode
         started = time.perf_counter()
-        try:
-            with Partition(memory="2M") as part:
-                part.memory.write(0x1000, b"\xf4")
-                exit = part.create_vcpu(mode="long", entry=0x1000).run(timeout=10)
-        except HypervisorError as exc:
-            print(f"\nsmoke test: FAILED ({exc})")
-            return 1
+        with Partition(memory="2M", hypervisor=hv) as part:
+            part.memory.write(0x1000, b"\xf4")
+            exit = part.create_vcpu(mode="long", entry=0x1000).run(timeout=10)
         took = (time.perf_counter() - started) * 1e3
         if not isinstance(exit, Halt):
             print(f"\nsmoke test: FAILED (expected a halt, got {exit!r})")
             return 1
         print(f"\nsmoke test: ok (a long-mode guest ran to `hlt` in {took:.1f} ms)")
+        speed = doctor.measure(hv)
+        features = doctor.feature_lines(hv)
+    except HypervisorError as exc:
+        print(f"\nguest checks: FAILED ({exc})")
+        return 1
+    finally:
+        if hv is not default():
+            hv.close()
+    print("\nspeed (measured here, best of 3):")
+    print("\n".join(speed.lines()))
+    print("features (probed by running guests):")
+    print("\n".join(features))
     print("\nREADY")
     return 0
 
@@ -56,7 +66,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"pyhv demo: KVM is not usable: {exc.strerror}", file=sys.stderr)
         return 1
     print(f"pyhv {__version__} on {caps.backend} "
-          f"({'hardware' if caps.hardware else 'software'} KVM): running the built-in demo "
+          f"({caps.kind} KVM): running the built-in demo "
           "guest (long mode, 2 MiB RAM)")
     at_line_start = [True]
 
@@ -108,6 +118,9 @@ def _stress(args: argparse.Namespace) -> int:
     if args.what == "races":
         seen, canceled = stress.cancel_races(args.count, seed=args.seed)
         print(f"{args.count} cancels: {canceled} runs canceled, {seen} exits, none lost")
+        if args.count and not canceled:      # cancels are sticky: at least one must land
+            print("no cancel stopped a run: cancel does not work", file=sys.stderr)
+            return 1
         return 0
     from ..loaders.samples import sample_images
     samples = sample_images()
@@ -143,12 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyhv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = sub.add_parser("doctor", help="check KVM: backend, API version, capabilities",
-                            description="Report the KVM backend (hardware or kvm_pvm) and what "
-                            "that means for speed, the API version and the capabilities pyhv "
-                            "uses, then run a one-instruction guest. Exit status 0 when pyhv "
-                            "can run guests here, 1 otherwise.")
-    doctor.add_argument("--device", help="KVM device to check (default /dev/kvm); skips the "
-                        "guest smoke test")
+                            description="Report the KVM backend (hardware or kvm_pvm), the API "
+                            "version and the capabilities pyhv uses, run a one-instruction "
+                            "guest, then measure what guests cost here (compute at CPL3 and "
+                            "CPL0, exits) and probe features whose behaviour differs between "
+                            "backends. Exit status 0 when pyhv can run guests here, 1 "
+                            "otherwise.")
+    doctor.add_argument("--device", help="KVM device to check (default /dev/kvm)")
     doctor.set_defaults(func=_doctor)
     demo = sub.add_parser("demo", help="run the built-in demo guest",
                           description="Run a built-in long-mode guest (pyhv/guests/demo.S) that "

@@ -107,10 +107,13 @@ def fuzz(count: int, seed: int = 0, modes: tuple[str, ...] = MODES, length: int 
     Each case starts from the same snapshot (a partition per mode, restored between cases),
     may make up to 64 exits (reads answered with random bytes), and must end in a typed exit
     or a :class:`pyhv.Timeout` within ``timeout`` seconds.  Anything else propagates.
+    Case ``i`` draws its code and answers from its own generator (seeded by ``seed`` and
+    ``i``), so it is the same case whatever the cases before it did: ``on_case(i, mode,
+    code, final)`` sees the same codes in every run of a seed (``final`` is None for a
+    timeout).
     """
     from ..core.hypervisor import default
     default()                         # the shared /dev/kvm handle is not a leak
-    rng = random.Random(seed)
     report = FuzzReport(seed=seed)
     report.fds = (fd_count(), 0)
     report.rss = (rss_bytes(), 0)
@@ -122,6 +125,7 @@ def fuzz(count: int, seed: int = 0, modes: tuple[str, ...] = MODES, length: int 
             mode = modes[case % len(modes)]
             part, snap, entry = setups[mode]
             part.restore(snap)
+            rng = random.Random(f"pyhv-fuzz:{seed}:{case}")
             code = rng.randbytes(length)
             part.memory.write(entry, code)
             cpu = part.vcpus[0]
@@ -141,6 +145,7 @@ def fuzz(count: int, seed: int = 0, modes: tuple[str, ...] = MODES, length: int 
             except Timeout:
                 report.timeouts += 1
                 name = "Timeout"
+                final = None
             report.exits[name] += 1
             report.by_mode[mode] += 1
             report.cases += 1

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+import pyhv
+from pyhv.core import probes
+from pyhv.core.hypervisor import Hypervisor
+from pyhv.tools.cli import main
+
+from ..conftest import fd_count
 
 
 def pyhv_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -22,11 +30,42 @@ def test_demo_prints_the_greeting_and_a_summary(kvm):
     assert summary.startswith("demo: guest halted after 108 exits handled in Python")
 
 
-def test_doctor_reports_and_runs_a_guest(kvm):
+def test_doctor_reports_runs_a_guest_and_measures(kvm):
     proc = pyhv_cli("doctor")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "backend:" in proc.stdout and "API version:  12" in proc.stdout
-    assert "smoke test: ok" in proc.stdout and proc.stdout.rstrip().endswith("READY")
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "backend:" in out and "API version:  12" in out
+    assert "smoke test: ok" in out and out.rstrip().endswith("READY")
+    number = r"([0-9][0-9,.]*)"
+    cpl3 = re.search(rf"CPL3 compute: {number} ns per loop iteration in a user-mode guest, "
+                     rf"{number} on the host \({number}x\): (.*)", out)
+    cpl0 = re.search(rf"CPL0 compute: {number} ns per iteration in a long-mode guest, "
+                     rf"{number}x the CPL3 time: (.*)", out)
+    exits = re.search(rf"exits: {number} us per port OUT handled by a Python handler, "
+                      rf"{number} us completed in pyhv's C core", out)
+    assert cpl3 and cpl0 and exits, out
+    assert all(float(value) > 0 for value in cpl3.groups()[:3] + cpl0.groups()[:2] +
+               exits.groups())
+    # what was measured agrees with what the backend is known to do
+    backend = pyhv.check().backend
+    if backend == "kvm_pvm":
+        assert cpl0.group(3) == "ring-0 guest code is emulated", out
+    elif backend in ("kvm_intel", "kvm_amd"):
+        assert cpl0.group(3) == "ring-0 guest code runs as fast as ring-3 code", out
+    assert cpl3.group(4) == "runs natively", out
+    honoured = probes.port_io_at_cpl3(pyhv.core.hypervisor.default())
+    assert ("port IO at CPL3 (allow_port_io=True): " + ("yes" if honoured else "no")) in out
+
+
+def test_doctor_reports_an_unknown_backend_as_unknown_and_still_measures(kvm, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setattr(Hypervisor, "backend", property(lambda self: "unknown"))
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "backend:      unknown (an unrecognised KVM backend" in out
+    assert "expected:     unknown backend: speed unknown until measured" in out
+    assert "hardware-assisted" not in out
+    assert "CPL0 compute: " in out and "exits: " in out and out.rstrip().endswith("READY")
 
 
 def test_run_boots_a_multiboot_kernel_and_exits_with_its_code(kvm, tmp_path):
@@ -89,11 +128,18 @@ def test_run_with_two_cpus(kvm, tmp_path):
     assert proc.returncode == 0x63, proc.stderr
 
 
-@pytest.mark.parametrize("what", ["fuzz", "soak", "races", "images"])
-def test_stress_commands(kvm, what):
-    proc = pyhv_cli("stress", what, "--count", "20")
+@pytest.mark.parametrize("what, says", [
+    # the command line only: the checks themselves run in tests/kvm/test_stress.py and
+    # test_concurrency.py, at the sizes that find something
+    ("fuzz", r"^4 random guests \(seed 1; long 1, protected 1, real 1, user 1\); ended on: "),
+    ("soak", r"^create/run/destroy: 4 cycles .*\nsnapshot/restore: 4 cycles .*\ntolerance: "),
+    ("races", r"^4 cancels: [1-4] runs canceled, [0-9]+ exits, none lost$"),
+    ("images", r"^[0-9]+ mutated images \(.*\): [0-9]+ refused with ImageFormatError"),
+])
+def test_stress_commands(kvm, what, says):
+    proc = pyhv_cli("stress", what, "--count", "4")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip()
+    assert re.search(says, proc.stdout.strip(), re.M), proc.stdout
 
 
 def test_output_into_a_closed_pipe_ends_quietly(kvm):
@@ -107,3 +153,12 @@ def test_output_into_a_closed_pipe_ends_quietly(kvm):
         os.close(write_end)
     assert proc.returncode == 141, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_doctor_of_a_named_device_runs_its_guests_on_that_device(kvm, capsys):
+    pyhv.check()
+    fds = fd_count()
+    assert main(["doctor", "--device", "/dev/kvm"]) == 0
+    out = capsys.readouterr().out
+    assert "smoke test: ok" in out and "CPL0 compute: " in out and "port IO at CPL3" in out
+    assert fd_count() == fds                         # its own handle is closed again

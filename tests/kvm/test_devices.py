@@ -51,6 +51,24 @@ def test_uart_receive_interrupt_through_the_in_kernel_pic(kvm):
         assert not uart.rx and not uart.irq_level      # read, and the line went low
 
 
+def test_uart_transmits_by_thre_interrupts_as_linux_8250_does(kvm):
+    # with THRE interrupts on, every byte goes through the UART's Python THR path (the C
+    # buffered port is off), one interrupt per byte
+    message = b"sent by THRE interrupts\r\n"
+    with pyhv.Partition(memory="1M", irqchip=True) as part:
+        out = io.BytesIO()
+        uart = part.attach(devices.Uart16550(out))
+        part.attach(devices.IsaDebugExit())
+        part.memory.write(0x1000, guest_code("uart_thre", "real"))
+        cpu = part.create_vcpu(mode="real", entry=0x1000, stack=0x8000)
+        result = part.run(timeout=30)
+        assert isinstance(result.exit, exits.DebugExit), result.exit
+        assert result.exit.value == len(message)       # one THRE interrupt per byte
+        assert out.getvalue() == message
+        assert uart.ier == 0 and not uart.irq_level
+        assert cpu.stats.exits_in_c == 1      # the debug-exit: no byte took the C buffered port
+
+
 def test_clock_fw_cfg_and_reset(part):
     part.attach(devices.Rtc(clock=lambda: FIXED_TIME))
     part.attach(devices.FwCfg())

@@ -14,7 +14,8 @@ import pyhv
 from pyhv import exits
 from pyhv.testing import assemble
 
-from ..conftest import boot, fd_count, run_in_background
+from .. import records
+from ..conftest import boot, fd_count, native_vcpu, run_in_background
 
 
 @pytest.mark.parametrize("mode", ["real", "protected", "long"])
@@ -259,3 +260,30 @@ def test_debug_exit_code_of_a_large_value(part):
     part.add_debug_exit()
     ex = part.run(timeout=10).exit
     assert ex.value == 0x80000001 and ex.code == 0x100000003
+
+
+# -- many elements per exit through the fast ports, whatever the host does -----------------
+# (kvm_pvm hands `rep outsb` over one byte per exit: records injected into a real vCPU make
+# the multi-element exits hardware KVM makes; see tests/records.py)
+def test_a_string_out_to_a_buffered_port_reaches_its_sink_whole_and_in_order(part):
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    chunks = []
+    part.add_buffered_port(0x3F8, chunks.append)
+    text = b"many bytes, one exit\n" * 100
+    native_vcpu(cpu).inject_record(records.io_record(records.OUT, 0x3F8, 1, len(text),
+                                                     data=text))
+    assert part.run(timeout=10).halted
+    assert b"".join(chunks) == text
+    assert (cpu.stats.exits_in_c, cpu.stats.exits_to_python) == (1, 1)   # the OUT; the hlt
+
+
+def test_a_string_in_from_a_constant_port_gets_the_constant_in_every_element(part):
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    fd = native_vcpu(cpu)
+    part.add_constant_port(0x3FD, 0x60)
+    fd.inject_record(records.io_record(records.IN, 0x3FD, 1, 9))
+    assert isinstance(cpu.run(timeout=10), exits.Halt)        # answered in C on the way
+    fd.inject_record(records.io_record(records.OUT, 0x80, 1, 9))    # reads back the page
+    assert cpu.run(timeout=10).data == b"\x60" * 9

@@ -3,6 +3,10 @@ memory that a reset gives back exactly."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 import pyhv
 from pyhv import exits
 from pyhv.partition import SAFE_MSRS
@@ -42,6 +46,45 @@ def test_cpuid_shows_no_virtualization(kvm):
         assert isinstance(cpu.run(timeout=10), exits.Halt)
         assert not cpu.regs.rsi & (1 << 5)                  # VMX
         assert not cpu.regs.rcx & (1 << 2)                  # SVM
+
+
+VMX, SVM = 1 << 5, 1 << 2
+KVM_SIGNATURE = 0x4B4D564B               # "KVMK", EBX of leaf 0x40000000
+
+
+def guest_view(hv: pyhv.Hypervisor, hardened: bool) -> tuple[int, int, int, bool]:
+    """What a guest's CPUID instruction shows: leaf 1 ECX, leaf 0x80000001 ECX and leaf
+    0x40000000 EBX; and whether its vCPU's table has hypervisor leaves."""
+    with pyhv.Partition(memory="4M", hypervisor=hv, hardened=hardened) as part:
+        part.memory.write(0x100000, assemble(
+            "mov $1, %eax\ncpuid\nmov %ecx, %esi\nmov $0x80000001, %eax\ncpuid\n"
+            "mov %ecx, %edi\nmov $0x40000000, %eax\ncpuid\nhlt", origin=0x100000))
+        cpu = part.create_vcpu(mode="long", entry=0x100000)
+        assert isinstance(cpu.run(timeout=10), exits.Halt)
+        leaves = any(0x40000000 <= e.function < 0x40000100 for e in cpu.get_cpuid())
+        return cpu.regs.rsi, cpu.regs.rdi, cpu.regs.rbx, leaves
+
+
+@pytest.mark.parametrize("hardened", [False, True])
+def test_what_a_guest_is_shown_when_kvm_offers_vmx_and_svm(kvm, monkeypatch, hardened):
+    # kvm_pvm offers neither VMX nor SVM, so there the filter's work on them would go unseen:
+    # the handle is given a supported CPUID with both, and the guest's own CPUID is compared
+    # with what it shows from the unedited table (kvm_pvm adds host bits of its own to what
+    # it is given, so the unedited run is the baseline, not the table)
+    with pyhv.Hypervisor() as hv:
+        base_leaf1, base_ext, _, _ = guest_view(hv, hardened)
+    with pyhv.Hypervisor() as hv:
+        offered = tuple(dataclasses.replace(e, ecx=e.ecx | VMX) if e.function == 1 else
+                        dataclasses.replace(e, ecx=e.ecx | SVM) if e.function == 0x80000001
+                        else e for e in hv.supported_cpuid())
+        monkeypatch.setattr(hv, "supported_cpuid", lambda: offered)
+        leaf1, ext, signature, leaves = guest_view(hv, hardened)
+    if hardened:
+        assert (leaf1, ext) == (base_leaf1 & ~VMX, base_ext & ~SVM)
+        assert not leaves and signature != KVM_SIGNATURE
+    else:
+        assert (leaf1, ext) == (base_leaf1 | VMX, base_ext | SVM)
+        assert leaves and signature == KVM_SIGNATURE
 
 
 def test_reset_gives_back_every_byte(kvm):

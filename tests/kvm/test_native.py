@@ -18,6 +18,7 @@ from pyhv._native.structs import cpuid_to_c, sregs_to_c
 from pyhv.testing import assemble
 from pyhv.x86.cpuid import for_vcpu
 
+from .. import records
 from ..conftest import fd_count, native_vcpu, native_vm
 
 
@@ -426,6 +427,49 @@ def test_a_record_injected_into_a_real_vcpu_is_reported_then_the_guest_runs_on(p
     assert run_c(cpu, ex) == lib.PYHV_EXIT_IO and ex.io_value == 3
     size = part.hypervisor.vcpu_mmap_size              # the coalesced ring page is the VM's
     assert lib.pyhv_vcpu_inject_record(ptr, bytes(size), size) == -errno.EINVAL
+
+
+# -- the coalesced ring: a page the kernel shares, its indices and lengths not trusted ----------
+RING_ENTRY = struct.Struct("<QII8s")          # struct kvm_coalesced_mmio
+RING_MAX = (4096 - 8) // RING_ENTRY.size
+
+
+def ring_of(cpu: pyhv.VCpu):
+    """The VM's coalesced ring page as seen through this vCPU's run area (page 2 of it); the C
+    core never hands it out, a test finds it from an injected OUT's data pointer (page 1)."""
+    native_vcpu(cpu).inject_record(records.io_record(records.OUT, 0x99, 1, 1, data=b"\0"))
+    ex = ffi.new("struct pyhv_exit *")
+    assert run_c(cpu, ex) == lib.PYHV_EXIT_IO
+    page = ffi.cast("uint8_t *", ex.io_data) - records.DATA + 2 * records.PAGE
+    return ffi.cast("uint32_t *", page), page
+
+
+def test_ring_indices_past_the_ring_are_refused_not_followed(part):
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    indices, _ = ring_of(cpu)
+    for first, last in ((0, 0xFFFFFFFF), (RING_MAX, 0), (0, RING_MAX)):
+        indices[0], indices[1] = first, last
+        with pytest.raises(pyhv.KvmError) as info:
+            cpu.run(timeout=10)                   # the exit says the ring holds writes
+        assert info.value.errno == errno.EIO
+        indices[0] = indices[1] = 0
+        cpu.regs.rip = 0x1000
+
+
+def test_a_ring_entry_longer_than_its_data_is_cut_to_its_data(part):
+    writes = []
+    part.add_coalesced_mmio(0xD0000000, 0x1000, write=lambda gpa, size, value: writes.append(
+        (gpa, size, value)))
+    part.memory.write(0x1000, b"\xf4")
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    indices, page = ring_of(cpu)
+    entry = RING_ENTRY.pack(0xD0000010, 0xFFFF, 0, bytes(range(1, 9)))
+    ffi.memmove(page + 8, entry, len(entry))
+    indices[1] = 1                                # one entry, as the kernel would publish it
+    assert isinstance(cpu.run(timeout=10), exits.Halt)
+    assert writes == [(0xD0000010, 8, 0x0807060504030201)]
+    assert (indices[0], indices[1]) == (1, 1)
 
 
 # -- deadlines: the watchdog thread ----------------------------------------------------------------

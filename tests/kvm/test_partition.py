@@ -14,17 +14,6 @@ from pyhv import exits
 from ..conftest import boot, fd_count
 
 
-def test_many_partitions_created_and_closed_leave_no_fds(kvm):
-    pyhv.check()                                  # open the shared /dev/kvm handle first
-    before = fd_count()
-    for _ in range(200):
-        with pyhv.Partition(memory="1M") as part:
-            part.memory.write(0x1000, b"\xf4")
-            cpu = part.create_vcpu(mode="real", entry=0x1000)
-            assert isinstance(cpu.run(timeout=10), exits.Halt)
-    assert fd_count() == before
-
-
 def test_dropped_partitions_are_finalized(kvm):
     pyhv.check()
     before = fd_count()

@@ -12,7 +12,8 @@ import pytest
 import pyhv
 from pyhv import exits
 
-from ..conftest import boot
+from .. import records
+from ..conftest import boot, native_vcpu
 
 GENEROUS = 5.0   # an upper bound that only a hang would cross; not a speed target
 
@@ -254,3 +255,34 @@ def test_timeouts_work_in_a_forked_child(part):
             os._exit(3)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# -- string IO of many elements per exit, whatever the host does (see test_exits.py) -------
+def halting_vcpu(part: pyhv.Partition) -> pyhv.VCpu:
+    part.memory.write(0x1000, b"\xf4")
+    return part.create_vcpu(mode="long", entry=0x1000)
+
+
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_a_string_out_of_many_elements_reaches_the_handler_element_by_element(part, size):
+    cpu = halting_vcpu(part)
+    values = [(0x01020304 * (i + 1)) & ((1 << 8 * size) - 1) for i in range(12)]
+    data = b"".join(v.to_bytes(size, "little") for v in values)
+    seen = []
+    part.add_io_handler(0x3F8, write=lambda port, size, value: seen.append((port, size, value)))
+    native_vcpu(cpu).inject_record(records.io_record(records.OUT, 0x3F8, size, 12, data=data))
+    result = part.run(timeout=10)
+    assert result.halted and result.exits_handled == 1
+    assert seen == [(0x3F8, size, v) for v in values]
+
+
+def test_a_string_in_of_many_elements_asks_the_handler_for_each(part):
+    cpu = halting_vcpu(part)
+    fd = native_vcpu(cpu)
+    answers = iter(range(0x1111, 0x7777, 0x1111))
+    part.add_io_handler(0x60, read=lambda port, size: next(answers))
+    fd.inject_record(records.io_record(records.IN, 0x60, 2, 6))
+    assert part.run(timeout=10).halted
+    fd.inject_record(records.io_record(records.OUT, 0x61, 2, 6))   # reads back the page
+    assert cpu.run(timeout=10).data == b"".join(
+        v.to_bytes(2, "little") for v in range(0x1111, 0x7777, 0x1111))

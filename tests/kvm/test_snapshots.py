@@ -61,6 +61,34 @@ def test_restored_guest_continues_exactly(part):
     assert run_on(cpu) == first
 
 
+COUNTER = 0x300000
+
+
+def test_restore_brings_back_memory_the_guest_reads_again(part, tmp_path):
+    # the guest increments a counter in memory and reports it: a restore that left the
+    # memory as the run did would make the rerun report one more (the LCG guest above
+    # writes the same values again after a restore, so it cannot tell)
+    part.memory.write(0x1000, assemble(
+        f"mov ${COUNTER:#x}, %ebx\nincq (%rbx)\nmov (%rbx), %rax\nout %eax, $0xE9\nhlt"))
+    part.memory.write(COUNTER, (0x41).to_bytes(8, "little"))
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    snap = part.snapshot()
+    snap.save(tmp_path / "counter")
+
+    def counted() -> int:
+        ex = cpu.run(timeout=10)
+        assert isinstance(ex, exits.IoOut) and isinstance(cpu.run(timeout=10), exits.Halt)
+        return ex.value
+
+    assert counted() == 0x42
+    for again in (snap, snap, pyhv.Snapshot.load(tmp_path / "counter")):   # tracked, full
+        part.restore(again)
+        assert part.memory.read_u64(COUNTER) == 0x41 and cpu.regs.rip == 0x1000
+        assert counted() == 0x42
+    with pyhv.Partition.from_snapshot(snap) as clone:
+        assert clone.memory.read_u64(COUNTER) == 0x41
+
+
 def test_restore_copies_only_dirtied_pages(kvm):
     with pyhv.Partition(memory="64M") as part:
         part.memory.fill(0x1000000, 32 << 20, 0x5A)          # lots of touched memory

@@ -6,13 +6,14 @@ import pytest
 
 import pyhv
 from pyhv import exits
+from pyhv.core import probes
 from pyhv.testing import assemble
 from pyhv.x86.setup import (
     ERROR_CODE_VECTORS,
     USER_CODE64_SELECTOR,
 )
 
-from ..conftest import guest_code
+from ..conftest import fd_count, guest_code
 
 PAYLOAD = 0x100000
 
@@ -84,17 +85,62 @@ def test_fault_without_resume_repeats(part):
     assert first == second and first.vector == 6 and first.rip == PAYLOAD
 
 
-def test_allow_port_io_lets_the_payload_use_ports(part):
-    part.memory.write(PAYLOAD, assemble("mov $0x5a, %al\nout %al, $0x80\nhlt"))
+PORT_OUT = "mov $0x5a, %al\nout %al, $0x80\nhlt"
+
+
+def iopl3_out(part: pyhv.Partition) -> exits.Exit:
+    """What an OUT at CPL3 under IOPL 3 does here, the flags set by hand (not by the probe's
+    route, allow_port_io)."""
+    part.memory.write(PAYLOAD, assemble(PORT_OUT))
+    cpu = part.create_vcpu(mode="user", entry=PAYLOAD)
+    cpu.regs.rflags |= 0x3000
+    return cpu.run(timeout=10)
+
+
+def test_the_port_io_probe_says_what_an_iopl3_payload_meets(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        ex = iopl3_out(part)
+        honoured = probes.port_io_at_cpl3(part.hypervisor)
+    if honoured:
+        assert ex == exits.IoOut(0x80, 1, b"\x5a", rip=PAYLOAD + 4)
+    else:
+        assert isinstance(ex, exits.GuestException) and (ex.vector, ex.rip) == (13, PAYLOAD + 2)
+
+
+def test_allow_port_io_lets_the_payload_use_ports_or_says_it_cannot(part):
+    part.memory.write(PAYLOAD, assemble(PORT_OUT))
+    if not probes.port_io_at_cpl3(part.hypervisor):       # kvm_pvm: IOPL is not honoured
+        fds = fd_count()
+        with pytest.raises(pyhv.MissingCapability, match="ignores the guest's IOPL"):
+            part.create_vcpu(mode="user", entry=PAYLOAD, allow_port_io=True)
+        assert part.vcpus == () and fd_count() == fds   # nothing made, nothing left open
+        assert part.create_vcpu(mode="user", entry=PAYLOAD).id == 0     # no id burned
+        return
     cpu = part.create_vcpu(mode="user", entry=PAYLOAD, allow_port_io=True)
     ex = cpu.run(timeout=10)
-    if pyhv.check().backend == "kvm_pvm":
-        # PVM runs CPL3 code natively under its own flags and ignores the guest's IOPL
-        assert isinstance(ex, exits.GuestException) and ex.vector == 13
-        return
     assert ex == exits.IoOut(0x80, 1, b"\x5a", rip=PAYLOAD + 4)
     ex = cpu.run(timeout=10)                      # hlt still needs ring 0
     assert isinstance(ex, exits.GuestException) and ex.vector == 13
+
+
+def test_allow_port_io_at_cpl0_needs_no_probe(part, monkeypatch):
+    # IOPL means nothing at CPL0: every backend takes it, and no probe guest is made for it
+    monkeypatch.setattr(probes, "port_io_at_cpl3", lambda hv: pytest.fail("probed"))
+    part.memory.write(0x1000, assemble(PORT_OUT))
+    cpu = part.create_vcpu(mode="long", entry=0x1000, allow_port_io=True)
+    assert cpu.run(timeout=10) == exits.IoOut(0x80, 1, b"\x5a", rip=0x1004)
+    assert cpu.regs.rflags & 0x3000 == 0x3000
+
+
+def test_the_port_io_probe_runs_once_per_handle_and_leaves_nothing(kvm, monkeypatch):
+    made = []
+    real = probes.VmFd.create
+    monkeypatch.setattr(probes.VmFd, "create", lambda *a, **k: made.append(1) or real(*a, **k))
+    fds = fd_count()
+    with pyhv.Hypervisor() as hv:
+        first = probes.port_io_at_cpl3(hv)
+        assert probes.port_io_at_cpl3(hv) == first and made == [1]
+    assert fd_count() == fds
 
 
 def test_payload_cannot_write_the_setup_region(part):

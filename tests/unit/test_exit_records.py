@@ -13,41 +13,9 @@ import struct
 import pytest
 
 from pyhv._native.binding import ffi, lib
+from pyhv._native.vcpu import PENDING_IN, PENDING_MMIO_READ
 
-PAGE = 4096
-AREA = 3 * PAGE              # what KVM_GET_VCPU_MMAP_SIZE says on x86: run, PIO page, ring
-DATA = PAGE                  # where KVM puts string IO data: the page after the header
-
-# field formats from <linux/kvm.h>, at the offsets the C core exports
-FIELDS = {
-    "EXIT_REASON": "I", "IO_DIRECTION": "B", "IO_SIZE": "B", "IO_PORT": "H", "IO_COUNT": "I",
-    "IO_DATA_OFFSET": "Q", "MMIO_PHYS_ADDR": "Q", "MMIO_LEN": "I", "MMIO_IS_WRITE": "B",
-    "INTERNAL_SUBERROR": "I", "INTERNAL_NDATA": "I", "SYSTEM_EVENT_TYPE": "I",
-    "SYSTEM_EVENT_NDATA": "I", "MSR_ERROR": "B", "MSR_REASON": "I", "MSR_INDEX": "I",
-    "MSR_DATA": "Q", "DEBUG_EXCEPTION": "I", "DEBUG_PC": "Q", "HYPERCALL_NR": "Q",
-}
-
-
-def record(reason: int, size: int = AREA, **fields: int) -> bytearray:
-    """A kvm_run record of ``size`` bytes with ``fields`` (FIELDS names, lower case)."""
-    rec = bytearray(size)
-    struct.pack_into("<I", rec, lib.PYHV_RUN_OFF_EXIT_REASON, reason)
-    for name, value in fields.items():
-        name = name.upper()
-        struct.pack_into("<" + FIELDS[name], rec, getattr(lib, "PYHV_RUN_OFF_" + name), value)
-    return rec
-
-
-def io_record(direction: int, port: int, size: int, count: int, offset: int = DATA,
-              data: bytes = b"") -> bytearray:
-    rec = record(lib.KVM_EXIT_IO, io_direction=direction, io_port=port, io_size=size,
-                 io_count=count, io_data_offset=offset)
-    if data:
-        rec[offset:offset + len(data)] = data
-    return rec
-
-
-OUT, IN = lib.KVM_EXIT_IO_OUT, lib.KVM_EXIT_IO_IN
+from ..records import AREA, DATA, IN, OUT, PAGE, io_record, record
 
 
 class Detached:
@@ -242,6 +210,33 @@ def test_an_in_record_waits_for_its_answer_and_stale_answers_are_refused(cpu):
     assert lib.pyhv_vcpu_complete_msr(cpu.handle, seq, 0, 0) == -errno.ESTALE   # not an MSR
     assert lib.pyhv_vcpu_run(cpu.handle, cpu.ex, 0) == -errno.ENODATA              # a new run
     assert lib.pyhv_vcpu_complete_in(cpu.handle, seq, answer, 12) == -errno.ESTALE
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_a_stale_answer_never_lands_in_the_next_in(cpu, size):
+    # the answer to an IN the guest has moved past must not become the answer to the IN it
+    # makes next (same size: only the sequence number tells them apart)
+    assert cpu.reason(io_record(IN, 0x60, size, 1)) == lib.PYHV_EXIT_IO
+    stale = cpu.ex.seq
+    assert cpu.reason(io_record(IN, 0x61, size, 1)) == lib.PYHV_EXIT_IO
+    assert cpu.ex.io_port == 0x61 and cpu.ex.seq != stale
+    answer = bytes([0x77] * size)
+    assert lib.pyhv_vcpu_complete_in_value(cpu.handle, stale, 0x77) == -errno.ESTALE
+    assert lib.pyhv_vcpu_complete_in(cpu.handle, stale, answer, size) == -errno.ESTALE
+    assert bytes(ffi.buffer(cpu.ex.io_data, size)) == b"\xff" * size     # still unanswered
+    assert lib.pyhv_vcpu_pending(cpu.handle) == PENDING_IN
+    assert lib.pyhv_vcpu_complete_in_value(cpu.handle, cpu.ex.seq, 0x42) == 0
+    assert bytes(ffi.buffer(cpu.ex.io_data, size)) == (0x42).to_bytes(size, "little")
+
+
+def test_a_stale_answer_never_lands_in_the_next_mmio_read(cpu):
+    rec = record(lib.KVM_EXIT_MMIO, mmio_phys_addr=0xFED00000, mmio_len=4, mmio_is_write=0)
+    assert cpu.reason(rec) == lib.PYHV_EXIT_MMIO
+    stale = cpu.ex.seq
+    assert cpu.reason(rec) == lib.PYHV_EXIT_MMIO
+    assert lib.pyhv_vcpu_complete_in_value(cpu.handle, stale, 0x77) == -errno.ESTALE
+    assert lib.pyhv_vcpu_complete_in(cpu.handle, stale, b"\x77" * 4, 4) == -errno.ESTALE
+    assert lib.pyhv_vcpu_pending(cpu.handle) == PENDING_MMIO_READ      # the read still waits
 
 
 def test_an_mmio_read_record_reads_all_ones_until_answered(cpu):

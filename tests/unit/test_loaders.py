@@ -255,3 +255,49 @@ def test_the_sample_images():
     assert sorted(SAMPLES) == ["elf", "elf32", "linux", "multiboot", "pvh"]
     assert SAMPLES == sample_images()                              # built the same each time
     assert loaders.FORMATS == ("auto", "flat", "elf", "multiboot", "linux")
+
+
+# -- the memory map loaders report, written out by hand (not computed by pyhv) ------------
+class Slot:
+    def __init__(self, gpa: int, size: int, readonly: bool = False) -> None:
+        self.gpa, self.size, self.end, self.readonly = gpa, size, gpa + size, readonly
+
+
+class Layout:
+    """What layout.memory_map reads of a partition: its setup base and its slots."""
+
+    def __init__(self, *slots: Slot, setup_base: int = 0x80000) -> None:
+        self.setup_base = setup_base
+        self.memory = type("Memory", (), {"slots": slots})()
+
+
+RAM, RESERVED = 1, 2
+
+
+def test_the_memory_map_of_ram_rom_and_high_memory():
+    # 32 MiB at 0, a 1 MiB ROM ending at 4 GiB, 16 MiB from 4 GiB: the ROM is not RAM, the
+    # setup region (0x80000-0xA0000), the EBDA and the legacy hole are reserved
+    part = Layout(Slot(0, 32 << 20), Slot(0xFFF00000, 1 << 20, readonly=True),
+                  Slot(1 << 32, 16 << 20))
+    assert loaders.layout.memory_map(part) == [
+        (0x0, 0x80000, RAM),
+        (0x80000, 0x80000, RESERVED),
+        (0x100000, 0x1F00000, RAM),
+        (0x100000000, 0x1000000, RAM),
+    ]
+
+
+def test_the_memory_map_with_the_setup_region_elsewhere():
+    part = Layout(Slot(0, 8 << 20), setup_base=0x200000)
+    assert loaders.layout.memory_map(part) == [
+        (0x0, 0x9FC00, RAM),
+        (0x9FC00, 0x60400, RESERVED),          # the EBDA and the legacy hole, merged
+        (0x100000, 0x100000, RAM),
+        (0x200000, 0x20000, RESERVED),         # pyhv's setup region
+        (0x220000, 0x5E0000, RAM),
+    ]
+
+
+def test_a_memory_map_of_rom_only_lists_just_the_reserved_ranges():
+    part = Layout(Slot(0xFFFF0000, 0x10000, readonly=True))
+    assert loaders.layout.memory_map(part) == [(0x80000, 0x80000, RESERVED)]
