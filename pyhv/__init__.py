@@ -55,7 +55,7 @@ from .pool import PartitionPool
 from .snapshot import Snapshot, SnapshotFormatError
 from .version import __version__
 from .x86.cpuid import CpuidEntry
-from .x86.debug import GuestDebug, HardwareBreakpoint   # guest debugging (pyhv.gdb)
+from .x86.debug import GuestDebug, HardwareBreakpoint  # guest debugging (pyhv.gdb)
 from .x86.registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
 
 __all__ = [

@@ -196,7 +196,7 @@ def _leaves(regs: PagingRegisters, read: Reader) -> Iterator[Mapping]:
         data = read(table, size << nbits)
         if data is None:
             return
-        fmt = "<%d%s" % (1 << nbits, "I" if size == 4 else "Q")
+        fmt = f"<{1 << nbits}{'I' if size == 4 else 'Q'}"
         for index, entry in enumerate(struct.unpack(fmt, data)):
             if not entry & _P:
                 continue
