@@ -274,25 +274,29 @@ class VCpu:
         self._fd.set_guest_debug(control, debug_registers(settings.hardware))
         self._runner.guest_debug = settings
 
-    def translate(self, gva: int, *, walk_tables: bool = False) -> int | None:
+    def translate(self, gva: int, *, method: str = "auto") -> int | None:
         """The guest-physical address of guest-virtual ``gva`` in the vCPU's current paging
-        mode (none, 32-bit, PAE, 4- or 5-level), or None where nothing is mapped.  Asks KVM
-        (``KVM_TRANSLATE``); where the kernel cannot, or with ``walk_tables=True``, pyhv
-        walks the page tables itself (:mod:`pyhv.x86.paging`).
+        mode (none, 32-bit, PAE, 4- or 5-level), or None where nothing is mapped.
+        ``method="auto"`` asks KVM (``KVM_TRANSLATE``) and, where the kernel cannot, walks
+        the page tables in Python (:mod:`pyhv.x86.paging`); "kvm" and "walk" use only one.
 
         >>> import pyhv
         >>> with pyhv.Partition(memory="16M") as part:
         ...     cpu = part.create_vcpu(mode="long", entry=0x1000)
-        ...     hex(cpu.translate(0x1234)), hex(cpu.translate(0x1234, walk_tables=True))
+        ...     hex(cpu.translate(0x1234)), hex(cpu.translate(0x1234, method="walk"))
         ('0x1234', '0x1234')
         """
         if isinstance(gva, bool) or not isinstance(gva, int) or not 0 <= gva < 1 << 64:
             raise InvalidArgument(f"guest-virtual address {gva!r} is not a 64-bit unsigned int")
-        if not walk_tables:
+        if method not in ("auto", "kvm", "walk"):
+            raise InvalidArgument(f"translate method {method!r}: auto, kvm or walk")
+        if method != "walk":
             try:
                 return self._fd.translate(gva)
             except KvmError:
-                pass                      # a backend without KVM_TRANSLATE: walk them here
+                if method == "kvm":
+                    raise
+                # a backend without KVM_TRANSLATE: walk the tables here
         found = self.walk(gva)
         return None if found is None else found.gpa
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import HypervisorError, HypervisorUnavailable
+from ..gdb.probe import debug_support
 from ..version import __version__
 from . import run as run_command
 
@@ -42,6 +43,7 @@ def _doctor(args: argparse.Namespace) -> int:
             print(f"\nsmoke test: FAILED (expected a halt, got {exit!r})")
             return 1
         print(f"\nsmoke test: ok (a long-mode guest ran to `hlt` in {took:.1f} ms)")
+        print("\n" + debug_support().report())      # what gdb gets here (pyhv.gdb)
     print("\nREADY")
     return 0
 
