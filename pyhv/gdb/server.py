@@ -115,12 +115,12 @@ class GdbServer:
         if any(v.debugger is not None for v in partition.vcpus):
             raise InvalidArgument("a debugger is attached to this partition already")
         self.partition = partition
-        self._arch = arch
+        self.arch_name = arch
         self._support = support if support is not None else debug_support(partition.hypervisor)
         self._kind = kind
         self._listener = _listen(kind, where)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._closing = False
+        self.wake_socket, self._wake_w = socket.socketpair()
+        self.closing = False
         self._client: socket.socket | None = None
         self.controller = Controller(partition, self._support, self._wake, hold=wait)
         self._thread = threading.Thread(target=self._serve, name="pyhv-gdb", daemon=True)
@@ -147,15 +147,15 @@ class GdbServer:
     # -- lifetime ------------------------------------------------------------------------------
     def close(self) -> None:
         """Stop serving: a connected gdb is detached (the guest runs on), the socket closed."""
-        if self._closing:
+        if self.closing:
             return
-        self._closing = True
+        self.closing = True
         self._wake()
         if self._thread is not threading.current_thread():
             self._thread.join()
         path = self._listener.getsockname() if self._kind == "unix" else None
         self._listener.close()
-        self._wake_r.close()
+        self.wake_socket.close()
         self._wake_w.close()
         if path:
             with contextlib.suppress(OSError):
@@ -171,17 +171,17 @@ class GdbServer:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"!")
 
-    def _drain_wake(self) -> None:
+    def drain_wake(self) -> None:
         with contextlib.suppress(OSError):
-            self._wake_r.recv(4096)
+            self.wake_socket.recv(4096)
 
     # -- the server thread ---------------------------------------------------------------------
     def _serve(self) -> None:
         try:
-            while not self._closing and not self.partition.closed:
-                ready, _, _ = select.select([self._listener, self._wake_r], [], [], 0.25)
-                if self._wake_r in ready:
-                    self._drain_wake()
+            while not self.closing and not self.partition.closed:
+                ready, _, _ = select.select([self._listener, self.wake_socket], [], [], 0.25)
+                if self.wake_socket in ready:
+                    self.drain_wake()
                 if self._listener not in ready:
                     continue
                 try:
@@ -230,7 +230,7 @@ class Session:
         self.waiting = False                      # gdb waits for a stop reply
         self.last_stop: Stop | None = None
         self.gone = False                         # gdb was told the process ended
-        name = server._arch or ("i386:x86-64" if mode_of(self.general) in ("long", "user")
+        name = server.arch_name or ("i386:x86-64" if mode_of(self.general) in ("long", "user")
                                 else "i386")
         self.arch: Arch = ARCHES[name]
 
@@ -238,11 +238,11 @@ class Session:
     def run(self) -> str:
         self.control.server_attach()
         while True:
-            if self.server._closing:
+            if self.server.closing:
                 return "closing"
-            ready, _, _ = select.select([self.conn, self.server._wake_r], [], [], 0.25)
-            if self.server._wake_r in ready:
-                self.server._drain_wake()
+            ready, _, _ = select.select([self.conn, self.server.wake_socket], [], [], 0.25)
+            if self.server.wake_socket in ready:
+                self.server.drain_wake()
             if self.conn in ready:
                 data = self.conn.recv(65536)
                 if not data:
