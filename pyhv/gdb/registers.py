@@ -314,8 +314,11 @@ def _build(name: str) -> Arch:
     for i in range(16 if wide else 8):
         add(f"xmm{i}", 128, "vec128", SSE, _xmm(i))
     add("mxcsr", 32, "i386_mxcsr", SSE, _fpu_scalar("mxcsr", width=32), "vector")
-    add("fs_base", bits, "int", SEGMENTS, _base("fs", bits))
-    add("gs_base", bits, "int", SEGMENTS, _base("gs", bits))
+    # gdb's i386 (not amd64) numbering has no room for the segments feature's registers:
+    # there, the bases are plain system registers
+    bases = SEGMENTS if wide else SYSTEM
+    add("fs_base", bits, "int", bases, _base("fs", bits), None if wide else "system")
+    add("gs_base", bits, "int", bases, _base("gs", bits), None if wide else "system")
     for cr in ("cr0", "cr2", "cr3", "cr4") + (("cr8",) if wide else ()):
         add(cr, bits, "int", SYSTEM, _control(cr, bits), "system")
     add("efer", 64, "int", SYSTEM, _control("efer", 64), "system")

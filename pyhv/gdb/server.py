@@ -459,6 +459,7 @@ class Session:
                     actions.setdefault(vcpu.id, kind)       # the leftmost action applies
             return self.resume(actions)
         if p.startswith(b"vKill"):
+            self.send(b"OK")
             return "kill"
         if p == b"vMustReplyEmpty":
             return b""
