@@ -230,13 +230,14 @@ class Session:
         self.waiting = False                      # gdb waits for a stop reply
         self.last_stop: Stop | None = None
         self.gone = False                         # gdb was told the process ended
-        name = server.arch_name or ("i386:x86-64" if mode_of(self.general) in ("long", "user")
-                                else "i386")
-        self.arch: Arch = ARCHES[name]
+        self.arch: Arch = ARCHES[server.arch_name or "i386:x86-64"]
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> str:
         self.control.server_attach()
+        if self.server.arch_name is None:         # the guest is stopped: its mode can be read
+            wide = mode_of(self.general) in ("long", "user")
+            self.arch = ARCHES["i386:x86-64" if wide else "i386"]
         while True:
             if self.server.closing:
                 return "closing"

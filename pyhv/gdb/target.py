@@ -25,6 +25,7 @@ from .. import exits
 from ..core.lifecycle import PartitionState
 from ..errors import GuestMemoryError, HypervisorError, StateError
 from ..x86.debug import DEBUG_REGISTERS, HardwareBreakpoint, dr6_single_step
+from ..x86.paging import paging_mode
 from .breakpoints import HARDWARE, SOFTWARE, Breakpoints, Point, WatchHit
 from .probe import DebugSupport
 
@@ -120,11 +121,20 @@ class VcpuView:
         self.memory = memory
 
     def translate(self, gva: int) -> int | None:
+        if gva >> 47 not in (0, 0x1FFFF) and not self._canonical(gva):
+            return None               # KVM_TRANSLATE answers for these too: the CPU faults
         try:
             result: int | None = self.vcpu.translate(gva)
             return result
         except HypervisorError:
             return None
+
+    def _canonical(self, gva: int) -> bool:
+        regs = self.vcpu.paging_registers()
+        mode = paging_mode(regs)
+        if mode == "5-level":
+            return gva >> 56 in (0, 0xFF)
+        return mode not in ("4-level",) and gva < 1 << 32
 
     def read_physical(self, gpa: int, size: int) -> bytes | None:
         try:
@@ -476,8 +486,16 @@ class Controller:
 
     def server_detach(self) -> None:
         """gdb left: breakpoints out, guest debugging off, the guest runs on."""
+        if self.running and not self.part.closed:
+            self.server_stop()            # vCPU ioctls wait for a vCPU that is in the guest
         view = self.view(self.vcpus[0])
         self.breakpoints.remove_all(view)
+        for vcpu in self.vcpus:
+            if not vcpu.closed:
+                try:
+                    vcpu.set_guest_debug()
+                except HypervisorError as exc:
+                    log.debug("guest debug off for vCPU %d: %s", vcpu.id, exc)
         with self._cond:
             self.session = False
             self._events.clear()
@@ -490,12 +508,6 @@ class Controller:
             self.hold = False
             self.running = True
             self._cond.notify_all()
-        for vcpu in self.vcpus:
-            if not vcpu.closed:
-                try:
-                    vcpu.set_guest_debug()
-                except HypervisorError as exc:
-                    log.debug("guest debug off for vCPU %d: %s", vcpu.id, exc)
         if self._paused_by_us:
             self._paused_by_us = False
             try:
