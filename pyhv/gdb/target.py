@@ -163,6 +163,14 @@ class VcpuView:
             at += n
         return out
 
+    def peek(self, gva: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``gva`` from its page alone (one translation): what the
+        step guard needs of the next instruction, once per step."""
+        gpa = self.translate(gva)
+        if gpa is None:
+            return b""
+        return self.read_physical(gpa, min(size, 0x1000 - (gva & 0xFFF))) or b""
+
     def read_virtual(self, gva: int, size: int) -> bytes:
         """What is readable from ``gva`` on: up to ``size`` bytes, fewer where a page is not
         mapped (empty when the first is not)."""
@@ -208,6 +216,7 @@ class Controller:
         self._held: set[int] = set()         # vCPUs gdb left stopped while others run
         self._fatal: set[int] = set()        # vCPUs whose run ended on a fault, waiting
         self._reported: Stop | None = None
+        self._exit_status: int | None = None   # the machine ended with this status
         self.steps_taken = 0                 # single steps served without stopping
         for vcpu in self.vcpus:
             vcpu.attach_debugger(self)
@@ -247,9 +256,12 @@ class Controller:
             self._report(Stop(vcpu.id, SIGABRT, final=True), wait=False)
         elif exit.fault or self.part.state is PartitionState.POISONED:
             self._report(Stop(vcpu.id, signal_for(exit), final=True), wait=True)
-        elif not any(v.running_thread is not None for v in self.vcpus if v is not vcpu):
-            code = exit.code & 0xFF if isinstance(exit, exits.DebugExit) else 0
-            self._report(Stop(vcpu.id, 0, exited=code), wait=False)
+        else:
+            if exit.machine_end and self._exit_status is None:   # what stopped the machine
+                self._exit_status = exit.code & 0xFF if isinstance(exit, exits.DebugExit) \
+                    else 0
+            if not any(v.running_thread is not None for v in self.vcpus if v is not vcpu):
+                self._report(Stop(vcpu.id, 0, exited=self._exit_status or 0), wait=False)
 
     # -- the vCPU side of stopping ---------------------------------------------------------
     def _on_debug(self, vcpu: Any, exit: exits.Debug) -> bool:
@@ -301,7 +313,10 @@ class Controller:
         """Before stepping the instruction at ``pc``: an OUT (whose step the backend loses)
         or HLT (which a step runs through) gets a breakpoint after it instead; True when
         one was set."""
-        fix = exits_after_step(view.read_virtual(pc, 15))
+        code = view.peek(pc, 15)
+        if len(code) < 15 and code and all(b in _PREFIXES for b in code):
+            code = view.read_virtual(pc, 15)      # prefixes up to a page's end
+        fix = exits_after_step(code)
         if fix is None:
             return False
         length, _halt = fix

@@ -335,3 +335,29 @@ def test_pyhv_run_s_alone_means_port_1234_and_S_needs_a_gdb(kvm, long_elf):
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 1 and "-S waits for gdb" in proc.stderr
+
+
+def test_pyhv_run_smp_multiboot_kernel(kvm, tmp_path):
+    """pyhv run --cpus 2: the boot vCPU and an AP waiting for its SIPI are two threads; the
+    exit status gdb is told is the debug-exit one, though the AP's run ends last."""
+    elf = build_kernel(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "pyhv", "run", str(elf), "--serial", "none",
+                             "-gdb", "tcp::0", "-S", "--cpus", "2"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        found = re.search(r"tcp:([\d.]+):(\d+)", proc.stderr.readline())
+        assert found
+        out = subprocess.run(
+            [GDB, "-nx", "-batch", "-ex", f"target remote {found[1]}:{found[2]}",
+             "-ex", "info threads", "-ex", "break bump", "-ex", "continue", "-ex", "delete",
+             "-ex", "set var release = 1", "-ex", "continue", str(elf)],
+            capture_output=True, text=True, timeout=90).stdout
+        assert re.search(r"1\s+Thread 1 \(vCPU 0, protected mode\)", out), out
+        assert re.search(r"2\s+Thread 2 \(vCPU 1, real mode\)", out), out
+        assert "Thread 1 hit Breakpoint 1, bump (by=1)" in out, out
+        assert "exited with code 015" in out, out            # (5 + 1) << 1 | 1 = 13
+        assert proc.wait(timeout=60) == 13
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
