@@ -152,8 +152,9 @@ class Breakpoints:
         else:
             raise BreakpointError(f"breakpoint type {kind}", unsupported=True)
         if route == "none":
+            # gdb then says the target cannot (and for Z0 would write int3 itself: no use)
             raise BreakpointError(f"{self.support.backend} cannot deliver breakpoint type "
-                                  f"{kind} in {mode} mode", unsupported=kind == SOFTWARE)
+                                  f"{kind} in {mode} mode", unsupported=kind != SOFTWARE)
         point = Point(kind, address, length, route)
         if route == "int3":
             self._patch(point, view)

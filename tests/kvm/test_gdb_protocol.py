@@ -165,9 +165,8 @@ def test_four_debug_registers_are_all_there_is(served):
     assert client.ask(b"Z1,1200,1") == b"E1c"               # ENOSPC: gdb says too many
     for i in range(4):
         assert client.ask(b"z1,%x,1" % (0x1100 + i)) == b"OK"
-    access = client.ask(b"Z4,2000,8")
-    assert access == (b"OK" if debug_support().write_watchpoints else b"E16") or \
-        access.startswith(b"E")
+    access = client.ask(b"Z4,2000,8")       # kvm_pvm: unsupported (comparing misses reads)
+    assert access == (b"OK" if debug_support().write_watchpoints else b"")
     if access == b"OK":
         assert client.ask(b"z4,2000,8") == b"OK"
     assert release_and_finish(part, client, results, runner).value == 1
