@@ -307,3 +307,27 @@ def test_bad_server_arguments_leave_nothing_behind(kvm):
         assert cpu.debugger is None
         threads = {t.name for t in threading.enumerate()}
         assert "pyhv-gdb" not in threads
+
+
+def test_an_exit_nobody_handles_is_a_sigbus_stop_then_the_end(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, assemble("mov $0xd0000000, %ebx\nmovl $1, (%rbx)\nhlt",
+                                           origin=0x1000))
+        part.create_vcpu(mode="long", entry=0x1000)
+        with pyhv.gdb.serve(part, "tcp:127.0.0.1:0", wait=True) as server:
+            results: list[object] = []
+            runner = threading.Thread(target=lambda: results.append(part.run(timeout=60)))
+            runner.start()
+            client = Client(server.port)
+            try:
+                client.raw(frame(b"vCont;c"))
+                assert client.reply() == b"T0athread:1;"          # SIGBUS, where it died
+                assert client.ask(b"p10") == b"0b10000000000000"  # past the faulting store
+                assert runner.is_alive()                          # held until gdb decides
+                client.raw(frame(b"vCont;c"))
+                assert client.reply() == b"X0a"                   # then it is over
+                runner.join(30)
+            finally:
+                client.close()
+        assert isinstance(results[0].exit, exits.MmioWrite)
+        assert part.state is pyhv.PartitionState.POISONED
