@@ -233,8 +233,8 @@ class Controller:
     # -- the Debugger protocol (vCPU threads) ----------------------------------------------
     def starting(self, vcpu: Any) -> None:
         with self._cond:
-            while self.hold and not self.killed:       # -S, or gdb has the guest stopped
-                self._cond.wait(0.5)
+            while self.hold and not self.killed and not self.part.closed:
+                self._cond.wait(0.5)                   # -S, or gdb has the guest stopped
             self._admitted[vcpu.id] = time.monotonic()
 
     def intercept(self, vcpu: Any, exit: exits.Exit) -> bool:
@@ -364,7 +364,8 @@ class Controller:
         self.wake()
         with self._cond:
             if wait:
-                while stop.vcpu in self._fatal and self.session and not self.killed:
+                while stop.vcpu in self._fatal and self.session and not self.killed and \
+                        not self.part.closed:
                     self._cond.wait(0.5)
             elif stop.exited is not None:       # let the server tell gdb before we return
                 deadline = time.monotonic() + 2

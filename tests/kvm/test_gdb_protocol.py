@@ -331,3 +331,27 @@ def test_an_exit_nobody_handles_is_a_sigbus_stop_then_the_end(kvm):
                 client.close()
         assert isinstance(results[0].exit, exits.MmioWrite)
         assert part.state is pyhv.PartitionState.POISONED
+
+
+def test_closing_a_partition_whose_runs_wait_for_gdb(kvm):
+    """-S and no gdb ever comes: closing the partition ends the waiting run."""
+    part = pyhv.Partition(memory="16M")
+    part.memory.write(0x1000, b"\xf4")
+    part.create_vcpu(mode="long", entry=0x1000)
+    server = pyhv.gdb.serve(part, "tcp:127.0.0.1:0", wait=True)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(part.run(timeout=60))
+        except pyhv.HypervisorError as exc:
+            outcome.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    time.sleep(0.2)
+    assert runner.is_alive() and not outcome           # held: no gdb has continued it
+    part.close()
+    runner.join(10)
+    assert not runner.is_alive() and isinstance(outcome[0], pyhv.ClosedError)
+    server.close()
