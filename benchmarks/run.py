@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import bench_gdb  # noqa: E402 - benchmarks/, beside this script
+import bench_gdb  # benchmarks/bench_gdb.py, beside this script
+
 import pyhv
 from pyhv.testing import assemble
 
