@@ -54,6 +54,12 @@ class DebugSupport:
     user_hardware_breakpoints: bool
     step_skips_write_exits: bool
     translate: bool
+    step_runs_through_hlt: bool = False
+
+    @property
+    def guards_steps(self) -> bool:
+        """Whether a step over OUT or HLT is made with a breakpoint after it instead."""
+        return self.step_skips_write_exits or self.step_runs_through_hlt
 
     def breakpoint_route(self, mode: str) -> str:
         """How a gdb software breakpoint (``Z0``) is made for code running in ``mode``
@@ -109,7 +115,10 @@ class DebugSupport:
         ]
         if self.step_skips_write_exits:
             lines.append("  quirk: a step over OUT or an MMIO write also runs the next "
-                         "instruction (pyhv adds a breakpoint after OUT and HLT)")
+                         "instruction (pyhv puts a breakpoint after an OUT instead)")
+        if self.step_runs_through_hlt:
+            lines.append("  quirk: a stepped HLT does not halt (pyhv puts a breakpoint after "
+                         "it instead)")
         return "\n".join(lines)
 
 
@@ -181,6 +190,8 @@ def _probe(h: hv.Hypervisor) -> DebugSupport:
     # out %al, $0x80 ; nop ; nop ; hlt: is the step after the OUT reported at the first nop?
     out = _run(h, bytes.fromhex("e6 80 90 90 f4"), "long", {"single_step": True}, steps=2)
     skips = (len(out) == 2 and isinstance(out[1], exits.Debug) and out[1].pc != _CODE + 2)
+    halt = _run(h, b"\xf4\x90\xf4", "long", {"single_step": True})
+    through = bool(halt) and isinstance(halt[0], exits.Debug) and halt[0].pc == _CODE + 1
     with Partition(memory="4M", hypervisor=h) as part:
         cpu = part.create_vcpu(mode="long", entry=_CODE)
         try:
@@ -189,5 +200,5 @@ def _probe(h: hv.Hypervisor) -> DebugSupport:
         except HypervisorError:
             translate = False
     return DebugSupport(h.backend, single_step, hardware, watchpoints, software, real_sw,
-                        user_step, user_bp, skips, translate)
+                        user_step, user_bp, skips, translate, through)
 

@@ -305,7 +305,7 @@ class Controller:
             reason = "swbreak" if hit.kind == SOFTWARE else "hwbreak"
             return self._stop_here(vcpu, Stop(vcpu.id, SIGTRAP, reason))
         self.steps_taken += 1
-        if self.support.step_skips_write_exits:
+        if self.support.guards_steps:
             self._guard_step(vcpu, pc, view)
         return True
 
@@ -479,14 +479,14 @@ class Controller:
                                          software_breakpoints=self._software())
                     return
             if resuming and vid in self._stepping:
-                if self.support.step_skips_write_exits and \
+                if self.support.guards_steps and \
                         self._guard_step(vcpu, linear_pc(vcpu), self.view(vcpu)):
                     return
                 vcpu.set_guest_debug(single_step=True, hardware=shared,
                                      software_breakpoints=self._software())
                 return
             stepping = self.breakpoints.needs_stepping and self.session
-            if resuming and stepping and self.support.step_skips_write_exits and \
+            if resuming and stepping and self.support.guards_steps and \
                     self._guard_step(vcpu, linear_pc(vcpu), self.view(vcpu)):
                 return
             vcpu.set_guest_debug(single_step=stepping, hardware=shared,
