@@ -18,6 +18,8 @@ from pyhv.gdb.probe import debug_support
 from pyhv.gdb.protocol import Packet, PacketReader, frame, to_hex
 from pyhv.testing import assemble
 
+from ..conftest import fd_count
+
 # counter at 0x2000 goes up until release (0x2008) is set, then debug-exit with counter's low
 # byte; `bump` is at 0x1010
 GUEST = """
@@ -289,7 +291,9 @@ def test_kill_with_k(served):
 
 
 def test_bad_server_arguments_leave_nothing_behind(kvm):
+    pyhv.gdb.debug_support()                    # the probe, and /dev/kvm's handle, made once
     with pyhv.Partition(memory="2M") as part:
+        before = fd_count()
         with pytest.raises(pyhv.InvalidArgument, match="no vCPU"):
             pyhv.gdb.serve(part, "tcp:127.0.0.1:0")
         cpu = part.create_vcpu(mode="long", entry=0x1000)
@@ -307,6 +311,11 @@ def test_bad_server_arguments_leave_nothing_behind(kvm):
         assert cpu.debugger is None
         threads = {t.name for t in threading.enumerate()}
         assert "pyhv-gdb" not in threads
+        with pytest.raises(pyhv.InvalidArgument, match="unknown option"):
+            pyhv.gdb.serve(part, "tcp::0,telnet")
+        with pyhv.gdb.serve(part, "tcp:127.0.0.1:0") as server:   # one gdb came and went
+            Client(server.port).close()
+        assert fd_count() == before             # listener, connection, wake pipe: closed
 
 
 def test_an_exit_nobody_handles_is_a_sigbus_stop_then_the_end(kvm):
