@@ -293,10 +293,10 @@ def test_kill_with_k(served):
 def test_bad_server_arguments_leave_nothing_behind(kvm):
     pyhv.gdb.debug_support()                    # the probe, and /dev/kvm's handle, made once
     with pyhv.Partition(memory="2M") as part:
-        before = fd_count()
         with pytest.raises(pyhv.InvalidArgument, match="no vCPU"):
             pyhv.gdb.serve(part, "tcp:127.0.0.1:0")
         cpu = part.create_vcpu(mode="long", entry=0x1000)
+        before = fd_count()
         with pytest.raises(pyhv.InvalidArgument, match="arch"):
             pyhv.gdb.serve(part, "tcp:127.0.0.1:0", arch="arm")
         taken = socket.socket()
