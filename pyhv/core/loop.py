@@ -88,8 +88,9 @@ class Debugger(Protocol):
         debugger took it and the run goes on into the guest."""
 
     def ended(self, vcpu: Any, exit: Exit | None) -> None:
-        """A handler-driven run ended on ``exit`` (None: it raised), or a typed run on an exit
-        that is a ``fault``; the vCPU is released already.  May wait."""
+        """A handler-driven run ended on ``exit`` (None: it raised), or a typed run returned
+        an exit that ends the guest (a ``fault``, a ``machine_end``, a halt); the vCPU is
+        released already.  May wait."""
 
 
 def describe_debug(exit: Debug, settings: GuestDebug) -> Debug:
@@ -239,7 +240,7 @@ class VcpuRunner:
         self.thread = get_ident()
         started = perf_counter()
         deadline = 0 if timeout is None else monotonic_ns() + int(timeout * 1e9)
-        died: Exit | None = None
+        ending: Exit | None = None     # told to the debugger once the vCPU is released
         try:
             c = self.fd.record
             enter = self.fd.enter
@@ -272,7 +273,8 @@ class VcpuRunner:
                 break
             if exit.fault:
                 life.poison(f"vCPU {self.fd.id}: {exit!r}", exit)
-                died = exit
+            if debugger is not None and (exit.fault or exit.machine_end or type(exit) is Halt):
+                ending = exit
             self.last_exit = exit
             return exit
         finally:
@@ -282,8 +284,8 @@ class VcpuRunner:
             if life.paused:
                 life.end_run(slot)                 # wakes pause()
             claim.release()
-            if died is not None and debugger is not None:
-                debugger.ended(self.vcpu, died)
+            if ending is not None and debugger is not None:
+                debugger.ended(self.vcpu, ending)
 
     def _stub_exit(self, halt: Exit) -> Exit:
         assert self.stubs is not None and halt.rip is not None

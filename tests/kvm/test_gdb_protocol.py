@@ -364,3 +364,50 @@ def test_closing_a_partition_whose_runs_wait_for_gdb(kvm):
     runner.join(10)
     assert not runner.is_alive() and isinstance(outcome[0], pyhv.ClosedError)
     server.close()
+
+
+def test_a_typed_run_loop_under_gdb(kvm):
+    """The user's own loop of cpu.run() handles the OUTs; gdb breaks, steps, interrupts and
+    hears of the final halt."""
+    code = GUEST.replace("    mov 0x2000, %al\n    out %al, $0xf4\n", "")
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, assemble(code.replace("incq 0x2000", "incq 0x2000\n"
+                                                        "    out %al, $0x80"), origin=0x1000))
+        cpu = part.create_vcpu(mode="long", entry=0x1000)
+        seen: list[object] = []
+
+        def loop() -> None:
+            outs = 0
+            while True:
+                exit = cpu.run(timeout=60)
+                if isinstance(exit, exits.IoOut):
+                    outs += 1
+                    continue
+                seen.append((exit, outs))
+                return
+
+        with pyhv.gdb.serve(part, "tcp:127.0.0.1:0", wait=True) as server:
+            runner = threading.Thread(target=loop)
+            runner.start()
+            client = Client(server.port)
+            try:
+                assert client.ask(b"Z0,1010,1") == b"OK"
+                client.raw(frame(b"c"))
+                assert client.reply() == b"T05thread:1;swbreak:;"
+                assert client.ask(b"z0,1010,1") == b"OK"
+                for pc in (b"18", b"1a"):                        # incq, then past the OUT
+                    client.raw(frame(b"vCont;s:1"))
+                    assert client.reply() == b"T05thread:1;"
+                    assert client.ask(b"p10") == pc + b"10000000000000"
+                client.raw(frame(b"c"))
+                time.sleep(0.3)
+                client.raw(b"\x03")
+                assert client.reply() == b"T02thread:1;"
+                assert client.ask(b"M2008,8:0100000000000000") == b"OK"
+                client.raw(frame(b"c"))
+                assert client.reply() == b"W00"                  # the guest halted
+                runner.join(30)
+            finally:
+                client.close()
+        exit, outs = seen[0]
+        assert isinstance(exit, exits.Halt) and outs == part.memory.read_u64(0x2000) > 1
