@@ -17,6 +17,7 @@ b'a#b}c*'
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 __all__ = ["MAX_PACKET", "Ack", "BadPacket", "Interrupt", "Nack", "Packet", "PacketReader",
@@ -27,6 +28,7 @@ __all__ = ["MAX_PACKET", "Ack", "BadPacket", "Interrupt", "Nack", "Packet", "Pac
 # register, or 8 KiB of memory in an `M`
 MAX_PACKET = 0x4000
 _ESCAPED = frozenset(b"#$}*")
+_FRAMING = re.compile(rb"[#$]")
 
 
 class ProtocolError(ValueError):
@@ -119,38 +121,55 @@ class PacketReader:
 
     def feed(self, data: bytes) -> list[Event]:
         events: list[Event] = []
-        for b in data:
-            state = self._state
-            if state == "idle":
-                if b == 0x24:                       # $
-                    self._state, self._overflow = "data", False
-                    self._buf.clear()
-                elif b == 0x2B:
-                    events.append(Ack())
-                elif b == 0x2D:
-                    events.append(Nack())
-                elif b == 0x03:
-                    events.append(Interrupt())
-                # anything else between packets is line noise: skipped
-            elif state == "data":
-                if b == 0x23:                       # '#'
-                    self._state, self._sum = "sum1", b""
-                elif b == 0x24:                     # a new packet: the broken one is dropped
-                    events.append(BadPacket("packet restarted before its end"))
-                    self._buf.clear()
-                    self._overflow = False
-                elif len(self._buf) < self.limit:
-                    self._buf.append(b)
-                else:
+        at, end = 0, len(data)
+        while at < end:
+            if self._state == "data":
+                # the payload up to its '#' (or a '$' that restarts) in one slice
+                stop = _FRAMING.search(data, at)
+                upto = stop.start() if stop else end
+                room = self.limit - len(self._buf)
+                self._buf += data[at:at + min(upto - at, max(room, 0))]
+                if upto - at > room:
                     self._overflow = True
-            else:
-                self._sum += bytes((b,))
-                if state == "sum1":
-                    self._state = "sum2"
-                    continue
-                self._state = "idle"
-                events.append(self._finish())
+                at = upto
+                if at == end:
+                    break
+            self._step(data[at], events)
+            at += 1
         return events
+
+    def _step(self, b: int, events: list[Event]) -> None:
+        """One framing byte (a payload's bytes come in slices, in feed())."""
+        state = self._state
+        if state == "idle":
+            if b == 0x24:                       # $
+                self._state, self._overflow = "data", False
+                self._buf.clear()
+            elif b == 0x2B:
+                events.append(Ack())
+            elif b == 0x2D:
+                events.append(Nack())
+            elif b == 0x03:
+                events.append(Interrupt())
+            # anything else between packets is line noise: skipped
+        elif state == "data":
+            if b == 0x23:                       # '#'
+                self._state, self._sum = "sum1", b""
+            elif b == 0x24:                     # a new packet: the broken one is dropped
+                events.append(BadPacket("packet restarted before its end"))
+                self._buf.clear()
+                self._overflow = False
+            elif len(self._buf) < self.limit:
+                self._buf.append(b)
+            else:
+                self._overflow = True
+        else:
+            self._sum += bytes((b,))
+            if state == "sum1":
+                self._state = "sum2"
+                return
+            self._state = "idle"
+            events.append(self._finish())
 
     def _finish(self) -> Event:
         if self._overflow:
