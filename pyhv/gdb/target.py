@@ -210,7 +210,8 @@ class Controller:
         self._pausing = False              # the server is pausing the partition
         self._paused_by_us = False
         self._events: deque[Stop] = deque()
-        self._admitted: dict[int, float] = {}
+        self._admitted: dict[int, float] = {}   # let through starting(), maybe not begun
+        self._waiting: set[int] = set()          # waiting in starting()
         self._stepping: set[int] = set()     # vCPUs gdb asked to step
         self._helpers: dict[int, int] = {}   # vCPU -> address of a breakpoint that ends its step
         self._held: set[int] = set()         # vCPUs gdb left stopped while others run
@@ -233,8 +234,12 @@ class Controller:
     # -- the Debugger protocol (vCPU threads) ----------------------------------------------
     def starting(self, vcpu: Any) -> None:
         with self._cond:
-            while self.hold and not self.killed and not self.part.closed:
-                self._cond.wait(0.5)                   # -S, or gdb has the guest stopped
+            self._waiting.add(vcpu.id)
+            try:
+                while self.hold and not self.killed and not self.part.closed:
+                    self._cond.wait(0.5)               # -S, or gdb has the guest stopped
+            finally:
+                self._waiting.discard(vcpu.id)
             self._admitted[vcpu.id] = time.monotonic()
 
     def intercept(self, vcpu: Any, exit: exits.Exit) -> bool:
@@ -413,12 +418,17 @@ class Controller:
                 log.debug("pausing for gdb: %s", exc)
 
     def _wait_admitted(self) -> None:
-        """Runs let through starting() just now: wait until they have begun, so a pause sees
-        them (a run that begins during a pause would be refused)."""
-        for vid, when in list(self._admitted.items()):
+        """Runs let through starting() before the hold: wait until each has begun (a pause
+        then parks it; a run that began during a pause would be refused) or its thread is
+        back waiting in starting().  A thread that never begins (its caller went elsewhere)
+        is given two seconds."""
+        deadline = time.monotonic() + 2
+        for vid in list(self._admitted):
             vcpu = self.by_id(vid)
-            while vcpu.running_thread is None and time.monotonic() - when < 0.2:
+            while vcpu.running_thread is None and vid not in self._waiting and \
+                    not vcpu.closed and time.monotonic() < deadline:
                 time.sleep(0.0005)
+            self._admitted.pop(vid, None)
 
     def server_resume(self, actions: dict[int, str]) -> Stop | None:
         """Resume with ``actions`` ({vCPU id: "c" | "s" | "t"}); a stop still queued is returned
@@ -443,17 +453,24 @@ class Controller:
         with self._cond:
             self._held = {v for v in self._held if v in self._helpers}
             self._pausing = False
-            self.hold = False
             self.running = True
             self._fatal.clear()
             self._cond.notify_all()
+        self._release()
+        return None
+
+    def _release(self) -> None:
+        """Resume the partition, then let runs waiting in starting() begin (in that order: a
+        run begun while the partition is still paused would be refused)."""
         if self._paused_by_us:
             self._paused_by_us = False
             try:
                 self.part.resume()
             except (StateError, HypervisorError) as exc:
                 log.debug("resuming for gdb: %s", exc)
-        return None
+        with self._cond:
+            self.hold = False
+            self._cond.notify_all()
 
     def _still_true(self, stop: Stop) -> bool:
         """A queued breakpoint stop whose breakpoint gdb has removed since is dropped."""
@@ -521,15 +538,9 @@ class Controller:
             self._helpers.clear()
             self._fatal.clear()
             self._pausing = False
-            self.hold = False
             self.running = True
             self._cond.notify_all()
-        if self._paused_by_us:
-            self._paused_by_us = False
-            try:
-                self.part.resume()
-            except (StateError, HypervisorError) as exc:
-                log.debug("resuming after gdb: %s", exc)
+        self._release()
 
     def server_kill(self) -> None:
         """gdb killed the guest: every run ends (``Canceled``), nothing is poisoned."""
