@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import bench_gdb  # benchmarks/bench_gdb.py, beside this script
+
 import pyhv
 from pyhv.testing import assemble
 
@@ -602,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     rows += [lifecycle, compute]
     rows += [bench_restore(repeats), bench_pool(repeats), bench_idle_rss(ref)]
     rows += bench_unicorn(repeats, cycle, iter_ns, rows[0].value or 0.0)
+    rows += [row(*m) if m[1] is not None else Row(m[0], None, m[2], None, None, None, m[5])
+             for m in bench_gdb.measure(repeats)]            # benchmarks/bench_gdb.py
     print(table(rows))
     print(exit_breakdown(rows, shares))
     print(f"after the run: {load()}")

@@ -57,6 +57,7 @@ from .pool import PartitionPool
 from .snapshot import Snapshot, SnapshotFormatError
 from .version import __version__
 from .x86.cpuid import CpuidEntry
+from .x86.debug import GuestDebug, HardwareBreakpoint  # guest debugging (pyhv.gdb)
 from .x86.registers import DescriptorTable, Fpu, Regs, Segment, SpecialRegs
 
 # a library logs, the application decides where it goes (pyhv run -v turns it on)
@@ -111,5 +112,7 @@ __all__ = [
     "__version__",
     "check",
     "exits",
+    "GuestDebug",           # guest debugging (pyhv.gdb)
+    "HardwareBreakpoint",
     "parse_size",
 ]

@@ -378,8 +378,23 @@ class SystemEvent(Exit):
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Debug(Exit):
-    """A guest-debug exit (breakpoint, single step) when guest debugging is enabled.  It is
-    a stop the debugger asked for: it ends a handler-driven run without poisoning it."""
+    """A guest-debug exit (breakpoint, single step, watchpoint) when guest debugging is on
+    (:meth:`pyhv.VCpu.set_guest_debug`).  It is a stop the debugger asked for: it ends a
+    handler-driven run without poisoning it.
+
+    ``exception`` is the vector (1: #DB, 3: ``int3``), ``pc`` where the guest stopped, ``dr6``
+    what the debug status register said (``dr7`` is what KVM reported, stale on some
+    backends).  :attr:`reason` and :attr:`hits` say why; for a hardware breakpoint or
+    watchpoint, ``address`` and ``access`` are those of the debug register that fired (filled
+    in from the vCPU's settings).
+
+    >>> Debug(1, 0x1005, 0xFFFF4FF0, 0).reason
+    'step'
+    >>> hit = Debug(1, 0x1010, 0xFFFF0FF2, 0, address=0x3000, access="write")
+    >>> hit.reason, hit.hits, hit
+    ('watchpoint', (1,), Debug(exception=1, pc=0x1010, dr6=0xffff0ff2, dr7=0x0, \
+address=0x3000, access='write'))
+    """
 
     clean_end: ClassVar[bool] = True
 
@@ -387,6 +402,33 @@ class Debug(Exit):
     pc: int
     dr6: int
     dr7: int
+    address: int | None = field(default=None, kw_only=True)
+    access: str | None = field(default=None, kw_only=True)
+
+    @property
+    def hits(self) -> tuple[int, ...]:
+        """The debug registers (0-3) DR6 says fired."""
+        return tuple(i for i in range(4) if self.dr6 >> i & 1) if self.exception == 1 else ()
+
+    @property
+    def reason(self) -> str:
+        """"software_breakpoint" (``int3``), "breakpoint" (a hardware execution breakpoint),
+        "watchpoint" (a data breakpoint), "step" (a single step) or "unknown"."""
+        if self.exception == 3:
+            return "software_breakpoint"
+        if self.hits:
+            return "breakpoint" if self.access in (None, "execute") else "watchpoint"
+        if self.exception == 1 and self.dr6 & (1 << 14):
+            return "step"
+        return "unknown"
+
+    def __repr__(self) -> str:
+        text = Exit.__repr__(self)
+        if self.address is None:
+            return text
+        extra = f", address={self.address:#x}, access={self.access!r}"
+        cut = text.rfind(", rip=") if self.rip is not None else len(text) - 1
+        return text[:cut] + extra + text[cut:]
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -13,12 +13,13 @@ propagates from the run call.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
 from threading import get_ident
 from time import monotonic_ns, perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._native import VcpuFd
 from .._native.decode import ExitContext, decode, new_io_out
@@ -44,7 +45,8 @@ from ..errors import (
     Timeout,
     UnhandledExit,
 )
-from ..exits import Canceled, Exit, GuestException, Halt, Syscall
+from ..exits import Canceled, Debug, Exit, GuestException, Halt, Syscall
+from ..x86.debug import GuestDebug
 from .buses import EndRun, Handler
 from .stubs import Stubs
 
@@ -72,6 +74,34 @@ class RunResult:
         if not isinstance(self.exit, expected or (Halt,)):
             raise UnhandledExit(self.exit)
         return self
+
+
+class Debugger(Protocol):
+    """What a debugger attached to a vCPU (``VCpu.attach_debugger``) is told, always in the
+    thread running the vCPU (:mod:`pyhv.gdb` implements it)."""
+
+    def starting(self, vcpu: Any) -> None:
+        """A run of ``vcpu`` is about to begin (it is not claimed yet): may wait."""
+
+    def intercept(self, vcpu: Any, exit: Exit) -> bool:
+        """An exit decoded by a run, before it is returned, served or judged: True when the
+        debugger took it and the run goes on into the guest."""
+
+    def ended(self, vcpu: Any, exit: Exit | None) -> None:
+        """A handler-driven run ended on ``exit`` (None: it raised), or a typed run returned
+        an exit that ends the guest (a ``fault``, a ``machine_end``, a halt); the vCPU is
+        released already.  May wait."""
+
+
+def describe_debug(exit: Debug, settings: GuestDebug) -> Debug:
+    """``exit`` with the address and access of the debug register that fired, from the
+    vCPU's guest-debug ``settings``."""
+    for index in exit.hits:
+        if index < len(settings.hardware):
+            bp = settings.hardware[index]
+            if bp is not None:
+                return dataclasses.replace(exit, address=bp.address, access=bp.access)
+    return exit
 
 
 def validate_timeout(timeout: float | None) -> float | None:
@@ -114,6 +144,8 @@ class VcpuRunner:
         self.closing = False                   # close() waits for the run to end
         self.run_seconds = 0.0
         self.last_exit: Exit | None = None     # the latest exit handed to Python
+        self.guest_debug = GuestDebug()        # what VCpu.set_guest_debug set
+        self.debugger: Debugger | None = None  # VCpu.attach_debugger
 
     # -- claiming -----------------------------------------------------------------------------
     def _begin(self, timeout: float | None) -> int:
@@ -190,6 +222,9 @@ class VcpuRunner:
         This is the README's loop, once per exit: claiming and releasing the vCPU are
         written out here (what _begin/_end do, without their frames), and a single OUT is
         decoded inline."""
+        debugger = self.debugger
+        if debugger is not None:
+            debugger.starting(self.vcpu)
         claim = self._claim
         if not claim.acquire(False):
             raise HypervisorError(f"vCPU {self.fd.id} is already running on another thread")
@@ -212,6 +247,7 @@ class VcpuRunner:
         self.thread = get_ident()
         started = perf_counter()
         deadline = 0 if timeout is None else monotonic_ns() + int(timeout * 1e9)
+        ending: Exit | None = None     # told to the debugger once the vCPU is released
         try:
             c = self.fd.record
             enter = self.fd.enter
@@ -235,12 +271,18 @@ class VcpuRunner:
                         continue
                 if reason == EXIT_TIMEOUT:
                     raise self._timeout(timeout)
+                exit = decode(c, self.ctx)
+                if reason == EXIT_HALT and self.stubs is not None:
+                    exit = self._stub_exit(exit)
+                if type(exit) is Debug:
+                    exit = describe_debug(exit, self.guest_debug)
+                if debugger is not None and debugger.intercept(self.vcpu, exit):
+                    continue
                 break
-            exit = decode(c, self.ctx)
-            if reason == EXIT_HALT and self.stubs is not None:
-                exit = self._stub_exit(exit)
             if exit.fault:
                 life.poison(f"vCPU {self.fd.id}: {exit!r}", exit)
+            if debugger is not None and (exit.fault or exit.machine_end or type(exit) is Halt):
+                ending = exit
             self.last_exit = exit
             return exit
         finally:
@@ -250,6 +292,8 @@ class VcpuRunner:
             if life.paused:
                 life.end_run(slot)                 # wakes pause()
             claim.release()
+            if ending is not None and debugger is not None:
+                debugger.ended(self.vcpu, ending)
 
     def _stub_exit(self, halt: Exit) -> Exit:
         assert self.stubs is not None and halt.rip is not None
@@ -264,10 +308,14 @@ class VcpuRunner:
         machine = self.machine
         life = machine.life
         handled = 0
+        debugger = self.debugger
+        if debugger is not None:
+            debugger.starting(self.vcpu)
         started = time.perf_counter()
         deadline = self._begin(timeout)
         handling = False     # an exception raised while handling an exit poisons
         final: Exit
+        ended: Exit | None = None
         try:
             fd = self.fd
             c = fd.record
@@ -344,9 +392,15 @@ class VcpuRunner:
                     handling = False
                     raise self._timeout(timeout, handled)
                 final = decode(c, self.ctx)
-                clean = False
                 if reason == EXIT_HALT and self.stubs is not None:
                     final = self._stub_exit(final)
+                if type(final) is Debug:
+                    final = describe_debug(final, self.guest_debug)
+                if debugger is not None and debugger.intercept(self.vcpu, final):
+                    handling = False
+                    continue
+                clean = False
+                if reason == EXIT_HALT and self.stubs is not None:
                     served = self._serve_stub(final)
                     if served is _SERVED:
                         handled += 1
@@ -360,8 +414,9 @@ class VcpuRunner:
                 life.poison(f"vCPU {fd.id}: {final!r}", final)
             elif not (final.clean_end or clean):
                 life.poison(f"vCPU {fd.id} ended on {final!r}, which nothing handled", final)
+            ended = final
         except EndRun as end:
-            final = end.exit                   # a handler ended the run on purpose
+            final = ended = end.exit           # a handler ended the run on purpose
             handled += 1
         except BaseException as exc:
             if handling:
@@ -370,6 +425,8 @@ class VcpuRunner:
             raise
         finally:
             self._end(started)
+            if debugger is not None:
+                debugger.ended(self.vcpu, ended)
         return RunResult(final, handled, time.perf_counter() - started, self.vcpu)
 
     def _serve_io(self, h: Handler, c: Any) -> bool:

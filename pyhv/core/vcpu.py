@@ -19,13 +19,21 @@ from typing import Any
 
 from .._native import VcpuFd
 from .._native.structs import VcpuSetup
-from .._native.vcpu import check_msr_indices
-from ..errors import ClosedError
+from .._native.vcpu import (
+    GUESTDBG_ENABLE,
+    GUESTDBG_SINGLESTEP,
+    GUESTDBG_USE_HW_BP,
+    GUESTDBG_USE_SW_BP,
+    check_msr_indices,
+)
+from ..errors import ClosedError, GuestMemoryError, InvalidArgument, KvmError
 from ..exits import Exit, kvm_exit_name
 from ..x86.cpuid import CpuidEntry, for_vcpu
+from ..x86.debug import GuestDebug, HardwareBreakpoint, debug_registers
 from ..x86.modes import initial_state, needs_setup_region
+from ..x86.paging import PagingRegisters, Translation, walk
 from ..x86.registers import Fpu, Registers, Regs, SpecialRegisters, SpecialRegs, to_u64
-from .loop import RunResult, VcpuRunner, validate_timeout
+from .loop import Debugger, RunResult, VcpuRunner, validate_timeout
 from .machine import Machine
 from .stubs import StubFrames, Stubs
 
@@ -224,6 +232,100 @@ class VCpu:
     def set_cpuid(self, entries: Iterable[CpuidEntry]) -> None:
         """Give the guest this CPUID table (e.g. an edited ``hypervisor.supported_cpuid()``)."""
         self._fd.set_cpuid(entries)
+
+    # -- guest debugging ----------------------------------------------------------------------
+    @property
+    def guest_debug(self) -> GuestDebug:
+        """The guest-debug settings last given to :meth:`set_guest_debug`."""
+        return self._runner.guest_debug
+
+    def set_guest_debug(self, *, single_step: bool = False, software_breakpoints: bool = False,
+                        hardware: Iterable[HardwareBreakpoint | None] = ()) -> None:
+        """Debug the guest (``KVM_SET_GUEST_DEBUG``): ``single_step`` ends each run after one
+        instruction, ``software_breakpoints`` has ``int3`` end the run instead of reaching
+        the guest, ``hardware`` loads up to four :class:`pyhv.HardwareBreakpoint` into DR0-DR3
+        (None leaves one free).  Each event ends the run with an :class:`pyhv.exits.Debug`
+        saying why (its ``address``/``access`` name the debug register that fired).  With no
+        arguments, guest debugging is off.  What a backend delivers differs (kvm_pvm: see
+        ``pyhv.gdb.probe.debug_support()``).
+
+        >>> import pyhv
+        >>> with pyhv.Partition(memory="16M") as part:
+        ...     part.memory.write(0x1000, bytes.fromhex("90 90 f4"))   # nop; nop; hlt
+        ...     cpu = part.create_vcpu(mode="long", entry=0x1000)
+        ...     cpu.set_guest_debug(hardware=[pyhv.HardwareBreakpoint(0x1001)])
+        ...     hit = cpu.run(timeout=5)
+        ...     cpu.set_guest_debug(single_step=True)
+        ...     step = cpu.run(timeout=5)
+        ...     cpu.set_guest_debug()
+        ...     hit.reason, hex(hit.pc), step.reason, hex(step.pc), cpu.run(timeout=5)
+        ('breakpoint', '0x1001', 'step', '0x1002', Halt(rip=0x1003))
+        """
+        settings = GuestDebug(bool(single_step), bool(software_breakpoints), tuple(hardware))
+        control = 0
+        if settings.enabled:
+            control = GUESTDBG_ENABLE
+            if settings.single_step:
+                control |= GUESTDBG_SINGLESTEP
+            if settings.software_breakpoints:
+                control |= GUESTDBG_USE_SW_BP
+            if any(bp is not None for bp in settings.hardware):
+                control |= GUESTDBG_USE_HW_BP
+        self._fd.set_guest_debug(control, debug_registers(settings.hardware))
+        self._runner.guest_debug = settings
+
+    def translate(self, gva: int, *, method: str = "auto") -> int | None:
+        """The guest-physical address of guest-virtual ``gva`` in the vCPU's current paging
+        mode (none, 32-bit, PAE, 4- or 5-level), or None where nothing is mapped.
+        ``method="auto"`` asks KVM (``KVM_TRANSLATE``) and, where the kernel cannot, walks
+        the page tables in Python (:mod:`pyhv.x86.paging`); "kvm" and "walk" use only one.
+
+        >>> import pyhv
+        >>> with pyhv.Partition(memory="16M") as part:
+        ...     cpu = part.create_vcpu(mode="long", entry=0x1000)
+        ...     hex(cpu.translate(0x1234)), hex(cpu.translate(0x1234, method="walk"))
+        ('0x1234', '0x1234')
+        """
+        if isinstance(gva, bool) or not isinstance(gva, int) or not 0 <= gva < 1 << 64:
+            raise InvalidArgument(f"guest-virtual address {gva!r} is not a 64-bit unsigned int")
+        if method not in ("auto", "kvm", "walk"):
+            raise InvalidArgument(f"translate method {method!r}: auto, kvm or walk")
+        if method != "walk":
+            try:
+                return self._fd.translate(gva)
+            except KvmError:
+                if method == "kvm":
+                    raise
+                # a backend without KVM_TRANSLATE: walk the tables here
+        found = self.walk(gva)
+        return None if found is None else found.gpa
+
+    def walk(self, gva: int) -> Translation | None:
+        """Walk the page tables for ``gva`` in Python: the page it lies in and the access the
+        tables allow, or None where it is not mapped (tables outside guest memory included)."""
+        return walk(self.paging_registers(), gva, self._read_table)
+
+    def paging_registers(self) -> PagingRegisters:
+        """CR0, CR3, CR4 and EFER: what chooses the paging mode and the page tables."""
+        s = self._fd.get_sregs()
+        return PagingRegisters(s.cr0, s.cr3, s.cr4, s.efer)
+
+    def _read_table(self, gpa: int, size: int) -> bytes | None:
+        try:
+            return self._machine.memory.read(gpa, size)
+        except GuestMemoryError:
+            return None
+
+    @property
+    def debugger(self) -> Debugger | None:
+        """The debugger attached to this vCPU's runs (:class:`pyhv.core.loop.Debugger`)."""
+        return self._runner.debugger
+
+    def attach_debugger(self, debugger: Debugger | None) -> None:
+        """Have ``debugger`` see this vCPU's runs begin and end and its exits before they are
+        returned or served (None detaches it).  This is how :mod:`pyhv.gdb` stops and steps
+        the guest inside ``run()``, ``serve()`` and ``Partition.run()``."""
+        self._runner.debugger = debugger
 
     # -- snapshots (the vCPU's part) ---------------------------------------------------------
     def save_state(self, msrs: list[int], optional: int) -> bytes:

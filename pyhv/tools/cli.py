@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import HypervisorError, HypervisorUnavailable
+from ..gdb.probe import debug_support
 from ..version import __version__
 from . import run as run_command
 
@@ -42,6 +43,7 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"\nsmoke test: ok (a long-mode guest ran to `hlt` in {took:.1f} ms)")
         speed = doctor.measure(hv)
         features = doctor.feature_lines(hv)
+        debugging = debug_support(hv).report()       # what gdb gets here (pyhv.gdb)
     except HypervisorError as exc:
         print(f"\nguest checks: FAILED ({exc})")
         return 1
@@ -52,6 +54,7 @@ def _doctor(args: argparse.Namespace) -> int:
     print("\n".join(speed.lines()))
     print("features (probed by running guests):")
     print("\n".join(features))
+    print("\n" + debugging)
     print("\nREADY")
     return 0
 

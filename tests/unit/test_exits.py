@@ -66,7 +66,7 @@ SAMPLE = {"rip": 0x1004, "port": 0x3F8, "size": 2, "data": b"\x01\x02", "count":
           "args": (1, 2, 3), "code": 0x63, "source": "i8042 command 0xfe", "vector": 14,
           "error_code": 2, "cr2": 0xDEAD0000, "user": True, "kvm_reason": 7,
           "name": "KVM_EXIT_IRQ_WINDOW_OPEN", "_vcpu": SENTINEL_VCPU, "_seq": 9,
-          "_frame": 0x5FF8, "_width": 32}
+          "_frame": 0x5FF8, "_width": 32, "address": 0x3000, "access": "write"}
 TUPLE_DATA = {"InternalError", "SystemEvent", "InvalidExit", "Unknown"}   # data: words
 
 
