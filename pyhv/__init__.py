@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from . import devices, exits, loaders
 from ._native import Feature
-from .core.buses import EndRun, Handler, Space
+from .core.buses import EndRun, Handler, RefuseAccess, Space
 from .core.fastpath import Doorbell, FastPort, PortKind
 from .core.hypervisor import (
     OPTIONAL_FEATURES,
@@ -69,6 +69,7 @@ __all__ = [
     "Capabilities",
     "Doorbell",
     "EndRun",
+    "RefuseAccess",
     "ImageFormatError",
     "PartitionPool",
     "PartitionState",
