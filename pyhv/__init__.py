@@ -17,7 +17,7 @@ run loop, buses, fast paths, lifecycle), then snapshots, devices and loaders, th
 
 from __future__ import annotations
 
-from . import devices, exits, loaders
+from . import devices, exits, hyperv, loaders
 from ._native import Feature
 from .core.buses import EndRun, Handler, RefuseAccess, Space
 from .core.fastpath import Doorbell, FastPort, PortKind
@@ -50,6 +50,7 @@ from .errors import (
     Timeout,
     UnhandledExit,
 )
+from .hyperv import HyperV
 from .partition import Partition
 from .pool import PartitionPool
 from .snapshot import Snapshot, SnapshotFormatError
@@ -86,6 +87,7 @@ __all__ = [
     "GuestMemoryError",
     "Handler",
     "HandlerError",
+    "HyperV",
     "Hypervisor",
     "HypervisorError",
     "HypervisorUnavailable",
@@ -107,5 +109,6 @@ __all__ = [
     "__version__",
     "check",
     "exits",
+    "hyperv",
     "parse_size",
 ]
