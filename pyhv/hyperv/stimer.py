@@ -170,14 +170,8 @@ class SyntheticTimers:
                 if not value & tlfs.STIMER_DIRECT and tlfs.stimer_sint(value) == 0:
                     value &= ~tlfs.STIMER_ENABLE      # SINT0 means "no SINT": disabled
                 self.config[i] = value
-            self._check_enable(i)
-            if self.config[i] & tlfs.STIMER_ENABLE:
-                self._start(i, now)
-
-    def _check_enable(self, i: int) -> None:
-        config = self.config[i]
-        if config & tlfs.STIMER_ENABLE and config & tlfs.STIMER_PERIODIC and not self.count[i]:
-            self.config[i] = config & ~tlfs.STIMER_ENABLE    # a period of 0 never fires
+            if self.config[i] & tlfs.STIMER_ENABLE and self.count[i]:
+                self._start(i, now)                 # a count of 0 arms nothing (as KVM)
 
     def _stop(self, i: int) -> None:
         self.scheduler.cancel(self._key(i))

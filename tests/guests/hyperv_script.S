@@ -90,6 +90,7 @@ next_op:
     cmp $15, %rax; je op_delay
     cmp $16, %rax; je op_times
     cmp $17, %rax; je op_load32
+    cmp $18, %rax; je op_wrmsr_ref
     mov $0x7F, %al                   /* unknown op */
     out %al, $0xF4
     jmp .
@@ -174,6 +175,19 @@ op_rdtsc:                            /* r0 = TSC */
 op_load:                             /* r0 = u64 at a */
     mov (%rdi), %rax
     mov %rax, (%r13)
+    jmp op_done
+
+op_wrmsr_ref:                        /* MSR a = TIME_REF_COUNT + b; r0 = that value */
+    mov $TIME_REF_COUNT, %ecx
+    rdmsr
+    shl $32, %rdx
+    or %rdx, %rax
+    add %rsi, %rax
+    mov %rax, (%r13)
+    mov %rax, %rdx
+    shr $32, %rdx
+    mov %edi, %ecx
+    wrmsr
     jmp op_done
 
 op_load32:                           /* r0 = u32 at a (LAPIC registers take 4-byte reads) */

@@ -22,7 +22,8 @@ DONE_CODE = 1                     # DebugExit.code of `out 0, $0xf4`
 
 OPS = {"end": 0, "rdmsr": 1, "wrmsr": 2, "hypercall": 3, "cpuid": 4, "wait_irqs": 5,
        "wait_u32": 6, "store": 7, "rdtsc": 8, "load": 9, "outl": 10, "clock_check": 12,
-       "cli": 13, "sti": 14, "delay": 15, "times": 16, "load32": 17}
+       "cli": 13, "sti": 14, "delay": 15, "times": 16, "load32": 17,
+       "wrmsr_ref": 18}
 
 
 def area(vp: int) -> int:
