@@ -137,6 +137,7 @@ class HyperV(Device):
         for vcpu in partition.vcpus:
             if vcpu.running_thread is not None:
                 raise StateError(f"{vcpu!r} is running: attach Hyper-V before the run")
+            self._check_leaves(vcpu)
         self._part = partition
         try:
             self._registered.append(partition.add_msr_handler(
@@ -154,6 +155,22 @@ class HyperV(Device):
         except BaseException:
             self._detach()
             raise
+
+    def _check_leaves(self, vcpu: VCpu) -> None:
+        """A vCPU that shows Hyper-V leaves already (restored from a snapshot) must show
+        these enlightenments: its guest has seen them."""
+        leaves = {e.function: e for e in vcpu.get_cpuid()}
+        interface = leaves.get(tlfs.CPUID_INTERFACE)
+        if interface is None or interface.eax != tlfs.INTERFACE_HV1:
+            return                                   # not enlightened yet
+        mine = next(e for e in hyperv_leaves(self.enlightenments, 1)
+                    if e.function == tlfs.CPUID_FEATURES)
+        theirs = leaves.get(tlfs.CPUID_FEATURES)
+        if theirs is None or (theirs.eax, theirs.ebx, theirs.edx) != (mine.eax, mine.ebx,
+                                                                      mine.edx):
+            raise InvalidArgument(f"{vcpu!r} shows other Hyper-V features than "
+                                  f"{self.enlightenments.describe()!r} (restored from a "
+                                  "snapshot of other enlightenments?)")
 
     def _detach(self) -> None:
         part, self._part = self._part, None
