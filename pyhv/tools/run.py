@@ -15,6 +15,7 @@ from typing import Protocol
 
 from .. import devices, exits, loaders
 from ..errors import HypervisorError, Timeout
+from ..hyperv.run_extension import EXTENSION as HYPERV_EXTENSION
 from ..partition import Partition
 
 DESCRIPTION = ("Boot IMAGE with a 16550 UART on COM1, an i8042, a CMOS clock, fw_cfg and the "
@@ -31,6 +32,7 @@ class RunExtension(Protocol):
 
 # the packages that take part (they register themselves here; see the module docstring)
 EXTENSIONS: list[RunExtension] = []
+EXTENSIONS.append(HYPERV_EXTENSION)      # pyhv.hyperv: --cpu MODEL,hv-... (and --device)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

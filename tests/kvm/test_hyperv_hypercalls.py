@@ -151,9 +151,3 @@ def test_without_the_synic_there_is_no_post_message(kvm):
         tlfs.HV_STATUS_INVALID_HYPERCALL_CODE] * 2
 
 
-def test_on_hypercall_checks_its_arguments():
-    hv = HyperV("hv-vpindex")
-    with pytest.raises(pyhv.InvalidArgument):
-        hv.on_hypercall(0x10000, lambda call: 0)
-    with pytest.raises(pyhv.InvalidArgument):
-        hv.on_hypercall(CUSTOM, "not callable")           # type: ignore[arg-type]
