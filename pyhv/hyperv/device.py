@@ -25,6 +25,7 @@ from ..devices.base import Device
 from ..errors import HypervisorError, InvalidArgument, StateError
 from ..partition import Partition
 from ..x86.cpuid import CpuidEntry
+from ..x86.registers import GENERAL_REGISTERS
 from . import kvmio, lapic, tlfs
 from .clock import ReferenceClock
 from .cpuid import hyperv_leaves, with_hyperv
@@ -52,7 +53,7 @@ log = logging.getLogger("pyhv.hyperv")
 MSR_TSC = 0x10
 MSR_APIC_BASE = 0x1B
 APIC_BASE_X2APIC = 1 << 10
-EFER_LMA = 1 << 10
+RFLAGS_IOPL = 3 << 12
 POST_MESSAGE_INPUT = 16 + tlfs.MESSAGE_PAYLOAD_MAX   # conn id, rsvd, type, size, payload
 FEATURE_OF_SYNIC = range(tlfs.HV_X64_MSR_SCONTROL, tlfs.HV_X64_MSR_SINT0 + tlfs.SINT_COUNT)
 STIMER_MSRS = range(tlfs.HV_X64_MSR_STIMER0_CONFIG,
@@ -145,8 +146,8 @@ class HyperV(Device):
             if "crash" in self.enlightenments:
                 self._registered.append(partition.add_msr_handler(
                     tlfs.CRASH_MSRS, read=self._bus_read, write=self._bus_write))
-            self._registered.append(partition.add_io_handler(self.hypercall_port,
-                                                             write=self._bus_hypercall))
+            self._registered.append(partition.add_io_handler(
+                range(self.hypercall_port, self.hypercall_port + 2), write=self._bus_hypercall))
             self.scheduler = TimerScheduler(
                 ready=lambda: partition.state is PartitionState.RUNNING,
                 alive=lambda: not partition.closed)
@@ -264,7 +265,7 @@ class HyperV(Device):
             raise RefuseAccess(index) from None
 
     def _bus_hypercall(self, port: int, size: int, value: int) -> None:
-        self.hypercall(self._here())
+        self.hypercall(self._here(), long_mode=port == self.hypercall_port)
 
     def handle(self, vcpu: VCpu, exit: exits.Exit) -> bool:
         """Serve ``exit`` of ``vcpu`` if it is Hyper-V's (a synthetic MSR access or a
@@ -290,8 +291,9 @@ class HyperV(Device):
             else:
                 exit.complete()
             return True
-        if isinstance(exit, exits.IoOut) and exit.port == self.hypercall_port:
-            self.hypercall(state)
+        if isinstance(exit, exits.IoOut) and exit.port in (self.hypercall_port,
+                                                             self.hypercall_port + 1):
+            self.hypercall(state, long_mode=exit.port == self.hypercall_port)
             return True
         return False
 
@@ -446,27 +448,29 @@ class HyperV(Device):
             raise InvalidArgument(f"hypercall handler {handler!r} is not callable")
         self._handlers[code] = (handler, bool(rep))
 
-    def hypercall(self, vp: VpState) -> int:
-        """Serve the hypercall ``vp`` makes now (its registers hold the call); the result
-        written to its RAX (or EDX:EAX)."""
+    def hypercall(self, vp: VpState, long_mode: bool = True) -> int:
+        """Serve the hypercall ``vp`` makes now (its registers hold the call, in the 64-bit
+        or, ``long_mode=False``, the 32-bit convention); the result written to its RAX (or
+        EDX:EAX)."""
         self._auto_eoi(vp)
         vcpu = vp.vcpu
         regs = vcpu.read_registers()
-        sregs = vcpu.get_sregs()
-        long_mode = bool(sregs.efer & EFER_LMA) and bool(sregs.cs.l)
         if long_mode:
             control, in_gpa, out_gpa = regs.rcx, regs.rdx, regs.r8
         else:
             control = (regs.rdx & 0xFFFFFFFF) << 32 | regs.rax & 0xFFFFFFFF
             in_gpa = (regs.rbx & 0xFFFFFFFF) << 32 | regs.rcx & 0xFFFFFFFF
             out_gpa = (regs.rdi & 0xFFFFFFFF) << 32 | regs.rsi & 0xFFFFFFFF
-        status, reps = self._dispatch(vp, control, in_gpa, out_gpa, sregs.cs.dpl)
+        # the page's OUT ran, so CPL <= IOPL: with IOPL 0 (every OS kernel) that is CPL 0
+        cpl = 0 if not regs.rflags & RFLAGS_IOPL else vcpu.get_sregs().cs.dpl
+        status, reps = self._dispatch(vp, control, in_gpa, out_gpa, cpl)
         value = result(status, reps)
+        values = {name: getattr(regs, name) for name in GENERAL_REGISTERS}
         if long_mode:
-            regs = dataclasses.replace(regs, rax=value)
+            values["rax"] = value
         else:
-            regs = dataclasses.replace(regs, rax=value & 0xFFFFFFFF, rdx=value >> 32)
-        vcpu.regs.load(regs)
+            values["rax"], values["rdx"] = value & 0xFFFFFFFF, value >> 32
+        vcpu.write_registers(values)              # all of them: one KVM_SET_REGS
         self.hypercalls_served += 1
         return value
 

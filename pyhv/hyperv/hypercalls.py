@@ -1,15 +1,17 @@
 """The hypercall ABI: the page pyhv writes, the control word, the status in RAX, and the
 :class:`Hypercall` a Python handler gets.
 
-The hypercall page holds ``out %al, $PORT; ret``: the guest's ``call`` into it exits to
-pyhv as a port write (on kvm_pvm ``vmcall`` at CPL0 never leaves the kernel, and on any KVM
-without its own Hyper-V emulation ``vmcall`` is KVM's own hypercall, not the TLFS's), and
-pyhv reads the registers of the TLFS calling convention and writes the result to RAX
-(EDX:EAX for 32-bit guests) before the guest returns.
+The guest's ``call`` into the hypercall page exits to pyhv as a port write: on kvm_pvm
+``vmcall`` at CPL0 never leaves the kernel, and on any KVM without its own Hyper-V emulation
+``vmcall`` is KVM's hypercall, not the TLFS's.  The page's code writes to port ``PORT`` from
+64-bit code and to ``PORT + 1`` from 32-bit code (one byte sequence that decodes differently
+in the two modes), so pyhv knows the calling convention without reading the segment
+registers; it keeps every register but the result, RAX (EDX:EAX in 32-bit code).
 
 >>> from pyhv.hyperv.hypercalls import decode_control, page_code
->>> page_code(0xE3).hex()
-'e6e3c3'
+>>> code = page_code(0xE2)
+>>> code[:3].hex(), code[11:16].hex(), code[0x4C:].hex()
+('554cbd', '40e6e25dc3', '5dc3')
 >>> call = decode_control(0x0000_0002_0001_005D)      # HvSignalEvent, fast, rep count 2
 >>> call.code, call.fast, call.rep_count
 (93, True, 2)
@@ -25,16 +27,38 @@ from ..core.memory import PAGE_SIZE, GuestMemory
 from ..errors import GuestMemoryError, InvalidArgument
 from . import tlfs
 
-HYPERCALL_PORT = 0xE3          # the port the hypercall page writes to (see the docs)
+HYPERCALL_PORT = 0xE2          # the page writes here from 64-bit code, PORT + 1 from 32-bit
 INPUT_ALIGNMENT = 8
 
 
 def page_code(port: int) -> bytes:
-    """The hypercall page's code: ``out %al, $port; ret`` (the same bytes in 32-bit and
-    64-bit code)."""
-    if not 0 <= port <= 0xFF:
-        raise InvalidArgument(f"the hypercall port {port:#x} must fit an 8-bit immediate")
-    return bytes((0xE6, port, 0xC3))
+    """The hypercall page's code.  64-bit::
+
+        55                push %rbp
+        4c bd <imm64>     mov $imm64, %rbp
+        40 e6 PORT        rex out %al, $PORT    (a bare REX prefix: no effect)
+        5d c3             pop %rbp; ret
+
+    and the same bytes in 32-bit code::
+
+        55                push %ebp
+        4c                dec %esp
+        bd <imm32>        mov $imm32, %ebp
+        44                inc %esp           (the imm64's upper half, from here)
+        e6 PORT+1         out %al, $PORT+1
+        eb 40             jmp +0x40          (the REX prefix above is the displacement)
+        5d c3             pop %ebp; ret      (at offset 0x4C)
+    """
+    if not 0 <= port <= 0xFE:
+        raise InvalidArgument(f"the hypercall ports {port:#x}, {port + 1:#x} must fit an 8-bit "
+                              "immediate")
+    code = bytearray(0x4E)
+    code[0:3] = b"\x55\x4c\xbd"
+    code[3:7] = bytes(4)                                   # 32-bit: the imm32 for %ebp
+    code[7:11] = bytes((0x44, 0xE6, port + 1, 0xEB))        # 32-bit path, hidden in the imm64
+    code[11:16] = bytes((0x40, 0xE6, port, 0x5D, 0xC3))     # 0x40: the jmp's displacement
+    code[0x4C:0x4E] = b"\x5d\xc3"                          # 12 + 0x40 = 0x4C
+    return bytes(code)
 
 
 @dataclass(frozen=True)

@@ -189,11 +189,13 @@ class SynIC:
             return
         slot = (self.simp & tlfs.PAGE_MASK) + sint * tlfs.MESSAGE_SIZE
         memory = self.memory
-        # "pending" first, then the type (see the module docstring)
-        flags = memory.read_u8(slot + 5)
-        memory.write_u8(slot + 5, flags | tlfs.MESSAGE_PENDING)
-        if memory.read_u32(slot) != tlfs.HVMSG_NONE:
-            return                               # busy: the guest writes EOM when done
+        header = memory.read(slot, 8)
+        if int.from_bytes(header[:4], "little") != tlfs.HVMSG_NONE:
+            # busy: "pending" first, then the type again (see the module docstring); a free
+            # slot the guest does not touch, so the first look was enough there
+            memory.write_u8(slot + 5, header[5] | tlfs.MESSAGE_PENDING)
+            if memory.read_u32(slot) != tlfs.HVMSG_NONE:
+                return                           # the guest writes EOM when it is done
         message = queue.popleft()
         data = bytearray(message.build())
         data[5] = tlfs.MESSAGE_PENDING if queue else 0

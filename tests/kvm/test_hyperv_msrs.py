@@ -9,6 +9,7 @@ import pytest
 import pyhv
 from pyhv import exits
 from pyhv.hyperv import HyperV, kvmio, tlfs
+from pyhv.hyperv.hypercalls import page_code
 
 from .hyperv_guest import EOI_MSR, HCPAGE, HvGuest, Script, area
 
@@ -85,7 +86,8 @@ def test_the_hypercall_page_waits_for_a_guest_os_id_and_holds_pyhvs_code(kvm):
         assert guest.value(0, 4) == HCPAGE | 1
         assert guest.value(0, 6) == HCPAGE and guest.value(0, 7) == 0
         assert guest.faulted(0, 9)
-        assert part.memory.read(HCPAGE, 3) == bytes((0xE6, hv.hypercall_port, 0xC3))
+        code = page_code(hv.hypercall_port)
+        assert part.memory.read(HCPAGE, len(code)) == code
 
 
 def test_frequency_msrs_report_the_tsc_and_the_lapic_timer(kvm):
@@ -225,7 +227,7 @@ def test_bad_arguments_are_refused_before_anything_changes(part):
         HyperV("hv-frobnicate")
     with pytest.raises(pyhv.InvalidArgument, match="8-bit"):
         HyperV("hv-vpindex", hypercall_port=0x3F8)
-    part.add_io_handler(0xE3, write=lambda p, s, v: None)
+    part.add_io_handler(0xE3, write=lambda p, s, v: None)           # the 32-bit call port
     part.memory.write(0x1000, b"\xf4")
     part.create_vcpu(mode="long", entry=0x1000)
     with pytest.raises(pyhv.OverlapError):
