@@ -4,12 +4,15 @@ message slot, both vCPUs at once, and the expiration times the messages carry.""
 from __future__ import annotations
 
 import struct
+import threading
+import time
 
 import pytest
 
 import pyhv
 from pyhv.hyperv import HyperV, tlfs
 
+from ..conftest import fd_count
 from .hyperv_guest import EOI_LAPIC, SIMP, TAKE_MESSAGES, HvGuest, Script, area, message_header
 
 MS = 10_000                               # one millisecond in reference time units
@@ -196,3 +199,25 @@ def test_a_periodic_timer_that_fell_behind_catches_up_unless_lazy(kvm, lazy):
             assert e3 > d2 - period and e3 - e2 > period     # the missed periods skipped
         else:
             assert (e3, e4) == (e2 + period, e2 + 2 * period)  # delivered one after another
+
+
+def timer_threads() -> int:
+    return sum(t.name == "pyhv-hyperv-timers" and t.is_alive() for t in threading.enumerate())
+
+
+def test_closing_the_partition_ends_the_timer_thread_and_leaves_nothing(kvm):
+    pyhv.Partition(memory="1M").close()                    # /dev/kvm itself stays open
+    before_fds, before_threads = fd_count(), timer_threads()
+    s = synic_script(0)
+    s.wrmsr(COUNT, 50 * MS)
+    s.wrmsr(CONFIG, config(sint=2, periodic=True))             # armed, far from its expiry
+    part, guest, hv = timer_partition([s])
+    guest.run()
+    assert hv.scheduler is not None and hv.scheduler.pending() == 1
+    assert timer_threads() == before_threads + 1
+    part.close()
+    deadline = time.monotonic() + 5
+    while timer_threads() > before_threads:
+        assert time.monotonic() < deadline, "the timer thread outlived its partition"
+        time.sleep(0.01)
+    assert fd_count() == before_fds
