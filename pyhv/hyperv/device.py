@@ -22,7 +22,7 @@ from ..core.lifecycle import PartitionState
 from ..core.memory import PAGE_SIZE
 from ..core.vcpu import VCpu
 from ..devices.base import Device
-from ..errors import HypervisorError, InvalidArgument, StateError
+from ..errors import ClosedError, HypervisorError, InvalidArgument, StateError
 from ..partition import Partition
 from ..x86.cpuid import CpuidEntry
 from ..x86.registers import GENERAL_REGISTERS
@@ -95,8 +95,12 @@ class HyperV(Device):
 
     def __init__(self, features: str | Iterable[str] | Enlightenments = "hv-passthrough", *,
                  hypercall_port: int = HYPERCALL_PORT) -> None:
+        if not isinstance(features, (Enlightenments, str, list, tuple, set, frozenset)):
+            raise InvalidArgument(f"features must be a string of QEMU flags, a list of them "
+                                  f"or an Enlightenments, not {features!r}")
         self.enlightenments = (features if isinstance(features, Enlightenments)
                                else Enlightenments.parse(features))
+        hypercall_port = _int("hypercall_port", hypercall_port)
         page_code(hypercall_port)                   # checks the port
         self.hypercall_port = hypercall_port
         self.lock = threading.RLock()
@@ -234,9 +238,11 @@ class HyperV(Device):
 
     def vp(self, vp_index: int) -> VpState:
         """The state of the vCPU with VP index ``vp_index`` (its vCPU id)."""
-        state = self._vps.get(vp_index)
+        state = self._vps.get(vp_index) if isinstance(vp_index, int) else None
         if state is None:
-            raise InvalidArgument(f"no enlightened vCPU with VP index {vp_index}")
+            raise InvalidArgument(f"no enlightened vCPU with VP index {vp_index!r}")
+        if self._part is not None and self._part.closed:
+            raise ClosedError("the partition is closed")
         return state
 
     def synic(self, vp_index: int) -> SynIC:
@@ -250,6 +256,10 @@ class HyperV(Device):
         for state in self._vps.values():
             if state.vcpu.running_thread == ident:
                 return state
+        for vcpu in self._p().vcpus:
+            if vcpu.running_thread == ident:
+                raise StateError(f"{vcpu!r} was made after HyperV was attached: call "
+                                 "hv.enlighten(cpu) before running it")
         raise HypervisorError("a Hyper-V access outside the run of an enlightened vCPU")
 
     def _bus_read(self, index: int, size: int) -> int:
@@ -271,6 +281,8 @@ class HyperV(Device):
         """Serve ``exit`` of ``vcpu`` if it is Hyper-V's (a synthetic MSR access or a
         hypercall) in a typed run; whether it was.  Raises :class:`pyhv.EndRun` where the
         guest reset or crashed the machine."""
+        if not isinstance(vcpu, VCpu) or vcpu.partition is not self._part:
+            raise InvalidArgument(f"{vcpu!r} is not a vCPU of this HyperV's partition")
         state = self.vp(vcpu.id)
         if isinstance(exit, exits.MsrRead) and self._owns_msr(exit.index):
             try:
@@ -503,10 +515,16 @@ class HyperV(Device):
                      *, sender: int = 0, source: str = "python") -> PostResult:
         """Post a message into SINT ``sint``'s slot of VP ``vp_index`` (it waits there while
         the slot is busy: one waiting message per ``source``, else :attr:`PostResult.BUSY`).
-        Safe from any thread."""
-        if not 0 <= message_type < tlfs.HVMSG_HYPERVISOR_RANGE and \
-                message_type != tlfs.HVMSG_TIMER_EXPIRED:
-            raise InvalidArgument(f"message type {message_type:#x} must be 1..0x7fffffff")
+        Python speaks for the hypervisor: the types from 0x80000000 up, which the guest's
+        HvPostMessage may not use, are allowed here.  Safe from any thread."""
+        message_type = _int("message type", message_type)
+        if not 0 < message_type <= 0xFFFFFFFF:      # 0 is the free slot's
+            raise InvalidArgument(f"message type {message_type:#x} must be 1..0xffffffff")
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise InvalidArgument(f"a message payload is bytes, not {type(payload).__name__}")
+        sender = _int("sender", sender)
+        if not 0 <= sender < 1 << 64:
+            raise InvalidArgument(f"sender {sender:#x} is not 64 bits")
         data = message_bytes(message_type, bytes(payload), sender=sender)
         synic = self.synic(vp_index)
         return synic.post(self._check_sint(sint), WaitingMessage(source, lambda: data))
@@ -543,7 +561,7 @@ class HyperV(Device):
         number, of SINT ``sint`` on VP ``vp_index``."""
         self.vp(vp_index)
         connection_id = _connection(connection_id)
-        flag = connection_id if flag is None else flag
+        flag = connection_id if flag is None else _int("event flag", flag)
         if not 0 <= flag < tlfs.EVENT_FLAG_COUNT:
             raise InvalidArgument(f"event flag {flag} is not 0..{tlfs.EVENT_FLAG_COUNT - 1}")
         with self.lock:
@@ -682,6 +700,12 @@ class HyperV(Device):
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidArgument(f"a malformed Hyper-V state: {type(exc).__name__}: "
                                   f"{exc}") from None
+
+
+def _int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{name} must be an int, not {value!r}")
+    return value
 
 
 def _connection(connection_id: int) -> int:

@@ -35,6 +35,10 @@ from .synic import TIMER_SOURCE, PostResult, Refused, SynIC, WaitingMessage, mes
 log = logging.getLogger("pyhv.hyperv")
 
 IDLE_CHECK_NS = 100_000_000     # how often a waiting thread looks whether its partition lives
+# A periodic timer is not re-armed sooner than this after an expiry reached the guest: its
+# expiration times stay exact, but a guest cannot make the host thread spin with a 100 ns
+# period (message mode is paced by the guest's EOMs anyway; direct mode is not)
+MIN_REARM_NS = 100_000
 NOT_RUNNING_RETRY_NS = 2_000_000  # a due timer waits this long while no vCPU runs
 
 
@@ -185,9 +189,10 @@ class SyntheticTimers:
         else:
             self._arm(i, self.count[i])           # absolute; in the past fires at once
 
-    def _arm(self, i: int, expiration: int) -> None:
+    def _arm(self, i: int, expiration: int, not_before_ns: int = 0) -> None:
         self.expiration[i] = expiration
-        self.scheduler.schedule(self._key(i), self.clock.mono_at(expiration),
+        self.scheduler.schedule(self._key(i), max(self.clock.mono_at(expiration),
+                                                  not_before_ns),
                                 lambda: self._expire(i, expiration))
 
     # -- expiry ---------------------------------------------------------------------------
@@ -227,7 +232,7 @@ class SyntheticTimers:
         now = self.clock.now()
         if following <= now and config & tlfs.STIMER_LAZY:
             following = now + period - (now - expiration) % period   # skip the missed ones
-        self._arm(i, following)
+        self._arm(i, following, time.monotonic_ns() + MIN_REARM_NS)
 
     # -- snapshots ------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:

@@ -209,8 +209,9 @@ class SynIC:
     def signal_event(self, sint: int, flag: int) -> bool | None:
         """Set event flag ``flag`` of SINT ``sint``: True (and the SINT asserted) when it was
         clear, False when it was already set, None when the SynIC or its event page is off."""
-        if not 0 <= flag < tlfs.EVENT_FLAG_COUNT:
-            raise InvalidArgument(f"event flag {flag} is not 0..{tlfs.EVENT_FLAG_COUNT - 1}")
+        if isinstance(flag, bool) or not isinstance(flag, int) or not (
+                0 <= flag < tlfs.EVENT_FLAG_COUNT):
+            raise InvalidArgument(f"event flag {flag!r} is not 0..{tlfs.EVENT_FLAG_COUNT - 1}")
         with self.lock:
             if not self.enabled or not self.siefp & tlfs.PAGE_ENABLE:
                 return None

@@ -200,6 +200,16 @@ def test_without_eoi_the_next_interrupt_of_that_class_waits(kvm):
         assert guest.value(0, 5) == 0 and guest.count(0, 0x71) == 1
 
 
+def test_a_vcpu_made_after_attach_says_it_needs_enlighten(kvm):
+    with pyhv.Partition(memory="16M") as part:
+        part.attach(HyperV("hv-vpindex"))
+        s = Script()
+        s.rdmsr(tlfs.HV_X64_MSR_VP_INDEX)
+        HvGuest(part, [s])
+        with pytest.raises(pyhv.StateError, match="enlighten"):
+            part.run(timeout=30)
+
+
 def test_a_typed_run_hands_its_exits_to_handle(kvm):
     with pyhv.Partition(memory="16M") as part:
         s = Script()
@@ -227,6 +237,10 @@ def test_bad_arguments_are_refused_before_anything_changes(part):
         HyperV("hv-frobnicate")
     with pytest.raises(pyhv.InvalidArgument, match="8-bit"):
         HyperV("hv-vpindex", hypercall_port=0x3F8)
+    with pytest.raises(pyhv.InvalidArgument, match="must be an int"):
+        HyperV("hv-vpindex", hypercall_port="0xE2")             # type: ignore[arg-type]
+    with pytest.raises(pyhv.InvalidArgument, match="QEMU flags"):
+        HyperV(None)                                            # type: ignore[arg-type]
     part.add_io_handler(0xE3, write=lambda p, s, v: None)           # the 32-bit call port
     part.memory.write(0x1000, b"\xf4")
     part.create_vcpu(mode="long", entry=0x1000)

@@ -83,7 +83,9 @@ def test_a_periodic_timer_fires_at_exact_multiples_of_its_period_on_both_vcpus(k
             assert [m[1] - first for m in messages] == [k * period for k in range(n)]
             assert all(delivery >= expiration for _, expiration, delivery in messages)
             assert guest.value(vp, after) == 0
-        assert hv.vp(0).timers.expirations[0] == n and hv.vp(1).timers.expirations[1] == n
+        # one more may have reached its slot between the n-th and the stop (IF was 0)
+        assert hv.vp(0).timers.expirations[0] in (n, n + 1)
+        assert hv.vp(1).timers.expirations[1] in (n, n + 1)
 
 
 def test_a_one_shot_timer_fires_once_at_its_absolute_time_and_disables(kvm):

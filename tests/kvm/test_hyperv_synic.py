@@ -303,7 +303,17 @@ def test_python_api_checks_its_arguments(kvm):
         with pytest.raises(pyhv.InvalidArgument, match="VP index"):
             hv.signal_event(3, 0, 0)
         with pytest.raises(pyhv.InvalidArgument, match="message type"):
-            hv.post_message(0, 1, 0x80000001)
+            hv.post_message(0, 1, 0)                              # the free slot's type
+        with pytest.raises(pyhv.InvalidArgument, match="message type"):
+            hv.post_message(0, 1, "1")                            # type: ignore[arg-type]
+        with pytest.raises(pyhv.InvalidArgument, match="bytes"):
+            hv.post_message(0, 1, 1, "text")                      # type: ignore[arg-type]
+        with pytest.raises(pyhv.InvalidArgument, match="VP index"):
+            hv.post_message("0", 1, 1)                            # type: ignore[arg-type]
+        with pytest.raises(pyhv.InvalidArgument, match="another|not a vCPU"):
+            with pyhv.Partition(memory="16M") as other:
+                other.memory.write(0x1000, b"\xf4")
+                hv.handle(other.create_vcpu(mode="long", entry=0x1000), pyhv.exits.Halt())
         with pytest.raises(pyhv.InvalidArgument, match="240"):
             hv.post_message(0, 1, 1, bytes(241))
         with pytest.raises(pyhv.InvalidArgument, match="flag"):
@@ -314,3 +324,5 @@ def test_python_api_checks_its_arguments(kvm):
             hv.remove_event_connection(5)
         assert hv.signal_event(0, 1, 5) is None                  # its event page is off
         assert hv.post_message(0, 1, 1, b"x") is PostResult.QUEUED  # its SynIC is off
+    with pytest.raises(pyhv.ClosedError):
+        hv.post_message(0, 1, 1, b"x")
