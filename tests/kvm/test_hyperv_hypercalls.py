@@ -8,6 +8,7 @@ import pytest
 
 import pyhv
 from pyhv.hyperv import Hypercall, HypercallFailed, HyperV, tlfs
+from pyhv.testing import assemble
 
 from .hyperv_guest import INPUT, OUTPUT, HvGuest, Script, area
 
@@ -151,3 +152,41 @@ def test_without_the_synic_there_is_no_post_message(kvm):
         tlfs.HV_STATUS_INVALID_HYPERCALL_CODE] * 2
 
 
+
+
+def test_32_bit_code_calls_with_edx_eax_and_gets_edx_eax_back(kvm):
+    guest = assemble("""
+        mov $0x40000000, %ecx          # GUEST_OS_ID
+        mov $1, %eax
+        xor %edx, %edx
+        wrmsr
+        mov $0x40000001, %ecx          # HYPERCALL: the page at 0x5000
+        mov $0x5001, %eax
+        wrmsr
+        mov $0x10099, %eax             # EDX:EAX = control (fast, code 0x99), 3 reps
+        mov $3, %edx
+        xor %ebx, %ebx                 # EBX:ECX = the first input register
+        mov $21, %ecx
+        mov $0x1234, %edi              # EDI:ESI = the second
+        mov $0x5678, %esi
+        mov $0x5000, %ebp
+        call *%ebp
+        hlt
+    """, bits=32, origin=0x1000)
+    seen = []
+
+    def handler(call: Hypercall):
+        seen.append((call.fast, call.rep_count, call.read_input(16)))
+        return 0, 2                                       # success, 2 reps of 3 done
+
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, guest)
+        cpu = part.create_vcpu(mode="protected", entry=0x1000, stack=0x8000)
+        hv = part.attach(HyperV("hv-vpindex"))
+        hv.on_hypercall(CUSTOM, handler, rep=True)
+        assert part.run(timeout=30).halted
+        regs = cpu.regs.snapshot()
+    assert seen == [(True, 3, (21).to_bytes(8, "little") +
+                     (0x1234 << 32 | 0x5678).to_bytes(8, "little"))]
+    assert (regs.rax, regs.rdx) == (0, 2)                 # EDX:EAX: status 0, 2 reps
+    assert (regs.rbx, regs.rcx, regs.rbp) == (0, 21, 0x5000)   # the rest kept
