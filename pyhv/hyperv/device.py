@@ -26,8 +26,9 @@ from ..errors import ClosedError, HypervisorError, InvalidArgument, StateError
 from ..partition import Partition
 from ..x86.cpuid import CpuidEntry
 from ..x86.registers import GENERAL_REGISTERS
-from . import kvmio, lapic, tlfs
+from . import ipi, kvmio, lapic, tlfs
 from .clock import ReferenceClock
+from .connections import Connections, check_sint
 from .cpuid import hyperv_leaves, with_hyperv
 from .features import Enlightenments
 from .hypercalls import (
@@ -54,7 +55,6 @@ MSR_TSC = 0x10
 MSR_APIC_BASE = 0x1B
 APIC_BASE_X2APIC = 1 << 10
 RFLAGS_IOPL = 3 << 12
-POST_MESSAGE_INPUT = 16 + tlfs.MESSAGE_PAYLOAD_MAX   # conn id, rsvd, type, size, payload
 FEATURE_OF_SYNIC = range(tlfs.HV_X64_MSR_SCONTROL, tlfs.HV_X64_MSR_SINT0 + tlfs.SINT_COUNT)
 STIMER_MSRS = range(tlfs.HV_X64_MSR_STIMER0_CONFIG,
                     tlfs.HV_X64_MSR_STIMER0_CONFIG + 2 * tlfs.STIMER_COUNT)
@@ -110,8 +110,7 @@ class HyperV(Device):
         self.reference_tsc_msr = 0
         self.tsc_sequence = 1
         self.crash_params = [0] * 5
-        self.message_connections: dict[int, tuple[int, int]] = {}       # id -> (vp, sint)
-        self.event_connections: dict[int, tuple[int, int, int]] = {}    # id -> (vp, sint, flag)
+        self.connections = Connections(self._synic_or_none, self.lock)
         self.hypercalls_served = 0
         self._handlers: dict[int, tuple[HypercallHandler, bool]] = {}
         self._vps: dict[int, VpState] = {}
@@ -119,11 +118,14 @@ class HyperV(Device):
         self._registered: list[Handler] = []
         self.scheduler: TimerScheduler | None = None
         if "synic" in self.enlightenments:
-            self.on_hypercall(tlfs.HVCALL_POST_MESSAGE, self._post_message_call)
-            self.on_hypercall(tlfs.HVCALL_SIGNAL_EVENT, self._signal_event_call)
+            self.on_hypercall(tlfs.HVCALL_POST_MESSAGE, self.connections.post_message_call)
+            self.on_hypercall(tlfs.HVCALL_SIGNAL_EVENT, self.connections.signal_event_call)
         if "ipi" in self.enlightenments:
-            self.on_hypercall(tlfs.HVCALL_SEND_IPI, self._send_ipi_call)
-            self.on_hypercall(tlfs.HVCALL_SEND_IPI_EX, self._send_ipi_ex_call)
+            self.on_hypercall(tlfs.HVCALL_SEND_IPI,
+                              lambda call: ipi.send_ipi_call(call, self._vps, self._send_vector))
+            self.on_hypercall(tlfs.HVCALL_SEND_IPI_EX,
+                              lambda call: ipi.send_ipi_ex_call(call, self._vps,
+                                                                self._send_vector))
         self.on_hypercall(tlfs.HVCALL_NOTIFY_LONG_SPIN_WAIT, lambda call: None)
 
     def __repr__(self) -> str:
@@ -225,10 +227,10 @@ class HyperV(Device):
                 self._vps[vcpu.id] = self._new_vp(vcpu)
 
     def _new_vp(self, vcpu: VCpu) -> VpState:
-        apic_id = vcpu.id
+        vp_index = vcpu.id
 
         def interrupt(vector: int) -> None:
-            self._p().signal_msi(lapic.MSI_ADDRESS | apic_id << 12, vector)
+            self._send_vector(vp_index, vector)
 
         synic = SynIC(vcpu.id, self._p().memory, interrupt, self.lock)
         assert self.scheduler is not None
@@ -248,6 +250,14 @@ class HyperV(Device):
     def synic(self, vp_index: int) -> SynIC:
         """The SynIC of VP ``vp_index``."""
         return self.vp(vp_index).synic
+
+    def _synic_or_none(self, vp_index: int) -> SynIC | None:
+        state = self._vps.get(vp_index)
+        return None if state is None else state.synic
+
+    def _send_vector(self, vp_index: int, vector: int) -> None:
+        """A fixed interrupt to VP ``vp_index``'s LAPIC (its APIC ID is its vCPU id)."""
+        self._p().signal_msi(lapic.MSI_ADDRESS | vp_index << 12, vector)
 
     # -- which vCPU an exit came from -----------------------------------------------------
     def _here(self) -> VpState:
@@ -506,11 +516,6 @@ class HyperV(Device):
         return run_handler(handler, call)
 
     # -- the SynIC from Python ------------------------------------------------------------
-    def _check_sint(self, sint: int) -> int:
-        if isinstance(sint, bool) or not isinstance(sint, int) or not 0 <= sint < 16:
-            raise InvalidArgument(f"SINT {sint!r} is not 0..15")
-        return sint
-
     def post_message(self, vp_index: int, sint: int, message_type: int, payload: bytes = b"",
                      *, sender: int = 0, source: str = "python") -> PostResult:
         """Post a message into SINT ``sint``'s slot of VP ``vp_index`` (it waits there while
@@ -527,32 +532,26 @@ class HyperV(Device):
             raise InvalidArgument(f"sender {sender:#x} is not 64 bits")
         data = message_bytes(message_type, bytes(payload), sender=sender)
         synic = self.synic(vp_index)
-        return synic.post(self._check_sint(sint), WaitingMessage(source, lambda: data))
+        return synic.post(check_sint(sint), WaitingMessage(source, lambda: data))
 
     def signal_event(self, vp_index: int, sint: int, flag: int) -> bool | None:
         """Set event flag ``flag`` (0..2047) of SINT ``sint`` on VP ``vp_index``: True when it
         was clear (the SINT is asserted), False when already set, None when that SynIC's
         event page is off.  Safe from any thread."""
-        return self.synic(vp_index).signal_event(self._check_sint(sint), flag)
+        return self.synic(vp_index).signal_event(check_sint(sint), flag)
 
     def assert_sint(self, vp_index: int, sint: int) -> bool:
         """Raise SINT ``sint`` of VP ``vp_index`` (an interrupt with its vector)."""
-        return self.synic(vp_index).assert_sint(self._check_sint(sint))
+        return self.synic(vp_index).assert_sint(check_sint(sint))
 
     def add_message_connection(self, connection_id: int, vp_index: int, sint: int) -> None:
         """Let the guest's HvPostMessage to ``connection_id`` reach SINT ``sint`` of VP
         ``vp_index``."""
         self.vp(vp_index)
-        with self.lock:
-            self.message_connections[_connection(connection_id)] = (vp_index,
-                                                                   self._check_sint(sint))
+        self.connections.add_message(connection_id, vp_index, sint)
 
     def remove_message_connection(self, connection_id: int) -> None:
-        with self.lock:
-            if self.message_connections.pop(connection_id, None) is None:
-                raise InvalidArgument(f"no message connection {connection_id}")
-            for state in self._vps.values():
-                state.synic.withdraw(f"connection{connection_id}")
+        self.connections.remove_message(connection_id)
 
     def add_event_connection(self, connection_id: int, vp_index: int, sint: int,
                              flag: int | None = None) -> None:
@@ -560,92 +559,14 @@ class HyperV(Device):
         (default: the connection id, as QEMU's hyperv-testdev has it) plus the call's flag
         number, of SINT ``sint`` on VP ``vp_index``."""
         self.vp(vp_index)
-        connection_id = _connection(connection_id)
-        flag = connection_id if flag is None else _int("event flag", flag)
-        if not 0 <= flag < tlfs.EVENT_FLAG_COUNT:
-            raise InvalidArgument(f"event flag {flag} is not 0..{tlfs.EVENT_FLAG_COUNT - 1}")
-        with self.lock:
-            self.event_connections[connection_id] = (vp_index, self._check_sint(sint), flag)
+        self.connections.add_event(connection_id, vp_index, sint, flag)
 
     def remove_event_connection(self, connection_id: int) -> None:
-        with self.lock:
-            if self.event_connections.pop(connection_id, None) is None:
-                raise InvalidArgument(f"no event connection {connection_id}")
+        self.connections.remove_event(connection_id)
 
     def reference_time(self) -> int:
         """The partition's reference time now (100 ns units), by the host's clock."""
         return self.clock.now()
-
-    # -- the SynIC hypercalls -------------------------------------------------------------
-    def _post_message_call(self, call: Hypercall) -> int:
-        data = call.read_input(POST_MESSAGE_INPUT)
-        connection_id = int.from_bytes(data[0:4], "little")
-        message_type = int.from_bytes(data[8:12], "little")
-        size = int.from_bytes(data[12:16], "little")
-        if size > tlfs.MESSAGE_PAYLOAD_MAX or not 0 < message_type < \
-                tlfs.HVMSG_HYPERVISOR_RANGE:
-            return tlfs.HV_STATUS_INVALID_PARAMETER
-        with self.lock:
-            target = self.message_connections.get(connection_id)
-        if target is None:
-            return tlfs.HV_STATUS_INVALID_CONNECTION_ID
-        vp_index, sint = target
-        message = message_bytes(message_type, data[16:16 + size], sender=connection_id)
-        outcome = self.synic(vp_index).post(sint, WaitingMessage(
-            f"connection{connection_id}", lambda: message))
-        if outcome is PostResult.BUSY:
-            return tlfs.HV_STATUS_INSUFFICIENT_BUFFERS
-        return tlfs.HV_STATUS_SUCCESS
-
-    def _signal_event_call(self, call: Hypercall) -> int:
-        data = call.read_input(8)
-        connection_id = int.from_bytes(data[0:4], "little")
-        flag_number = int.from_bytes(data[4:6], "little")
-        with self.lock:
-            target = self.event_connections.get(connection_id)
-        if target is None:
-            return tlfs.HV_STATUS_INVALID_CONNECTION_ID
-        vp_index, sint, base = target
-        if base + flag_number >= tlfs.EVENT_FLAG_COUNT:
-            return tlfs.HV_STATUS_INVALID_PARAMETER
-        self.synic(vp_index).signal_event(sint, base + flag_number)
-        return tlfs.HV_STATUS_SUCCESS
-
-    # -- IPIs -----------------------------------------------------------------------------
-    def _ipi(self, vector: int, vps: Iterable[int]) -> int:
-        if not 0x10 <= vector <= 0xFF:
-            return tlfs.HV_STATUS_INVALID_PARAMETER
-        targets = sorted(set(vps))
-        if any(vp not in self._vps for vp in targets):
-            return tlfs.HV_STATUS_INVALID_PARAMETER
-        for vp in targets:
-            self._p().signal_msi(lapic.MSI_ADDRESS | vp << 12, vector)
-        return tlfs.HV_STATUS_SUCCESS
-
-    def _send_ipi_call(self, call: Hypercall) -> int:
-        data = call.read_input(16)
-        vector = int.from_bytes(data[0:4], "little")
-        mask = int.from_bytes(data[8:16], "little")
-        return self._ipi(vector, (i for i in range(64) if mask >> i & 1))
-
-    def _send_ipi_ex_call(self, call: Hypercall) -> int:
-        # u32 vector, u32 reserved, then a VP set: u64 format, u64 valid bank mask, banks
-        head = call.read_input(24) if not call.fast else call.read_input(16) + bytes(8)
-        vector = int.from_bytes(head[0:4], "little")
-        form = int.from_bytes(head[8:16], "little")
-        if form == tlfs.VP_SET_ALL:
-            return self._ipi(vector, self._vps)
-        if form != tlfs.VP_SET_SPARSE_4K or call.fast:
-            return tlfs.HV_STATUS_INVALID_PARAMETER
-        banks = int.from_bytes(head[16:24], "little")
-        contents = call.read_input(24 + 8 * banks.bit_count())[24:]
-        vps, n = [], 0
-        for bank in range(64):
-            if banks >> bank & 1:
-                word = int.from_bytes(contents[8 * n:8 * n + 8], "little")
-                vps += [bank * 64 + i for i in range(64) if word >> i & 1]
-                n += 1
-        return self._ipi(vector, vps)
 
     # -- snapshots ------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
@@ -655,10 +576,7 @@ class HyperV(Device):
                 "guest_os_id": self.guest_os_id, "hypercall": self.hypercall_msr,
                 "reference_tsc": self.reference_tsc_msr, "tsc_sequence": self.tsc_sequence,
                 "clock": self.clock.get_state(), "crash": list(self.crash_params),
-                "message_connections": {str(k): list(v)
-                                        for k, v in self.message_connections.items()},
-                "event_connections": {str(k): list(v)
-                                      for k, v in self.event_connections.items()},
+                "connections": self.connections.get_state(),
                 "vps": {str(i): {"synic": s.synic.get_state(), "timers": s.timers.get_state(),
                                  "vp_assist": s.vp_assist, "icr": s.icr,
                                  "runtime": self._runtime(s)}
@@ -683,12 +601,7 @@ class HyperV(Device):
                 self.crash_params = [int(v) for v in state["crash"]][:5]
                 tsc = part.vcpus[0].get_msr(MSR_TSC) if part.vcpus else None
                 self.clock.set_state(state["clock"], tsc)
-                self.message_connections = {
-                    int(k): (int(v[0]), int(v[1]))
-                    for k, v in state["message_connections"].items()}
-                self.event_connections = {
-                    int(k): (int(v[0]), int(v[1]), int(v[2]))
-                    for k, v in state["event_connections"].items()}
+                self.connections.set_state(state["connections"])
                 for key, saved in vps.items():
                     vp = self.vp(int(key))
                     vp.synic.set_state(saved["synic"])
@@ -706,11 +619,3 @@ def _int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"{name} must be an int, not {value!r}")
     return value
-
-
-def _connection(connection_id: int) -> int:
-    if isinstance(connection_id, bool) or not isinstance(connection_id, int) or not (
-            0 <= connection_id < 1 << 24):
-        raise InvalidArgument(f"connection id {connection_id!r} is not 0..0xffffff")
-    return connection_id
-

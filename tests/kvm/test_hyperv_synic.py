@@ -326,3 +326,32 @@ def test_python_api_checks_its_arguments(kvm):
         assert hv.post_message(0, 1, 1, b"x") is PostResult.QUEUED  # its SynIC is off
     with pytest.raises(pyhv.ClosedError):
         hv.post_message(0, 1, 1, b"x")
+
+
+def test_synthetic_cluster_ipis_reach_the_vps_they_name(kvm):
+    s0, s1 = Script(), Script()
+    s0.enable_hypercalls()
+    s0.op("sti")
+    s0.wait_ready(1)
+    mask = s0.hypercall(tlfs.HVCALL_SEND_IPI | FAST, 0xD5, 0b11)          # VPs 0 and 1
+    every = s0.hypercall(tlfs.HVCALL_SEND_IPI_EX | FAST, 0xD6, tlfs.VP_SET_ALL)
+    part_input = area(0) + INPUT
+    sparse = s0.hypercall(tlfs.HVCALL_SEND_IPI_EX, part_input)            # VP 1 only
+    bad = s0.hypercall(tlfs.HVCALL_SEND_IPI | FAST, 0x05, 0b1)             # vector < 16
+    nobody = s0.hypercall(tlfs.HVCALL_SEND_IPI | FAST, 0xD5, 0b100)        # VP 2: none
+    s0.wait_irqs(0xD5, 1)
+    s0.wait_irqs(0xD6, 1)
+    s1.op("sti")
+    s1.wait_irqs(0xD5, 1)
+    s1.wait_irqs(0xD6, 1)
+    s1.wait_irqs(0xD7, 1)
+    part, guest, _ = synic_partition([s0, s1], {v: EOI_LAPIC for v in (0xD5, 0xD6, 0xD7)},
+                                     features="hv-vpindex,hv-ipi")
+    with part:
+        part.memory.write(part_input, struct.pack("<IIQQQ", 0xD7, 0, tlfs.VP_SET_SPARSE_4K,
+                                                  0b1, 0b10))
+        guest.run()
+        assert [guest.value(0, op) for op in (mask, every, sparse, bad, nobody)] == [
+            0, 0, 0, tlfs.HV_STATUS_INVALID_PARAMETER, tlfs.HV_STATUS_INVALID_PARAMETER]
+        assert [guest.count(0, v) for v in (0xD5, 0xD6, 0xD7)] == [1, 1, 0]
+        assert [guest.count(1, v) for v in (0xD5, 0xD6, 0xD7)] == [1, 1, 1]
