@@ -2,9 +2,9 @@
 
 It is a device of the partition (``part.attach(HyperV(...))``): it owns the synthetic MSR
 range 0x40000000-0x400000FF on pyhv's MSR bus (KVM's MSR filter sends every access there
-to user space; what is not implemented or not enabled raises #GP, on any KVM), the
-hypercall port, the Hyper-V CPUID leaves of every vCPU, and its whole state joins the
-partition's snapshots under the name ``"hyperv"``.
+to user space; what is not implemented or not enabled raises #GP, on any KVM), the two
+ports of the hypercall page, the Hyper-V CPUID leaves of every vCPU, and its whole state
+joins the partition's snapshots under the name ``"hyperv"``.
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ class VpState:
 class HyperV(Device):
     """Hyper-V enlightenments for a partition: ``features`` names them as QEMU's ``-cpu``
     does (``"hv-time,hv-synic,..."``, default ``"hv-passthrough"``: all pyhv implements; see
-    :mod:`pyhv.hyperv.features`).  ``hypercall_port`` is the port the hypercall page's code
-    writes to (it must be free on the partition's port bus).
+    :mod:`pyhv.hyperv.features`).  The hypercall page's code writes to port
+    ``hypercall_port`` from 64-bit code and ``hypercall_port + 1`` from 32-bit code (both
+    must be free on the partition's port bus; see :mod:`pyhv.hyperv.hypercalls`).
 
     Attach it once the vCPUs exist (vCPUs made later need :meth:`enlighten`); the SynIC,
     synthetic timers, APIC-access MSRs and IPIs need ``Partition(irqchip=True)``::
@@ -146,6 +147,7 @@ class HyperV(Device):
                 raise StateError(f"{vcpu!r} is running: attach Hyper-V before the run")
             self._check_leaves(vcpu)
         self._part = partition
+        tables = {vcpu: vcpu.get_cpuid() for vcpu in partition.vcpus}
         try:
             self._registered.append(partition.add_msr_handler(
                 tlfs.SYNTHETIC_MSRS, read=self._bus_read, write=self._bus_write))
@@ -161,6 +163,9 @@ class HyperV(Device):
                 self.enlighten(vcpu)
         except BaseException:
             self._detach()
+            for vcpu, table in tables.items():      # the vCPUs as they were
+                vcpu.set_cpuid(table)
+            self._vps.clear()
             raise
 
     def _check_leaves(self, vcpu: VCpu) -> None:

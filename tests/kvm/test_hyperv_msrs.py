@@ -243,10 +243,12 @@ def test_bad_arguments_are_refused_before_anything_changes(part):
         HyperV(None)                                            # type: ignore[arg-type]
     part.add_io_handler(0xE3, write=lambda p, s, v: None)           # the 32-bit call port
     part.memory.write(0x1000, b"\xf4")
-    part.create_vcpu(mode="long", entry=0x1000)
+    cpu = part.create_vcpu(mode="long", entry=0x1000)
+    table = cpu.get_cpuid()
     with pytest.raises(pyhv.OverlapError):
         part.attach(HyperV("hv-vpindex"))              # its hypercall port is taken
-    assert "hyperv" not in part.devices
+    assert "hyperv" not in part.devices and cpu.get_cpuid() == table
+    part.remove_handler(part.add_msr_handler(tlfs.HV_X64_MSR_GUEST_OS_ID, read=lambda i, s: 0))
     hv = part.attach(HyperV("hv-vpindex", hypercall_port=0xE4))
     with pytest.raises(pyhv.StateError):
         hv.attach(part)
