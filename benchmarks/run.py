@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import bench_gdb  # benchmarks/bench_gdb.py, beside this script
+import bench_hyperv  # the Hyper-V rows (benchmarks/bench_hyperv.py)
 
 import pyhv
 from pyhv.testing import assemble
@@ -606,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += bench_unicorn(repeats, cycle, iter_ns, rows[0].value or 0.0)
     rows += [row(*m) if m[1] is not None else Row(m[0], None, m[2], None, None, None, m[5])
              for m in bench_gdb.measure(repeats)]            # benchmarks/bench_gdb.py
+    rows += bench_hyperv.rows(ref, repeats, row)
     print(table(rows))
     print(exit_breakdown(rows, shares))
     print(f"after the run: {load()}")

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import logging
 
-from . import devices, exits, loaders
+from . import devices, exits, hyperv, loaders
 from ._native import Feature
-from .core.buses import EndRun, Handler, Space
+from .core.buses import EndRun, Handler, RefuseAccess, Space
 from .core.fastpath import Doorbell, FastPort, PortKind
 from .core.hypervisor import (
     OPTIONAL_FEATURES,
@@ -52,6 +52,7 @@ from .errors import (
     Timeout,
     UnhandledExit,
 )
+from .hyperv import HyperV
 from .partition import Partition
 from .pool import PartitionPool
 from .snapshot import Snapshot, SnapshotFormatError
@@ -75,6 +76,7 @@ __all__ = [
     "Capabilities",
     "Doorbell",
     "EndRun",
+    "RefuseAccess",
     "ImageFormatError",
     "PartitionPool",
     "PartitionState",
@@ -91,6 +93,7 @@ __all__ = [
     "GuestMemoryError",
     "Handler",
     "HandlerError",
+    "HyperV",
     "Hypervisor",
     "HypervisorError",
     "HypervisorUnavailable",
@@ -114,5 +117,6 @@ __all__ = [
     "exits",
     "GuestDebug",           # guest debugging (pyhv.gdb)
     "HardwareBreakpoint",
+    "hyperv",
     "parse_size",
 ]

@@ -266,6 +266,18 @@ class Partition(SnapshotApi, HandlerRegistration):
         self.set_irq(line, True)
         self.set_irq(line, False)
 
+    def signal_msi(self, address: int, data: int) -> bool:
+        """Send a message-signalled interrupt to the in-kernel LAPICs (``KVM_SIGNAL_MSI``):
+        ``address`` 0xFEE00000 | destination APIC ID << 12, ``data`` the vector (and
+        delivery mode << 8).  True when a LAPIC took it.  Safe from any thread."""
+        if not self.irqchip:
+            raise StateError("signal_msi needs a partition made with irqchip=True")
+        address, data = as_int("address", address), as_int("data", data)
+        if not 0 <= address < 1 << 64 or not 0 <= data < 1 << 32:
+            raise InvalidArgument(f"MSI address {address:#x} / data {data:#x} out of range")
+        self._require_open()
+        return self._vm.signal_msi(address, data)
+
     def attach(self, device: Device) -> Device:
         """Attach one of pyhv's devices (see :mod:`pyhv.devices`): it registers its handlers
         and its state joins snapshots under ``device.name``."""

@@ -54,6 +54,11 @@ class EndRun(Exception):  # noqa: N818 - a signal to the run loop, not an error
         self.exit = exit
 
 
+class RefuseAccess(Exception):  # noqa: N818 - a signal to the run loop, not an error
+    """Raise from an MSR handler to refuse the guest's RDMSR/WRMSR: the guest gets #GP, as
+    for an MSR nobody handles (an MSR whose validity depends on the value written)."""
+
+
 @dataclass(frozen=True, eq=False, slots=True)
 class Handler:
     """A registered handler for ``[start, end)`` of a port, MMIO or MSR address space."""

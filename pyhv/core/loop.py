@@ -47,7 +47,7 @@ from ..errors import (
 )
 from ..exits import Canceled, Debug, Exit, GuestException, Halt, Syscall
 from ..x86.debug import GuestDebug
-from .buses import EndRun, Handler
+from .buses import EndRun, Handler, RefuseAccess
 from .stubs import Stubs
 
 if TYPE_CHECKING:
@@ -476,13 +476,17 @@ class VcpuRunner:
         if h is None or (h.write if c.msr_write else h.read) is None:
             self.fd.complete_msr(c.seq, 0, True, what)
             return False
-        if c.msr_write:
-            assert h.write is not None
-            h.write(index, 8, c.msr_value)
-            self.fd.complete_msr(c.seq, 0, False, what)
+        try:
+            if c.msr_write:
+                assert h.write is not None
+                h.write(index, 8, c.msr_value)
+                self.fd.complete_msr(c.seq, 0, False, what)
+                return True
+            assert h.read is not None
+            value = h.read(index, 8)
+        except RefuseAccess:
+            self.fd.complete_msr(c.seq, 0, True, what)
             return True
-        assert h.read is not None
-        value = h.read(index, 8)
         if not (type(value) is int and 0 <= value < 1 << 64):
             raise HandlerError(f"{what}: the read handler answered {value!r}, not a 64-bit "
                                "unsigned int")

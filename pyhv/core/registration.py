@@ -74,9 +74,9 @@ class HandlerRegistration:
                         write: WriteHandler | None = None) -> Handler:
         """Serve the guest's RDMSR/WRMSR of ``msrs`` (one index or a ``range``) during
         :meth:`run`, through KVM's MSR filter and user-space MSR exits: ``read(index, 8) ->
-        int`` answers RDMSR, ``write(index, 8, value)`` takes WRMSR; a missing handler
-        (or a read handler that raises) faults the guest.  In a typed run the accesses come
-        back as :class:`pyhv.exits.MsrRead` / :class:`pyhv.exits.MsrWrite`.
+        int`` answers RDMSR, ``write(index, 8, value)`` takes WRMSR; a missing handler,
+        or one that raises :class:`pyhv.RefuseAccess`, faults the guest (#GP).  In a typed
+        run the accesses come back as :class:`pyhv.exits.MsrRead` / :class:`pyhv.exits.MsrWrite`.
         """
         self.hypervisor.require(Feature.X86_USER_SPACE_MSR, "MSR handlers")
         self.hypervisor.require(Feature.X86_MSR_FILTER, "MSR handlers")

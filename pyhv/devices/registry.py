@@ -6,7 +6,7 @@
 ('IsaDebugExit', '0x501')
 >>> registry.create("no-such-device")
 Traceback (most recent call last):
-pyhv.errors.InvalidArgument: unknown device 'no-such-device' (known: isa-debug-exit)
+pyhv.errors.InvalidArgument: unknown device 'no-such-device' (known: hyperv-testdev, isa-debug-exit)
 
 A package that provides a device registers a factory here: ``register(name, factory)``,
 where ``factory(options)`` gets the ``opt=val`` pairs as a dict of strings and returns the

@@ -16,6 +16,7 @@ from typing import Protocol
 from .. import devices, exits, loaders
 from ..errors import HypervisorError, Timeout
 from ..gdb.cli import GdbRunExtension
+from ..hyperv.run_extension import EXTENSION as HYPERV_EXTENSION
 from ..partition import Partition
 
 DESCRIPTION = ("Boot IMAGE with a 16550 UART on COM1, an i8042, a CMOS clock, fw_cfg and the "
@@ -33,6 +34,7 @@ class RunExtension(Protocol):
 # the packages that take part (they register themselves here; see the module docstring)
 EXTENSIONS: list[RunExtension] = []
 EXTENSIONS.append(GdbRunExtension())          # -gdb, -s, -S (pyhv.gdb)
+EXTENSIONS.append(HYPERV_EXTENSION)      # pyhv.hyperv: --cpu MODEL,hv-... (and --device)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
