@@ -1,4 +1,4 @@
-"""Helpers for testing with real guests: assemble guest code with GNU binutils.
+"""Guest code in assembly: assemble it with GNU binutils.
 
 >>> from pyhv.testing import assemble
 >>> assemble("mov $42, %eax\\nhlt", bits=64)
@@ -16,13 +16,9 @@ import shutil
 import subprocess
 import tempfile
 
-from ..errors import HypervisorError
+from .errors import ToolchainError
 
-__all__ = ["ToolchainError", "assemble", "assemble_file", "kvm_usable"]
-
-
-class ToolchainError(HypervisorError, RuntimeError):
-    """Assembling failed, or the binutils/gcc it needs are missing."""
+__all__ = ["assemble", "assemble_file", "kvm_usable"]
 
 
 _BITS = {16: ("--32", "elf_i386", ".code16\n"), 32: ("--32", "elf_i386", ".code32\n"),

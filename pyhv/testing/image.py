@@ -1,0 +1,185 @@
+"""A built guest: its ELF file (symbols and debug info kept, for gdb and for reports), the
+mode it was built for, where the ucall records lie, and source lines for addresses.
+
+>>> from pyhv.testing import build_guest
+>>> image = build_guest(c="void guest_main(int cpu) { }", mode="user")
+>>> image.mode, image.bits, hex(image.entry), image.symbol("guest_main") > image.entry
+('user', 64, '0x100000', True)
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ImageFormatError, InvalidArgument
+from . import layout
+
+MODES = ("user", "long", "protected")
+# the symbols the host needs; an image without them was not built by build_guest
+REQUIRED_SYMBOLS = ("_start", "pyhv_ucalls", "pyhv_guest_info", "pyhv_stacks")
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    """Where an address lies in the guest's source (from its DWARF line table)."""
+
+    file: str
+    line: int
+    function: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where} ({self.function})" if self.function else where
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """A guest ELF built by :func:`pyhv.testing.build_guest` (or loaded with
+    :meth:`from_file`).  ``path`` stays valid while the build cache is kept; ``sources``
+    are the files it was compiled from (the library's excluded)."""
+
+    path: Path
+    mode: str
+    bits: int
+    entry: int
+    symbols: dict[str, tuple[int, int]] = field(repr=False)     # name -> (address, size)
+    functions: tuple[tuple[int, int, str], ...] = field(default=(), repr=False)  # sorted
+    sources: tuple[Path, ...] = field(default=(), repr=False)
+    data: bytes = field(default=b"", repr=False, compare=False)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], mode: str | None = None,
+                  sources: Iterable[Path] = ()) -> GuestImage:
+        """Read a guest ELF built by ``build_guest`` (``mode``: as built; by default what the
+        image records)."""
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
+
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageFormatError(f"{path}: cannot read the guest image ({exc.strerror})") \
+                from None
+        try:
+            elf = ELFFile(io.BytesIO(data))
+            bits = elf.elfclass
+            entry = elf.header["e_entry"]
+            table = elf.get_section_by_name(".symtab")
+            symbols, functions = {}, []
+            if isinstance(table, SymbolTableSection):
+                for sym in table.iter_symbols():
+                    kind = sym["st_info"]["type"]
+                    if sym.name and kind in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE"):
+                        symbols[sym.name] = (sym["st_value"], sym["st_size"])
+                    if sym.name and kind == "STT_FUNC":
+                        functions.append((sym["st_value"], sym["st_size"], sym.name))
+        except Exception as exc:      # pyelftools fails in many ways on a bad file
+            raise ImageFormatError(f"{path}: not a guest ELF image: {type(exc).__name__}: "
+                                   f"{exc}") from None
+        missing = [name for name in REQUIRED_SYMBOLS if name not in symbols]
+        if missing:
+            raise ImageFormatError(f"{path}: not a pyhv.testing guest (no {', '.join(missing)}"
+                                   "): build it with pyhv.testing.build_guest")
+        recorded = next((m for m in MODES if f"pyhv_mode_{m}" in symbols), None)
+        mode = mode or recorded
+        if mode not in MODES:
+            raise InvalidArgument(f"unknown guest mode {mode!r}; choose one of {MODES}")
+        if (bits == 32) != (mode == "protected"):
+            raise ImageFormatError(f"{path}: a {bits}-bit image cannot run in {mode} mode")
+        return cls(path, mode, bits, entry, symbols, tuple(sorted(functions)),
+                   tuple(sources), data)
+
+    # -- symbols ----------------------------------------------------------------------------
+    def symbol(self, name: str) -> int:
+        """The address of ``name`` (a function or a global variable)."""
+        try:
+            return self.symbols[name][0]
+        except KeyError:
+            raise InvalidArgument(f"the guest has no symbol {name!r}") from None
+
+    def has_symbol(self, name: str) -> bool:
+        return name in self.symbols
+
+    @property
+    def pointer_size(self) -> int:
+        return self.bits // 8
+
+    def ucall_record(self, cpu: int) -> int:
+        """GPA of vCPU ``cpu``'s ucall record."""
+        if not 0 <= cpu < layout.MAX_CPUS:
+            raise InvalidArgument(f"vCPU index {cpu} is not 0..{layout.MAX_CPUS - 1}")
+        return self.symbol("pyhv_ucalls") + cpu * layout.UCALL_SIZE
+
+    # -- source lines -----------------------------------------------------------------------
+    def source_line(self, address: int) -> SourceLine | None:
+        """The source line (and function) of the instruction at ``address``, or None where
+        no function holds it or the image has no line table."""
+        function = self.function_at(address)
+        if function is None:
+            return None
+        rows = _line_rows(self.data or self.path.read_bytes())
+        i = bisect.bisect_right(rows, (address, "\uffff", 1 << 62)) - 1
+        if i < 0:
+            return None
+        _, file, line = rows[i]
+        return SourceLine(file, line, function)
+
+    def function_at(self, address: int) -> str | None:
+        """The name of the function that holds ``address``, or None."""
+        i = bisect.bisect_right(self.functions, (address, 1 << 62, "")) - 1
+        if i < 0:
+            return None
+        start, size, name = self.functions[i]
+        return name if start <= address < start + max(size, 1) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _line_rows(data: bytes) -> list[tuple[int, str, int]]:
+    """(address, file, line) rows of the image's DWARF line table, sorted."""
+    from elftools.elf.elffile import ELFFile
+
+    rows: list[tuple[int, str, int]] = []
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        if elf.has_dwarf_info():
+            dwarf = elf.get_dwarf_info()
+            for unit in dwarf.iter_CUs():
+                program = dwarf.line_program_for_CU(unit)
+                if program is None:
+                    continue
+                names = _file_names(program)
+                for entry in program.get_entries():
+                    state = entry.state
+                    if state is None or state.end_sequence or not state.line:
+                        continue
+                    rows.append((state.address, names.get(state.file, "?"), state.line))
+    except Exception:          # no usable debug info: reports go without lines
+        rows = []
+    rows.sort()
+    return rows
+
+
+def _file_names(program: Any) -> dict[int, str]:
+    """File numbers of a line program -> names (DWARF 5 counts from 0, older from 1)."""
+    header = program.header
+    version = header["version"]
+    directories = [d.decode() if isinstance(d, bytes) else str(d)
+                   for d in header["include_directory"]]
+    names = {}
+    for index, entry in enumerate(header["file_entry"]):
+        name = entry.name.decode() if isinstance(entry.name, bytes) else str(entry.name)
+        directory = entry.dir_index
+        if not os.path.isabs(name) and 0 <= directory < len(directories) and (
+                version >= 5 or directory > 0):
+            base = directories[directory] if version >= 5 else directories[directory - 1]
+            name = os.path.join(base, name)
+        names[index if version >= 5 else index + 1] = name
+    return names

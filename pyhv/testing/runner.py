@@ -1,0 +1,632 @@
+"""Running guests built by :func:`pyhv.testing.build_guest`: a partition with the image
+loaded, one vCPU per guest CPU, and the host half of the ucall channel.
+
+>>> from pyhv.testing import GuestVM, build_guest
+>>> image = build_guest(c='''
+... void guest_main(int cpu)
+... {
+...     uint64_t twice = GUEST_SYNC(21);
+...     GUEST_PRINTF("got %llu\\\\n", (unsigned long long)twice);
+...     GUEST_ASSERT_EQ(twice, 42);
+... }
+... ''')
+>>> with GuestVM(image) as vm:
+...     for sync in vm.syncs(timeout=10):      # the guest waits while the host looks
+...         sync.reply(sync.value * 2)
+...     vm.result.output, vm.result.syncs
+('got 42\\n', (21,))
+
+Each vCPU enters ``guest_main(cpu)``: pyhv creates every vCPU directly in the image's mode
+with its index in RDI (no INIT/SIPI), and the start code gives it the stack of that index.
+A ucall is one exit: port ``UCALL_PORT`` at ring 0, an MMIO write to ``UCALL_MMIO`` in user
+mode (ring 3 cannot use ports on every KVM), carrying the vCPU's index; the record it
+points at is in guest memory, read with bounds and checked against the vCPU that rang.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .. import exits, loaders
+from ..core.buses import EndRun
+from ..core.memory import parse_size
+from ..errors import HypervisorError, InvalidArgument, StateError, Timeout
+from ..partition import Partition
+from ..x86.setup import SETUP_MAX_SIZE
+from . import layout
+from .errors import (
+    GuestAssertionError,
+    GuestCrash,
+    GuestExceptionError,
+    GuestFailure,
+    GuestProtocolError,
+)
+from .image import GuestImage
+
+__all__ = ["CpuLog", "Done", "GuestDone", "GuestResult", "GuestTimeout", "GuestVM", "Print",
+           "Sync", "SyncAnswer", "run_guest"]
+
+log = logging.getLogger("pyhv.testing")
+
+STRING_LIMIT = 512              # longest file name / expression read from the guest
+_U64 = 1 << 64
+
+
+@dataclass(eq=False)
+class Sync:
+    """A ``GUEST_SYNC(value)``: the guest waits for the host's answer, which its
+    ``GUEST_SYNC`` returns (0 unless :meth:`reply` says otherwise).  ``resumed`` turns True
+    once the guest has its answer."""
+
+    cpu: int
+    value: int
+    file: str | None
+    line: int
+    answer: int = 0
+    resumed: bool = field(default=False, repr=False)
+
+    def reply(self, value: int) -> None:
+        """Make the guest's ``GUEST_SYNC`` return ``value`` (an integer that fits 64 bits;
+        negative ones wrap, as C's conversion to ``uint64_t`` does)."""
+        if isinstance(value, bool) or not isinstance(value, int) or not -(1 << 63) <= value \
+                < _U64:
+            raise InvalidArgument(f"a sync reply must be an int that fits 64 bits, not "
+                                  f"{value!r}")
+        if self.resumed:
+            raise StateError(f"{self!r} was already answered: the guest went on")
+        self.answer = value % _U64
+
+    def __repr__(self) -> str:
+        where = f" at {self.file}:{self.line}" if self.file else ""
+        return f"Sync(cpu={self.cpu}, value={self.value:#x}{where})"
+
+
+class _Gate:
+    """Where a vCPU thread waits while the caller of :meth:`GuestVM.syncs` holds its sync."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.abandoned = False
+
+    def open(self, abandon: bool = False) -> None:
+        self.abandoned = self.abandoned or abandon
+        self.event.set()
+
+
+@dataclass(frozen=True)
+class Print:
+    """One ``GUEST_PRINTF`` (its whole text, however long)."""
+
+    cpu: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """A vCPU reached ``GUEST_DONE`` (``file`` None: it returned from ``guest_main``)."""
+
+    cpu: int
+    file: str | None
+    line: int
+
+
+Event = Sync | Print | Done
+SyncAnswer = Callable[[Sync], "int | None"] | None
+
+
+@dataclass(frozen=True)
+class CpuLog:
+    """What one vCPU reported, in its order."""
+
+    cpu: int
+    events: tuple[Event, ...]
+
+    @property
+    def syncs(self) -> tuple[int, ...]:
+        return tuple(e.value for e in self.events if isinstance(e, Sync))
+
+    @property
+    def prints(self) -> tuple[str, ...]:
+        return tuple(e.text for e in self.events if isinstance(e, Print))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.prints)
+
+    @property
+    def done(self) -> bool:
+        return any(isinstance(e, Done) for e in self.events)
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    """How a guest run went: every vCPU's log (``cpus[i]``), and all events in the order the
+    host saw them.  ``syncs`` and ``output`` are over all vCPUs in that order."""
+
+    cpus: tuple[CpuLog, ...]
+    events: tuple[Event, ...]
+    elapsed: float
+
+    @property
+    def syncs(self) -> tuple[int, ...]:
+        return tuple(e.value for e in self.events if isinstance(e, Sync))
+
+    @property
+    def output(self) -> str:
+        return "".join(e.text for e in self.events if isinstance(e, Print))
+
+    @property
+    def done(self) -> bool:
+        """Every vCPU reached ``GUEST_DONE``."""
+        return all(c.done for c in self.cpus)
+
+    def __getitem__(self, cpu: int) -> CpuLog:
+        return self.cpus[cpu]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class GuestDone(exits.Exit):
+    """The exit a vCPU's run ends on at ``GUEST_DONE`` (a clean end, for that vCPU only)."""
+
+    clean_end: ClassVar[bool] = True
+
+    cpu: int = 0
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class GuestStopped(exits.Exit):
+    """The exit a run ends on when the guest failed (an assertion, an unhandled exception):
+    the whole machine stops, and the failure is raised once every vCPU has stopped."""
+
+    clean_end: ClassVar[bool] = True
+    machine_end: ClassVar[bool] = True
+
+    cpu: int = 0
+
+
+class GuestTimeout(GuestCrash, TimeoutError):
+    """A vCPU was still running when the run's time was up; ``rip`` says where."""
+
+    kind = "guest timed out"
+
+
+class _Output:
+    """Where a guest's prints are shown as they come (besides the log)."""
+
+    def __init__(self, echo: Any) -> None:
+        if echo is None or echo is False:
+            self.write: Callable[[str], Any] | None = None
+        elif hasattr(echo, "write"):
+            self.write = echo.write
+        elif callable(echo):
+            self.write = echo
+        else:
+            raise InvalidArgument(f"echo={echo!r}: give a text stream, a callable or None")
+
+
+class GuestVM:
+    """A partition running a :class:`GuestImage` on ``cpus`` vCPUs (1 to 16).
+
+    ``partition`` is the :class:`pyhv.Partition`: add devices or handlers there before the
+    run.  :meth:`run` runs every vCPU to ``GUEST_DONE`` answering syncs with ``answer``;
+    :meth:`syncs` instead hands each sync to the caller, the guest waiting until the caller
+    asks for the next.  A VM runs once; :meth:`close` it (or use ``with``).  Guest prints go
+    to ``echo`` as they come (a text stream or a callable), to the ``pyhv.testing`` logger,
+    and to the result.
+    """
+
+    def __init__(self, image: GuestImage, cpus: int = 1, *, memory: int | str = "64M",
+                 echo: Any = None) -> None:
+        if not isinstance(image, GuestImage):
+            raise InvalidArgument(f"{image!r} is not a GuestImage (see build_guest)")
+        if isinstance(cpus, bool) or not isinstance(cpus, int) or not \
+                1 <= cpus <= layout.MAX_CPUS:
+            raise InvalidArgument(f"cpus must be 1..{layout.MAX_CPUS}, not {cpus!r}")
+        size = parse_size(memory)
+        self.image = image
+        self._echo = _Output(echo)
+        self.result: GuestResult | None = None
+        self._events: list[Event] = []
+        self._logs: list[list[Event]] = [[] for _ in range(cpus)]
+        self._partial: list[list[str]] = [[] for _ in range(cpus)]   # a print in pieces
+        self._threads: dict[int, int] = {}       # thread ident -> vCPU index
+        self._strings: dict[int, str] = {}
+        self._on_sync: SyncAnswer = None
+        self._ran = False
+        self._runner: threading.Thread | None = None
+        self._gates: list[_Gate] = []
+        self._abandoned = False           # a syncs() loop left early: cancels are expected
+        self._failures: list[GuestAssertionError] = []
+        self._records = [image.ucall_record(i) for i in range(cpus)]
+        self._handlers = image.symbols.get("pyhv_handlers", (0, 0))[0]
+        self._slots = image.symbols.get("pyhv_ex_slots", (0, 0))[0]
+        self._exception_entry = image.symbols.get("pyhv_exception_entry", (0, 0))[0]
+        self.partition = Partition(memory=size)
+        try:
+            boot = loaders.load(self.partition, image.data, "elf", name=str(image.path))
+            self._write_info(cpus, size)
+            self.vcpus = tuple(self.partition.create_vcpu(
+                mode=image.mode, entry=boot.entry, exceptions=True) for _ in range(cpus))
+            for i, vcpu in enumerate(self.vcpus):
+                vcpu.write_registers({"rdi": i})
+            part = self.partition
+            part.add_io_handler(layout.UCALL_PORT, write=self._doorbell)
+            part.add_mmio_handler(layout.UCALL_MMIO, 4, write=self._doorbell)
+            part.set_exception_handler(self._exception)
+        except BaseException:
+            self.partition.close()
+            raise
+
+    def _write_info(self, cpus: int, size: int) -> None:
+        memory = self.partition.memory
+        at = self.image.symbol("pyhv_guest_info")
+        magic, version, *_ = layout.GUEST_INFO.unpack(memory.read(at, layout.GUEST_INFO.size))
+        if magic != layout.GUEST_MAGIC or version != layout.GUEST_VERSION:
+            raise HypervisorError(f"{self.image.path}: its guest library speaks version "
+                                  f"{version if magic == layout.GUEST_MAGIC else '?'}, this "
+                                  f"pyhv {layout.GUEST_VERSION}: build it again")
+        memory.write(at, layout.GUEST_INFO.pack(magic, version, cpus, size,
+                                                layout.MODE_NUMBERS[self.image.mode]))
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop a run still going (a :meth:`syncs` loop left early), release the partition
+        (idempotent)."""
+        self._stop_runner()
+        self.partition.close()
+
+    def __enter__(self) -> GuestVM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<pyhv.testing.GuestVM {self.image.path.name} {self.image.mode} mode, " \
+               f"{len(self._records)} vCPU(s){' closed' if self.partition.closed else ''}>"
+
+    # -- guest memory by symbol -------------------------------------------------------------
+    def address(self, where: str | int) -> int:
+        return self.image.symbol(where) if isinstance(where, str) else where
+
+    def read(self, where: str | int, size: int) -> bytes:
+        """``size`` bytes at a guest symbol (its name) or address."""
+        return self.partition.memory.read(self.address(where), size)
+
+    def write(self, where: str | int, data: bytes) -> None:
+        self.partition.memory.write(self.address(where), data)
+
+    def read_u64(self, where: str | int) -> int:
+        return self.partition.memory.read_u64(self.address(where))
+
+    def read_u32(self, where: str | int) -> int:
+        return self.partition.memory.read_u32(self.address(where))
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, timeout: float | None = 30.0, *, answer: SyncAnswer = None) -> GuestResult:
+        """Run every vCPU until it reaches ``GUEST_DONE`` (or returns from ``guest_main``);
+        each sync gets ``answer(sync)`` (an int, or None to keep ``sync.answer``, 0 unless
+        ``answer`` called :meth:`Sync.reply`).  A failed guest assertion raises
+        :class:`GuestAssertionError`, an unhandled guest exception
+        :class:`GuestExceptionError`, anything else that stops a vCPU :class:`GuestCrash`
+        (:class:`GuestTimeout` past ``timeout`` seconds)."""
+        if answer is not None and not callable(answer):
+            raise InvalidArgument(f"answer={answer!r} is not callable")
+        self._claim()
+        return self._execute(timeout, answer)
+
+    def syncs(self, timeout: float | None = 30.0) -> Iterator[Sync]:
+        """Run the guest, yielding each sync as it happens; the guest that made it waits
+        until the next one is asked for (answer with :meth:`Sync.reply` meanwhile; guest
+        memory holds still for the vCPU that waits).  When the loop ends, :attr:`result`
+        holds the result; failures raise as :meth:`run` says.  Leaving the loop early stops
+        the guest."""
+        self._claim()
+        return self._stepping(timeout)
+
+    def _claim(self) -> None:
+        if self.partition.closed:
+            raise StateError("this GuestVM is closed")
+        if self._ran:
+            raise StateError("a GuestVM runs once: boot the image again for another run")
+        self._ran = True
+
+    def _stepping(self, timeout: float | None) -> Iterator[Sync]:
+        handoff: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        lock = threading.Lock()
+
+        def on_sync(sync: Sync) -> None:     # on a vCPU thread
+            gate = _Gate()
+            with lock:
+                self._gates.append(gate)
+            handoff.put((sync, gate))
+            gate.event.wait()
+            with lock:
+                self._gates.remove(gate)
+            if gate.abandoned:
+                raise EndRun(exits.Canceled())
+
+        def body() -> None:
+            try:
+                handoff.put(("end", self._execute(timeout, on_sync)))
+            except BaseException as exc:
+                handoff.put(("error", exc))
+
+        self._runner = threading.Thread(target=body, name="pyhv-guest-run", daemon=True)
+        self._runner.start()
+        try:
+            while True:
+                first, second = handoff.get()
+                if isinstance(first, Sync):
+                    try:
+                        yield first
+                    except GeneratorExit:
+                        self._abandoned = True
+                        second.open(abandon=True)
+                        raise
+                    first.resumed = True         # a reply from now on is refused
+                    second.open()
+                    continue
+                if first == "error":
+                    raise second
+                return
+        finally:
+            self._stop_runner()
+
+    def _stop_runner(self) -> None:
+        runner = self._runner
+        if runner is None:
+            return
+        if runner.is_alive():
+            self._abandoned = True
+            if not self.partition.closed:
+                self.partition.stop()
+            while runner.is_alive():
+                for gate in list(self._gates):
+                    gate.open(abandon=True)
+                runner.join(0.05)
+        self._runner = None
+
+    def _execute(self, timeout: float | None, on_sync: SyncAnswer) -> GuestResult:
+        self._on_sync = on_sync
+        part = self.partition
+        started = time.perf_counter()
+        try:
+            results = [part.run(timeout)] if len(self.vcpus) == 1 else part.run_all(timeout)
+        except Timeout as exc:
+            raise self._timed_out(exc) from None
+        finally:
+            self._flush_partial()
+        if self._failures:
+            raise self._failures[0]
+        elapsed = time.perf_counter() - started
+        # the vCPU that went wrong first: the others were stopped because of it
+        ends = sorted(enumerate(results), key=lambda r: isinstance(r[1].exit, exits.Canceled))
+        for i, result in ends:
+            self._check_end(i, result.exit)
+        self.result = GuestResult(tuple(CpuLog(i, tuple(events))
+                                        for i, events in enumerate(self._logs)),
+                                  tuple(self._events), elapsed)
+        return self.result
+
+    def _check_end(self, cpu: int, final: exits.Exit) -> None:
+        """Raise unless vCPU ``cpu``'s run ended at GUEST_DONE (or was stopped)."""
+        if isinstance(final, (GuestDone, GuestStopped)):
+            return
+        if isinstance(final, exits.Canceled):
+            if not self._abandoned:
+                raise GuestCrash(cpu=cpu, reason="its run was canceled (Partition.stop())",
+                                 exit=final, output=self._output(cpu))
+            return
+        where = self.image.source_line(final.rip) if final.rip is not None else None
+        reason = _describe_end(final, self.image.mode)
+        self._flush_partial(cpu)
+        raise GuestCrash(cpu=cpu, reason=reason, exit=final,
+                         file=where.file if where else None, line=where.line if where else 0,
+                         output=self._output(cpu))
+
+    def _timed_out(self, exc: Timeout) -> GuestTimeout:
+        cpu = next((i for i, v in enumerate(self.vcpus) if v is exc.vcpu), 0)
+        where = self.image.source_line(exc.regs.rip)
+        at = f" ({where})" if where else ""
+        return GuestTimeout(cpu=cpu, reason=f"still running after {exc.timeout:g} s, at rip "
+                                            f"{exc.regs.rip:#x}{at}", exit=None,
+                            file=where.file if where else None, line=where.line if where else 0,
+                            output=self._output(cpu))
+
+    # -- the ucall channel ------------------------------------------------------------------
+    def _current_cpu(self) -> int:
+        """The index of the vCPU whose run is calling a handler on this thread."""
+        ident = threading.get_ident()
+        cpu = self._threads.get(ident)
+        if cpu is not None and self.vcpus[cpu].running_thread == ident:
+            return cpu
+        for i, vcpu in enumerate(self.vcpus):
+            if vcpu.running_thread == ident:
+                self._threads[ident] = i
+                return i
+        raise GuestProtocolError(cpu=-1, reason="a ucall from a vCPU this GuestVM did not "
+                                                "make")
+
+    def _doorbell(self, address: int, size: int, value: int) -> None:
+        cpu = self._current_cpu()
+        if value != cpu:
+            raise GuestProtocolError(cpu=cpu, reason=f"it rang the doorbell with index {value} "
+                                                     "(its own ucall record is the only one)")
+        memory = self.partition.memory
+        base = self._records[cpu]
+        (command, value, value2, _reply, file, line, expr, kinds, length,
+         _seq) = layout.UCALL_HEADER.unpack(memory.read(base, layout.UCALL_HEADER.size))
+        if command == layout.Command.SYNC:
+            sync = Sync(cpu, value, self._string(file), line)
+            self._record(cpu, sync)
+            if self._on_sync is not None:
+                answer = self._on_sync(sync)
+                if answer is not None:
+                    sync.reply(answer)
+            sync.resumed = True
+            memory.write_u64(base + layout.UCALL_REPLY, sync.answer)
+            return
+        if length > layout.UCALL_TEXT:
+            raise GuestProtocolError(cpu=cpu, reason=f"a ucall with {length} bytes of text "
+                                                     f"(at most {layout.UCALL_TEXT})")
+        text = memory.read(base + layout.UCALL_TEXT_OFFSET, length).decode("utf-8", "replace")
+        if command == layout.Command.PRINT:
+            self._partial[cpu].append(text)
+            if value == 0:             # the last piece of this print
+                self._flush_partial(cpu)
+            return
+        self._flush_partial(cpu)
+        if command == layout.Command.DONE:
+            self._record(cpu, Done(cpu, self._string(file) if file else None, line))
+            raise EndRun(GuestDone(cpu=cpu))
+        if command == layout.Command.ASSERT:
+            values = None
+            if kinds & layout.COMPARISON:
+                values = (_decode(value, kinds & 0xFFFF), _decode(value2, kinds >> 16 & 0x7FFF))
+            self._fail(GuestAssertionError(cpu=cpu, file=self._string(file), line=line,
+                                           expression=self._string(expr), values=values,
+                                           message=text, output=self._output(cpu)))
+        if command == layout.Command.FAIL:
+            self._fail(GuestFailure(cpu=cpu, file=self._string(file) if file else None,
+                                    line=line, message=text, output=self._output(cpu)))
+        raise GuestProtocolError(cpu=cpu, reason=f"unknown ucall command {command}")
+
+    def _fail(self, failure: GuestAssertionError) -> None:
+        """End the run on a guest failure: every vCPU stops, then :meth:`run` raises it (a
+        clean end: the partition is not poisoned, its memory can still be looked at)."""
+        self._failures.append(failure)
+        raise EndRun(GuestStopped(cpu=failure.cpu))
+
+    def _record(self, cpu: int, event: Event) -> None:
+        self._logs[cpu].append(event)
+        self._events.append(event)
+
+    def _flush_partial(self, cpu: int | None = None) -> None:
+        for i in range(len(self._partial)) if cpu is None else (cpu,):
+            if not self._partial[i]:
+                continue
+            text = "".join(self._partial[i])
+            self._partial[i].clear()
+            self._record(i, Print(i, text))
+            log.info("guest vCPU %d: %s", i, text.rstrip("\n"))
+            if self._echo.write is not None:
+                self._echo.write(text)
+
+    def _output(self, cpu: int) -> str:
+        return "".join(e.text for e in self._logs[cpu] if isinstance(e, Print))
+
+    def _string(self, address: int) -> str | None:
+        """A NUL-terminated string the guest points at (bounded, never outside memory)."""
+        if address == 0:
+            return None
+        known = self._strings.get(address)
+        if known is not None:
+            return known
+        memory = self.partition.memory
+        slot = memory.slot_at(address)
+        if slot is None:
+            return f"<string at {address:#x}, outside guest memory>"
+        data = memory.read(address, min(STRING_LIMIT, slot.end - address))
+        text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+        self._strings[address] = text
+        return text
+
+    # -- guest exceptions -------------------------------------------------------------------
+    def _exception(self, exit: exits.GuestException) -> None:
+        cpu = self._current_cpu()
+        vcpu = self.vcpus[cpu]
+        memory = self.partition.memory
+        handler = 0
+        if self._handlers and self._exception_entry and 0 <= exit.vector < \
+                layout.EXCEPTION_VECTORS:
+            width = self.image.pointer_size
+            handler = int.from_bytes(memory.read(self._handlers + exit.vector * width, width),
+                                     "little")
+        depth = 0
+        slot = self._slots + cpu * layout.EX_SLOT_SIZE
+        if handler:
+            depth = memory.read_u64(slot + layout.EX_SLOT_DEPTH)
+        if not handler or depth >= layout.MAX_HANDLER_DEPTH:
+            self._flush_partial(cpu)
+            where = self.image.source_line(exit.rip) if exit.rip is not None else None
+            hint = _exception_hint(exit, self.image.mode, self.partition.setup_base)
+            if handler:
+                hint = f"raised inside its own handler, {depth} deep"
+            self._fail(GuestExceptionError(
+                cpu=cpu, vector=exit.vector, name=exit.name, rip=exit.rip,
+                error_code=exit.error_code, cr2=exit.cr2, file=where.file if where else None,
+                line=where.line if where else 0, function=where.function if where else None,
+                hint=hint, output=self._output(cpu)))
+        rip = exit.rip if exit.rip is not None else 0
+        memory.write(slot, layout.EX_SLOT.pack(exit.vector, exit.error_code or 0,
+                                               exit.cr2 or 0, rip, vcpu.read_register("rdi")))
+        vcpu.write_registers({"rdi": slot})
+        exit.resume_at(self._exception_entry)
+
+
+def _decode(bits: int, kind: int) -> Any:
+    """A compared value from its raw bits, kind and size (``pyhv_describe``)."""
+    size = kind >> 8 & 0xFF
+    kind &= 0xFF
+    if not 1 <= size <= 8:
+        size = 8
+    bits &= (1 << (8 * size)) - 1
+    if kind == layout.ValueKind.SIGNED and bits >> (8 * size - 1):
+        return bits - (1 << (8 * size))
+    if kind == layout.ValueKind.FLOAT and size in (4, 8):
+        value = struct.unpack("<f" if size == 4 else "<d", bits.to_bytes(size, "little"))[0]
+        return value if not math.isnan(value) else float("nan")
+    return bits
+
+
+def _describe_end(final: exits.Exit, mode: str) -> str:
+    if isinstance(final, exits.Shutdown):
+        return "it triple-faulted (shutdown)"
+    if isinstance(final, exits.Halt):
+        return "it executed hlt (outside GUEST_DONE)"
+    if isinstance(final, exits.InternalError):
+        text = f"KVM could not run it: {final.message or final!r}"
+        if mode != "user":
+            text += " (ring-0 code on a software KVM such as kvm_pvm goes through KVM's " \
+                    "instruction emulator: no SSE, no int3)"
+        return text
+    if isinstance(final, (exits.IoOut, exits.IoIn)):
+        return f"port IO to {final.port:#x}, which nothing handles (add a handler on " \
+               "vm.partition)"
+    if isinstance(final, (exits.MmioRead, exits.MmioWrite)):
+        return f"an MMIO access at {final.gpa:#x}, which nothing handles (add a handler on " \
+               "vm.partition, or map memory there)"
+    if isinstance(final, exits.Syscall):
+        return f"it made system call {final.nr}, which nothing handles " \
+               "(vm.partition.set_syscall_handler)"
+    return f"it stopped on {final!r}"
+
+
+def _exception_hint(exit: exits.GuestException, mode: str, setup_base: int) -> str:
+    if mode == "user" and exit.vector == 13:
+        return "ring-3 code cannot run privileged instructions or port IO: build it with " \
+               "mode='long' for ring 0"
+    if exit.vector == 14 and exit.cr2 is not None and \
+            setup_base <= exit.cr2 < setup_base + SETUP_MAX_SIZE:
+        return "that is pyhv's setup region (GDT, page tables), which ring 3 cannot touch"
+    if exit.vector == 3:
+        return "int3: install a handler for BP_VECTOR to use breakpoints"
+    return ""
+
+
+def run_guest(image: GuestImage, cpus: int = 1, *, timeout: float | None = 30.0,
+              memory: int | str = "64M", answer: SyncAnswer = None,
+              echo: Any = None) -> GuestResult:
+    """Boot ``image`` on ``cpus`` vCPUs, run every one to ``GUEST_DONE`` and close: the
+    :class:`GuestResult` (see :meth:`GuestVM.run`)."""
+    with GuestVM(image, cpus, memory=memory, echo=echo) as vm:
+        return vm.run(timeout, answer=answer)
