@@ -30,11 +30,11 @@ from types import FrameType
 
 from ..errors import InvalidArgument
 from .errors import ToolchainError
-from .image import MODES, GuestImage
+from .image import LIBRARY_DIR, MODES, GuestImage
 
 __all__ = ["GUEST_DIR", "build_guest", "cache_root", "compiler", "locate_literal"]
 
-GUEST_DIR = Path(__file__).resolve().parent / "guest"
+GUEST_DIR = LIBRARY_DIR
 INCLUDE_DIR = GUEST_DIR / "include"
 LINKER_SCRIPT = GUEST_DIR / "guest.ld"
 CACHE_FORMAT = "1"          # bump when what a cache entry holds changes
@@ -250,6 +250,8 @@ def build_guest(c: str | None = None, *, files: Sequence[str | os.PathLike[str]]
     cached = _load_cached(entry, mode)
     if cached is not None:
         return cached
+    if entry.exists():          # stale (an included header changed) or damaged: replace it
+        shutil.rmtree(entry, ignore_errors=True)
     include_from = Path(source_file).parent if source_file else None
     return _build(entry, root, cc, mode, text, name, paths, user_flags, include_from)
 
@@ -310,7 +312,7 @@ def _build(entry: Path, root: Path, cc: str, mode: str, text: str | None, name: 
             # __FILE__ and the debug info name the cached copy, not the staging directory
             _run([cc, *_COMMON, *MODE_FLAGS[mode], f"-I{INCLUDE_DIR}", f"-I{near}",
                   f"-ffile-prefix-map={work}={entry}", "-include", "pyhv/guest.h", *user_flags,
-                  "-MD", "-MF", str(depfile), "-c", str(source), "-o", str(obj)],
+                  "-MMD", "-MF", str(depfile), "-c", str(source), "-o", str(obj)],
                  f"compiling {source.name if source.parent == work else source}", work)
             objects.append(obj)
             depfiles.append(depfile)

@@ -67,7 +67,8 @@ class GuestAssertionError(HypervisorError, AssertionError):
         return text
 
     def describe(self) -> str:
-        return "\n".join([f"{self.where}: {self.headline()}", *self.detail()])
+        first = f"{self.where}: {self.headline()}" if self.file else self.headline()
+        return "\n".join([first, *self.detail()])
 
 
 class GuestFailure(GuestAssertionError):

@@ -13,6 +13,8 @@ import bisect
 import functools
 import io
 import os
+import shutil
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ from ..errors import ImageFormatError, InvalidArgument
 from . import layout
 
 MODES = ("user", "long", "protected")
+LIBRARY_DIR = Path(__file__).resolve().parent / "guest"      # pyhv's guest library
 # the symbols the host needs; an image without them was not built by build_guest
 REQUIRED_SYMBOLS = ("_start", "pyhv_ucalls", "pyhv_guest_info", "pyhv_stacks")
 
@@ -121,7 +124,8 @@ class GuestImage:
     # -- source lines -----------------------------------------------------------------------
     def source_line(self, address: int) -> SourceLine | None:
         """The source line (and function) of the instruction at ``address``, or None where
-        no function holds it or the image has no line table."""
+        no function holds it or the image has no line table.  Code inlined from pyhv's
+        guest library (``cpu_relax()``, ``inb()``...) is reported at the line that used it."""
         function = self.function_at(address)
         if function is None:
             return None
@@ -130,6 +134,10 @@ class GuestImage:
         if i < 0:
             return None
         _, file, line = rows[i]
+        if Path(file).is_relative_to(LIBRARY_DIR):
+            caller = _inlined_into(str(self.path), address)
+            if caller is not None:
+                return caller
         return SourceLine(file, line, function)
 
     def function_at(self, address: int) -> str | None:
@@ -165,6 +173,25 @@ def _line_rows(data: bytes) -> list[tuple[int, str, int]]:
         rows = []
     rows.sort()
     return rows
+
+
+@functools.lru_cache(maxsize=256)
+def _inlined_into(path: str, address: int) -> SourceLine | None:
+    """Where code inlined from the guest library at ``address`` was used: the first frame of
+    binutils' ``addr2line -i`` chain outside the library (None without addr2line)."""
+    tool = shutil.which("addr2line")
+    if tool is None:
+        return None
+    try:
+        out = subprocess.run([tool, "-f", "-i", "-e", path, f"{address:#x}"],
+                             capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for function, where in zip(out[::2], out[1::2], strict=False):
+        file, _, line = where.split(" (")[0].rpartition(":")
+        if file and line.isdigit() and not Path(file).is_relative_to(LIBRARY_DIR):
+            return SourceLine(file, int(line), function)
+    return None
 
 
 def _file_names(program: Any) -> dict[int, str]:

@@ -235,8 +235,9 @@ def _relative(path: str) -> str:
 def guest_report(err: GuestAssertionError, raised_from: str | None = None) -> str:
     """The text pytest shows for a guest failure: where in the guest source, the source
     around that line, both values, the guest's output, and the Python call it came from."""
-    where = f"{_relative(err.file)}:{err.line}" if err.file else err.where
-    lines = [f"{where}: {err.headline()}", *err.detail()]
+    first = f"{_relative(err.file)}:{err.line}: {err.headline()}" if err.file else \
+        err.headline()
+    lines = [first, *err.detail()]
     context = _source_context(err.file, err.line)
     if context:
         lines += ["", *context]

@@ -58,6 +58,7 @@ log = logging.getLogger("pyhv.testing")
 
 STRING_LIMIT = 512              # longest file name / expression read from the guest
 _U64 = 1 << 64
+_COMMANDS = frozenset(c.value for c in layout.Command if c != layout.Command.NONE)
 
 
 @dataclass(eq=False)
@@ -436,7 +437,7 @@ class GuestVM:
     def _timed_out(self, exc: Timeout) -> GuestTimeout:
         cpu = next((i for i, v in enumerate(self.vcpus) if v is exc.vcpu), 0)
         where = self.image.source_line(exc.regs.rip)
-        at = f" ({where})" if where else ""
+        at = f" in {where.function}()" if where and where.function else ""
         return GuestTimeout(cpu=cpu, reason=f"still running after {exc.timeout:g} s, at rip "
                                             f"{exc.regs.rip:#x}{at}", exit=None,
                             file=where.file if where else None, line=where.line if where else 0,
@@ -475,6 +476,8 @@ class GuestVM:
             sync.resumed = True
             memory.write_u64(base + layout.UCALL_REPLY, sync.answer)
             return
+        if command not in _COMMANDS:
+            raise GuestProtocolError(cpu=cpu, reason=f"unknown ucall command {command}")
         if length > layout.UCALL_TEXT:
             raise GuestProtocolError(cpu=cpu, reason=f"a ucall with {length} bytes of text "
                                                      f"(at most {layout.UCALL_TEXT})")

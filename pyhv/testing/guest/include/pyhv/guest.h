@@ -128,9 +128,14 @@ void pyhv_assert_fail(const char *file, int line, const char *expr, uint64_t a, 
 int guest_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int guest_vprintf(const char *fmt, va_list ap);
 
+/* An integer or a pointer as a uint64_t, as C converts it (the branch not taken is still
+   compiled: it must not warn, hence the addition). */
+#define pyhv_u64(v) __builtin_choose_expr(__builtin_classify_type(v) == 5,                   \
+                                          (uint64_t)(uintptr_t)(v), (uint64_t)0 + (v))
+
 /* GUEST_SYNC(value): report value (any integer or pointer) and wait for the host's answer,
    which it returns (0 unless the host replies). */
-#define GUEST_SYNC(value) pyhv_sync((uint64_t)(uintptr_t)(value), __FILE__, __LINE__)
+#define GUEST_SYNC(value) pyhv_sync(pyhv_u64(value), __FILE__, __LINE__)
 #define GUEST_PRINTF(...) guest_printf(__VA_ARGS__)
 #define GUEST_DONE() pyhv_done(__FILE__, __LINE__)
 #define GUEST_FAIL(...) pyhv_fail(__FILE__, __LINE__, __VA_ARGS__)
@@ -145,28 +150,30 @@ int guest_vprintf(const char *fmt, va_list ap);
                                          sizeof(_pyhv_v) < 8 ? sizeof(_pyhv_v) : 8); _pyhv_r; })
 #define pyhv_describe(v) ((uint64_t)pyhv_pointer_kind(v) | (uint64_t)sizeof(v) << 8)
 
-#define GUEST_ASSERT(cond) GUEST_ASSERT_MSG(cond, "%s", "")
-#define GUEST_ASSERT_MSG(cond, ...) do {                                                     \
+/* the expression is spelled before its macros expand (hence the text as an argument) */
+#define GUEST_ASSERT(cond) PYHV_ASSERT(cond, #cond, "%s", "")
+#define GUEST_ASSERT_MSG(cond, ...) PYHV_ASSERT(cond, #cond, __VA_ARGS__)
+#define PYHV_ASSERT(cond, text, ...) do {                                                   \
         if (!(cond))                                                                        \
-            pyhv_assert_fail(__FILE__, __LINE__, #cond, 0, 0, 0, __VA_ARGS__);             \
+            pyhv_assert_fail(__FILE__, __LINE__, text, 0, 0, 0, __VA_ARGS__);              \
     } while (0)
 
 /* each operand is evaluated once; both values reach the host */
-#define PYHV_ASSERT_CMP(a, b, op) do {                                                      \
+#define PYHV_ASSERT_CMP(a, b, op, text) do {                                                \
         __typeof__((a) + 0) _pyhv_a = (a);                                                  \
         __typeof__((b) + 0) _pyhv_b = (b);                                                  \
         if (!(_pyhv_a op _pyhv_b))                                                          \
-            pyhv_assert_fail(__FILE__, __LINE__, #a " " #op " " #b, pyhv_bits(_pyhv_a),     \
+            pyhv_assert_fail(__FILE__, __LINE__, text, pyhv_bits(_pyhv_a),                  \
                              pyhv_bits(_pyhv_b),                                            \
                              pyhv_describe(_pyhv_a) | pyhv_describe(_pyhv_b) << 16 | 1u << 31, \
                              "%s", "");                                                     \
     } while (0)
-#define GUEST_ASSERT_EQ(a, b) PYHV_ASSERT_CMP(a, b, ==)
-#define GUEST_ASSERT_NE(a, b) PYHV_ASSERT_CMP(a, b, !=)
-#define GUEST_ASSERT_LT(a, b) PYHV_ASSERT_CMP(a, b, <)
-#define GUEST_ASSERT_LE(a, b) PYHV_ASSERT_CMP(a, b, <=)
-#define GUEST_ASSERT_GT(a, b) PYHV_ASSERT_CMP(a, b, >)
-#define GUEST_ASSERT_GE(a, b) PYHV_ASSERT_CMP(a, b, >=)
+#define GUEST_ASSERT_EQ(a, b) PYHV_ASSERT_CMP(a, b, ==, #a " == " #b)
+#define GUEST_ASSERT_NE(a, b) PYHV_ASSERT_CMP(a, b, !=, #a " != " #b)
+#define GUEST_ASSERT_LT(a, b) PYHV_ASSERT_CMP(a, b, <, #a " < " #b)
+#define GUEST_ASSERT_LE(a, b) PYHV_ASSERT_CMP(a, b, <=, #a " <= " #b)
+#define GUEST_ASSERT_GT(a, b) PYHV_ASSERT_CMP(a, b, >, #a " > " #b)
+#define GUEST_ASSERT_GE(a, b) PYHV_ASSERT_CMP(a, b, >=, #a " >= " #b)
 
 /* -- exceptions ---------------------------------------------------------------------------- */
 /* The interrupted state a handler sees and may change (rip past a faulting instruction...);
@@ -209,39 +216,43 @@ int strncmp(const char *a, const char *b, size_t n);
 int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 
+/* the helpers below are "artificial": in debug info their code belongs to the caller's line,
+   so a report or gdb points at the test's code, not at this header */
+#define PYHV_INLINE static inline __attribute__((always_inline, artificial))
+
 #define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
 #define WRITE_ONCE(x, v) (*(volatile __typeof__(x) *)&(x) = (v))
 #define barrier() __asm__ __volatile__("" ::: "memory")
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
-static inline uint8_t mmio_read8(uintptr_t a) { return *(volatile uint8_t *)a; }
-static inline uint16_t mmio_read16(uintptr_t a) { return *(volatile uint16_t *)a; }
-static inline uint32_t mmio_read32(uintptr_t a) { return *(volatile uint32_t *)a; }
-static inline uint64_t mmio_read64(uintptr_t a) { return *(volatile uint64_t *)a; }
-static inline void mmio_write8(uintptr_t a, uint8_t v) { *(volatile uint8_t *)a = v; }
-static inline void mmio_write16(uintptr_t a, uint16_t v) { *(volatile uint16_t *)a = v; }
-static inline void mmio_write32(uintptr_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
-static inline void mmio_write64(uintptr_t a, uint64_t v) { *(volatile uint64_t *)a = v; }
+PYHV_INLINE uint8_t mmio_read8(uintptr_t a) { return *(volatile uint8_t *)a; }
+PYHV_INLINE uint16_t mmio_read16(uintptr_t a) { return *(volatile uint16_t *)a; }
+PYHV_INLINE uint32_t mmio_read32(uintptr_t a) { return *(volatile uint32_t *)a; }
+PYHV_INLINE uint64_t mmio_read64(uintptr_t a) { return *(volatile uint64_t *)a; }
+PYHV_INLINE void mmio_write8(uintptr_t a, uint8_t v) { *(volatile uint8_t *)a = v; }
+PYHV_INLINE void mmio_write16(uintptr_t a, uint16_t v) { *(volatile uint16_t *)a = v; }
+PYHV_INLINE void mmio_write32(uintptr_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
+PYHV_INLINE void mmio_write64(uintptr_t a, uint64_t v) { *(volatile uint64_t *)a = v; }
 
 /* port IO: ring 0 only (user mode raises #GP, as IOPL is not honoured everywhere) */
-static inline void outb(uint16_t port, uint8_t v) { __asm__ __volatile__("outb %0, %1" :: "a"(v), "Nd"(port)); }
-static inline void outw(uint16_t port, uint16_t v) { __asm__ __volatile__("outw %0, %1" :: "a"(v), "Nd"(port)); }
-static inline void outl(uint16_t port, uint32_t v) { __asm__ __volatile__("outl %0, %1" :: "a"(v), "Nd"(port)); }
-static inline uint8_t inb(uint16_t port) { uint8_t v; __asm__ __volatile__("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline uint16_t inw(uint16_t port) { uint16_t v; __asm__ __volatile__("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline uint32_t inl(uint16_t port) { uint32_t v; __asm__ __volatile__("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+PYHV_INLINE void outb(uint16_t port, uint8_t v) { __asm__ __volatile__("outb %0, %1" :: "a"(v), "Nd"(port)); }
+PYHV_INLINE void outw(uint16_t port, uint16_t v) { __asm__ __volatile__("outw %0, %1" :: "a"(v), "Nd"(port)); }
+PYHV_INLINE void outl(uint16_t port, uint32_t v) { __asm__ __volatile__("outl %0, %1" :: "a"(v), "Nd"(port)); }
+PYHV_INLINE uint8_t inb(uint16_t port) { uint8_t v; __asm__ __volatile__("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+PYHV_INLINE uint16_t inw(uint16_t port) { uint16_t v; __asm__ __volatile__("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+PYHV_INLINE uint32_t inl(uint16_t port) { uint32_t v; __asm__ __volatile__("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
 /* -- SMP ------------------------------------------------------------------------------------ */
 typedef struct { volatile uint32_t locked; } guest_spinlock_t;
 #define GUEST_SPINLOCK_INIT { 0 }
-static inline void cpu_relax(void) { __asm__ __volatile__("pause" ::: "memory"); }
-static inline void guest_spin_lock(guest_spinlock_t *l)
+PYHV_INLINE void cpu_relax(void) { __asm__ __volatile__("pause" ::: "memory"); }
+PYHV_INLINE void guest_spin_lock(guest_spinlock_t *l)
 {
     while (__atomic_exchange_n(&l->locked, 1, __ATOMIC_ACQUIRE))
         while (__atomic_load_n(&l->locked, __ATOMIC_RELAXED))
             cpu_relax();
 }
-static inline void guest_spin_unlock(guest_spinlock_t *l)
+PYHV_INLINE void guest_spin_unlock(guest_spinlock_t *l)
 {
     __atomic_store_n(&l->locked, 0, __ATOMIC_RELEASE);
 }
