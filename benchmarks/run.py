@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench_guests import bench_guests  # pyhv.testing's rows (guests written in C)
+
 import pyhv
 from pyhv.testing import assemble
 
@@ -495,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += [lifecycle, compute]
     rows += [bench_restore(repeats), bench_pool(repeats), bench_idle_rss(ref)]
     rows += bench_unicorn(repeats, cycle, iter_ns, rows[0].value or 0.0)
+    rows += bench_guests(max(repeats // 2, 2), row, best)
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

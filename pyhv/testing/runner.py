@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 from .. import exits, loaders
 from ..core.buses import EndRun
 from ..core.memory import parse_size
-from ..errors import HypervisorError, InvalidArgument, StateError, Timeout
+from ..errors import HypervisorError, ImageFormatError, InvalidArgument, StateError, Timeout
 from ..partition import Partition
 from ..x86.setup import SETUP_MAX_SIZE
 from . import layout
@@ -247,6 +247,7 @@ class GuestVM:
         self._abandoned = False           # a syncs() loop left early: cancels are expected
         self._failures: list[GuestAssertionError] = []
         self._records = [image.ucall_record(i) for i in range(cpus)]
+        self._reply = struct.Struct("<Q")
         self._handlers = image.symbols.get("pyhv_handlers", (0, 0))[0]
         self._slots = image.symbols.get("pyhv_ex_slots", (0, 0))[0]
         self._exception_entry = image.symbols.get("pyhv_exception_entry", (0, 0))[0]
@@ -254,6 +255,14 @@ class GuestVM:
         try:
             boot = loaders.load(self.partition, image.data, "elf", name=str(image.path))
             self._write_info(cpus, size)
+            # the records lie in one RAM slot (checked here): the doorbell reads them there
+            first, end = self._records[0], self._records[-1] + layout.UCALL_SIZE
+            slot = self.partition.memory.slot_at(first)
+            if slot is None or end > slot.end:
+                raise ImageFormatError(f"{image.path}: its ucall records [{first:#x}, "
+                                       f"{end:#x}) do not lie in one memory slot")
+            self._slot = slot
+            self._offsets = [r - slot.gpa for r in self._records]
             self.vcpus = tuple(self.partition.create_vcpu(
                 mode=image.mode, entry=boot.entry, exceptions=True) for _ in range(cpus))
             for i, vcpu in enumerate(self.vcpus):
@@ -462,26 +471,26 @@ class GuestVM:
         if value != cpu:
             raise GuestProtocolError(cpu=cpu, reason=f"it rang the doorbell with index {value} "
                                                      "(its own ucall record is the only one)")
-        memory = self.partition.memory
-        base = self._records[cpu]
+        slot, offset = self._slot, self._offsets[cpu]
         (command, value, value2, _reply, file, line, expr, kinds, length,
-         _seq) = layout.UCALL_HEADER.unpack(memory.read(base, layout.UCALL_HEADER.size))
-        if command == layout.Command.SYNC:
-            sync = Sync(cpu, value, self._string(file), line)
-            self._record(cpu, sync)
+         _seq) = layout.UCALL_HEADER.unpack(slot.read(offset, layout.UCALL_HEADER.size))
+        if command == layout.Command.SYNC:          # the hot path: kept short
+            sync = Sync(cpu, value, self._strings.get(file) or self._string(file), line)
+            self._logs[cpu].append(sync)
+            self._events.append(sync)
             if self._on_sync is not None:
                 answer = self._on_sync(sync)
                 if answer is not None:
                     sync.reply(answer)
             sync.resumed = True
-            memory.write_u64(base + layout.UCALL_REPLY, sync.answer)
+            slot.write(offset + layout.UCALL_REPLY, memoryview(self._reply.pack(sync.answer)))
             return
         if command not in _COMMANDS:
             raise GuestProtocolError(cpu=cpu, reason=f"unknown ucall command {command}")
         if length > layout.UCALL_TEXT:
             raise GuestProtocolError(cpu=cpu, reason=f"a ucall with {length} bytes of text "
                                                      f"(at most {layout.UCALL_TEXT})")
-        text = memory.read(base + layout.UCALL_TEXT_OFFSET, length).decode("utf-8", "replace")
+        text = slot.read(offset + layout.UCALL_TEXT_OFFSET, length).decode("utf-8", "replace")
         if command == layout.Command.PRINT:
             self._partial[cpu].append(text)
             if value == 0:             # the last piece of this print
