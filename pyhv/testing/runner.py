@@ -26,9 +26,7 @@ points at is in guest memory, read with bounds and checked against the vCPU that
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,27 +36,20 @@ from typing import Any, ClassVar
 from .. import exits, loaders
 from ..core.buses import EndRun
 from ..core.memory import parse_size
-from ..errors import HypervisorError, ImageFormatError, InvalidArgument, StateError, Timeout
+from ..errors import InvalidArgument, StateError, Timeout
 from ..partition import Partition
 from ..x86.setup import SETUP_MAX_SIZE
 from . import layout
-from .errors import (
-    GuestAssertionError,
-    GuestCrash,
-    GuestExceptionError,
-    GuestFailure,
-    GuestProtocolError,
-)
+from .errors import GuestAssertionError, GuestCrash, GuestExceptionError, GuestProtocolError
 from .image import GuestImage
+from .ucall import UcallChannel
 
 __all__ = ["CpuLog", "Done", "GuestDone", "GuestResult", "GuestTimeout", "GuestVM", "Print",
            "Sync", "SyncAnswer", "run_guest"]
 
 log = logging.getLogger("pyhv.testing")
 
-STRING_LIMIT = 512              # longest file name / expression read from the guest
 _U64 = 1 << 64
-_COMMANDS = frozenset(c.value for c in layout.Command if c != layout.Command.NONE)
 
 
 @dataclass(eq=False)
@@ -239,30 +230,20 @@ class GuestVM:
         self._logs: list[list[Event]] = [[] for _ in range(cpus)]
         self._partial: list[list[str]] = [[] for _ in range(cpus)]   # a print in pieces
         self._threads: dict[int, int] = {}       # thread ident -> vCPU index
-        self._strings: dict[int, str] = {}
         self._on_sync: SyncAnswer = None
         self._ran = False
         self._runner: threading.Thread | None = None
         self._gates: list[_Gate] = []
         self._abandoned = False           # a syncs() loop left early: cancels are expected
         self._failures: list[GuestAssertionError] = []
-        self._records = [image.ucall_record(i) for i in range(cpus)]
-        self._reply = struct.Struct("<Q")
         self._handlers = image.symbols.get("pyhv_handlers", (0, 0))[0]
         self._slots = image.symbols.get("pyhv_ex_slots", (0, 0))[0]
         self._exception_entry = image.symbols.get("pyhv_exception_entry", (0, 0))[0]
         self.partition = Partition(memory=size)
         try:
             boot = loaders.load(self.partition, image.data, "elf", name=str(image.path))
-            self._write_info(cpus, size)
-            # the records lie in one RAM slot (checked here): the doorbell reads them there
-            first, end = self._records[0], self._records[-1] + layout.UCALL_SIZE
-            slot = self.partition.memory.slot_at(first)
-            if slot is None or end > slot.end:
-                raise ImageFormatError(f"{image.path}: its ucall records [{first:#x}, "
-                                       f"{end:#x}) do not lie in one memory slot")
-            self._slot = slot
-            self._offsets = [r - slot.gpa for r in self._records]
+            self._channel = UcallChannel(self.partition.memory, image, cpus)
+            self._channel.write_info(cpus, size)
             self.vcpus = tuple(self.partition.create_vcpu(
                 mode=image.mode, entry=boot.entry, exceptions=True) for _ in range(cpus))
             for i, vcpu in enumerate(self.vcpus):
@@ -274,17 +255,6 @@ class GuestVM:
         except BaseException:
             self.partition.close()
             raise
-
-    def _write_info(self, cpus: int, size: int) -> None:
-        memory = self.partition.memory
-        at = self.image.symbol("pyhv_guest_info")
-        magic, version, *_ = layout.GUEST_INFO.unpack(memory.read(at, layout.GUEST_INFO.size))
-        if magic != layout.GUEST_MAGIC or version != layout.GUEST_VERSION:
-            raise HypervisorError(f"{self.image.path}: its guest library speaks version "
-                                  f"{version if magic == layout.GUEST_MAGIC else '?'}, this "
-                                  f"pyhv {layout.GUEST_VERSION}: build it again")
-        memory.write(at, layout.GUEST_INFO.pack(magic, version, cpus, size,
-                                                layout.MODE_NUMBERS[self.image.mode]))
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -301,7 +271,7 @@ class GuestVM:
 
     def __repr__(self) -> str:
         return f"<pyhv.testing.GuestVM {self.image.path.name} {self.image.mode} mode, " \
-               f"{len(self._records)} vCPU(s){' closed' if self.partition.closed else ''}>"
+               f"{len(self._logs)} vCPU(s){' closed' if self.partition.closed else ''}>"
 
     # -- guest memory by symbol -------------------------------------------------------------
     def address(self, where: str | int) -> int:
@@ -471,11 +441,11 @@ class GuestVM:
         if value != cpu:
             raise GuestProtocolError(cpu=cpu, reason=f"it rang the doorbell with index {value} "
                                                      "(its own ucall record is the only one)")
-        slot, offset = self._slot, self._offsets[cpu]
-        (command, value, value2, _reply, file, line, expr, kinds, length,
-         _seq) = layout.UCALL_HEADER.unpack(slot.read(offset, layout.UCALL_HEADER.size))
+        channel = self._channel
+        header = channel.header(cpu)
+        command, value, file, line = header[0], header[1], header[4], header[5]
         if command == layout.Command.SYNC:          # the hot path: kept short
-            sync = Sync(cpu, value, self._strings.get(file) or self._string(file), line)
+            sync = Sync(cpu, value, channel.strings.get(file) or channel.string(file), line)
             self._logs[cpu].append(sync)
             self._events.append(sync)
             if self._on_sync is not None:
@@ -483,14 +453,10 @@ class GuestVM:
                 if answer is not None:
                     sync.reply(answer)
             sync.resumed = True
-            slot.write(offset + layout.UCALL_REPLY, memoryview(self._reply.pack(sync.answer)))
+            channel.reply(cpu, sync.answer)
             return
-        if command not in _COMMANDS:
-            raise GuestProtocolError(cpu=cpu, reason=f"unknown ucall command {command}")
-        if length > layout.UCALL_TEXT:
-            raise GuestProtocolError(cpu=cpu, reason=f"a ucall with {length} bytes of text "
-                                                     f"(at most {layout.UCALL_TEXT})")
-        text = slot.read(offset + layout.UCALL_TEXT_OFFSET, length).decode("utf-8", "replace")
+        channel.check_command(cpu, command)
+        text = channel.text(cpu, header[8])
         if command == layout.Command.PRINT:
             self._partial[cpu].append(text)
             if value == 0:             # the last piece of this print
@@ -498,19 +464,9 @@ class GuestVM:
             return
         self._flush_partial(cpu)
         if command == layout.Command.DONE:
-            self._record(cpu, Done(cpu, self._string(file) if file else None, line))
+            self._record(cpu, Done(cpu, channel.string(file), line))
             raise EndRun(GuestDone(cpu=cpu))
-        if command == layout.Command.ASSERT:
-            values = None
-            if kinds & layout.COMPARISON:
-                values = (_decode(value, kinds & 0xFFFF), _decode(value2, kinds >> 16 & 0x7FFF))
-            self._fail(GuestAssertionError(cpu=cpu, file=self._string(file), line=line,
-                                           expression=self._string(expr), values=values,
-                                           message=text, output=self._output(cpu)))
-        if command == layout.Command.FAIL:
-            self._fail(GuestFailure(cpu=cpu, file=self._string(file) if file else None,
-                                    line=line, message=text, output=self._output(cpu)))
-        raise GuestProtocolError(cpu=cpu, reason=f"unknown ucall command {command}")
+        self._fail(channel.failure(cpu, header, text, self._output(cpu)))
 
     def _fail(self, failure: GuestAssertionError) -> None:
         """End the run on a guest failure: every vCPU stops, then :meth:`run` raises it (a
@@ -535,22 +491,6 @@ class GuestVM:
 
     def _output(self, cpu: int) -> str:
         return "".join(e.text for e in self._logs[cpu] if isinstance(e, Print))
-
-    def _string(self, address: int) -> str | None:
-        """A NUL-terminated string the guest points at (bounded, never outside memory)."""
-        if address == 0:
-            return None
-        known = self._strings.get(address)
-        if known is not None:
-            return known
-        memory = self.partition.memory
-        slot = memory.slot_at(address)
-        if slot is None:
-            return f"<string at {address:#x}, outside guest memory>"
-        data = memory.read(address, min(STRING_LIMIT, slot.end - address))
-        text = data.split(b"\0", 1)[0].decode("utf-8", "replace")
-        self._strings[address] = text
-        return text
 
     # -- guest exceptions -------------------------------------------------------------------
     def _exception(self, exit: exits.GuestException) -> None:
@@ -583,21 +523,6 @@ class GuestVM:
                                                exit.cr2 or 0, rip, vcpu.read_register("rdi")))
         vcpu.write_registers({"rdi": slot})
         exit.resume_at(self._exception_entry)
-
-
-def _decode(bits: int, kind: int) -> Any:
-    """A compared value from its raw bits, kind and size (``pyhv_describe``)."""
-    size = kind >> 8 & 0xFF
-    kind &= 0xFF
-    if not 1 <= size <= 8:
-        size = 8
-    bits &= (1 << (8 * size)) - 1
-    if kind == layout.ValueKind.SIGNED and bits >> (8 * size - 1):
-        return bits - (1 << (8 * size))
-    if kind == layout.ValueKind.FLOAT and size in (4, 8):
-        value = struct.unpack("<f" if size == 4 else "<d", bits.to_bytes(size, "little"))[0]
-        return value if not math.isnan(value) else float("nan")
-    return bits
 
 
 def _describe_end(final: exits.Exit, mode: str) -> str:

@@ -16,6 +16,7 @@ from typing import Protocol
 from .. import devices, exits, loaders
 from ..errors import HypervisorError, Timeout
 from ..partition import Partition
+from ..testing.run_extension import GuestUcalls
 
 DESCRIPTION = ("Boot IMAGE with a 16550 UART on COM1, an i8042, a CMOS clock, fw_cfg and the "
                "debug-exit port; flags are spelled like QEMU's where they mean the same.")
@@ -31,6 +32,7 @@ class RunExtension(Protocol):
 
 # the packages that take part (they register themselves here; see the module docstring)
 EXTENSIONS: list[RunExtension] = []
+EXTENSIONS.append(GuestUcalls())     # pyhv.testing: the ucalls of guests written in C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
