@@ -32,7 +32,8 @@ from .errors import (
     ToolchainError,
 )
 from .image import GuestImage, SourceLine
-from .runner import CpuLog, Done, GuestResult, GuestTimeout, GuestVM, Print, Sync, run_guest
+from .results import CpuLog, Done, GuestResult, Print, Sync
+from .runner import GuestTimeout, GuestVM, run_guest
 from .usable import guest_usable
 
 __all__ = [

@@ -38,7 +38,8 @@ import pytest
 from .build import build_guest, cache_root, locate_literal
 from .errors import GuestAssertionError
 from .image import GuestImage
-from .runner import GuestResult, GuestVM, Sync, SyncAnswer
+from .results import GuestResult, Sync, SyncAnswer
+from .runner import GuestVM
 from .usable import guest_usable
 
 DEFAULT_KEEP = ".pyhv-guests"

@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .. import exits, loaders
@@ -38,48 +38,16 @@ from ..core.buses import EndRun
 from ..core.memory import parse_size
 from ..errors import InvalidArgument, StateError, Timeout
 from ..partition import Partition
-from ..x86.setup import SETUP_MAX_SIZE
 from . import layout
-from .errors import GuestAssertionError, GuestCrash, GuestExceptionError, GuestProtocolError
+from .errors import GuestAssertionError, GuestCrash, GuestProtocolError
+from .exceptions import ExceptionEntry
 from .image import GuestImage
+from .results import CpuLog, Done, Event, GuestResult, Print, Sync, SyncAnswer
 from .ucall import UcallChannel
 
-__all__ = ["CpuLog", "Done", "GuestDone", "GuestResult", "GuestTimeout", "GuestVM", "Print",
-           "Sync", "SyncAnswer", "run_guest"]
+__all__ = ["GuestDone", "GuestStopped", "GuestTimeout", "GuestVM", "run_guest"]
 
 log = logging.getLogger("pyhv.testing")
-
-_U64 = 1 << 64
-
-
-@dataclass(eq=False)
-class Sync:
-    """A ``GUEST_SYNC(value)``: the guest waits for the host's answer, which its
-    ``GUEST_SYNC`` returns (0 unless :meth:`reply` says otherwise).  ``resumed`` turns True
-    once the guest has its answer."""
-
-    cpu: int
-    value: int
-    file: str | None
-    line: int
-    answer: int = 0
-    resumed: bool = field(default=False, repr=False)
-
-    def reply(self, value: int) -> None:
-        """Make the guest's ``GUEST_SYNC`` return ``value`` (an integer that fits 64 bits;
-        negative ones wrap, as C's conversion to ``uint64_t`` does)."""
-        if isinstance(value, bool) or not isinstance(value, int) or not -(1 << 63) <= value \
-                < _U64:
-            raise InvalidArgument(f"a sync reply must be an int that fits 64 bits, not "
-                                  f"{value!r}")
-        if self.resumed:
-            raise StateError(f"{self!r} was already answered: the guest went on")
-        self.answer = value % _U64
-
-    def __repr__(self) -> str:
-        where = f" at {self.file}:{self.line}" if self.file else ""
-        return f"Sync(cpu={self.cpu}, value={self.value:#x}{where})"
-
 
 class _Gate:
     """Where a vCPU thread waits while the caller of :meth:`GuestVM.syncs` holds its sync."""
@@ -91,77 +59,6 @@ class _Gate:
     def open(self, abandon: bool = False) -> None:
         self.abandoned = self.abandoned or abandon
         self.event.set()
-
-
-@dataclass(frozen=True)
-class Print:
-    """One ``GUEST_PRINTF`` (its whole text, however long)."""
-
-    cpu: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Done:
-    """A vCPU reached ``GUEST_DONE`` (``file`` None: it returned from ``guest_main``)."""
-
-    cpu: int
-    file: str | None
-    line: int
-
-
-Event = Sync | Print | Done
-SyncAnswer = Callable[[Sync], "int | None"] | None
-
-
-@dataclass(frozen=True)
-class CpuLog:
-    """What one vCPU reported, in its order."""
-
-    cpu: int
-    events: tuple[Event, ...]
-
-    @property
-    def syncs(self) -> tuple[int, ...]:
-        return tuple(e.value for e in self.events if isinstance(e, Sync))
-
-    @property
-    def prints(self) -> tuple[str, ...]:
-        return tuple(e.text for e in self.events if isinstance(e, Print))
-
-    @property
-    def output(self) -> str:
-        return "".join(self.prints)
-
-    @property
-    def done(self) -> bool:
-        return any(isinstance(e, Done) for e in self.events)
-
-
-@dataclass(frozen=True)
-class GuestResult:
-    """How a guest run went: every vCPU's log (``cpus[i]``), and all events in the order the
-    host saw them.  ``syncs`` and ``output`` are over all vCPUs in that order."""
-
-    cpus: tuple[CpuLog, ...]
-    events: tuple[Event, ...]
-    elapsed: float
-
-    @property
-    def syncs(self) -> tuple[int, ...]:
-        return tuple(e.value for e in self.events if isinstance(e, Sync))
-
-    @property
-    def output(self) -> str:
-        return "".join(e.text for e in self.events if isinstance(e, Print))
-
-    @property
-    def done(self) -> bool:
-        """Every vCPU reached ``GUEST_DONE``."""
-        return all(c.done for c in self.cpus)
-
-    def __getitem__(self, cpu: int) -> CpuLog:
-        return self.cpus[cpu]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -236,14 +133,13 @@ class GuestVM:
         self._gates: list[_Gate] = []
         self._abandoned = False           # a syncs() loop left early: cancels are expected
         self._failures: list[GuestAssertionError] = []
-        self._handlers = image.symbols.get("pyhv_handlers", (0, 0))[0]
-        self._slots = image.symbols.get("pyhv_ex_slots", (0, 0))[0]
-        self._exception_entry = image.symbols.get("pyhv_exception_entry", (0, 0))[0]
         self.partition = Partition(memory=size)
         try:
             boot = loaders.load(self.partition, image.data, "elf", name=str(image.path))
             self._channel = UcallChannel(self.partition.memory, image, cpus)
             self._channel.write_info(cpus, size)
+            self._exceptions = ExceptionEntry(image, self.partition.memory,
+                                              self.partition.setup_base)
             self.vcpus = tuple(self.partition.create_vcpu(
                 mode=image.mode, entry=boot.entry, exceptions=True) for _ in range(cpus))
             for i, vcpu in enumerate(self.vcpus):
@@ -495,34 +391,10 @@ class GuestVM:
     # -- guest exceptions -------------------------------------------------------------------
     def _exception(self, exit: exits.GuestException) -> None:
         cpu = self._current_cpu()
-        vcpu = self.vcpus[cpu]
-        memory = self.partition.memory
-        handler = 0
-        if self._handlers and self._exception_entry and 0 <= exit.vector < \
-                layout.EXCEPTION_VECTORS:
-            width = self.image.pointer_size
-            handler = int.from_bytes(memory.read(self._handlers + exit.vector * width, width),
-                                     "little")
-        depth = 0
-        slot = self._slots + cpu * layout.EX_SLOT_SIZE
-        if handler:
-            depth = memory.read_u64(slot + layout.EX_SLOT_DEPTH)
-        if not handler or depth >= layout.MAX_HANDLER_DEPTH:
+        failure = self._exceptions.enter(exit, self.vcpus[cpu], cpu, self._output(cpu))
+        if failure is not None:
             self._flush_partial(cpu)
-            where = self.image.source_line(exit.rip) if exit.rip is not None else None
-            hint = _exception_hint(exit, self.image.mode, self.partition.setup_base)
-            if handler:
-                hint = f"raised inside its own handler, {depth} deep"
-            self._fail(GuestExceptionError(
-                cpu=cpu, vector=exit.vector, name=exit.name, rip=exit.rip,
-                error_code=exit.error_code, cr2=exit.cr2, file=where.file if where else None,
-                line=where.line if where else 0, function=where.function if where else None,
-                hint=hint, output=self._output(cpu)))
-        rip = exit.rip if exit.rip is not None else 0
-        memory.write(slot, layout.EX_SLOT.pack(exit.vector, exit.error_code or 0,
-                                               exit.cr2 or 0, rip, vcpu.read_register("rdi")))
-        vcpu.write_registers({"rdi": slot})
-        exit.resume_at(self._exception_entry)
+            self._fail(failure)
 
 
 def _describe_end(final: exits.Exit, mode: str) -> str:
@@ -546,18 +418,6 @@ def _describe_end(final: exits.Exit, mode: str) -> str:
         return f"it made system call {final.nr}, which nothing handles " \
                "(vm.partition.set_syscall_handler)"
     return f"it stopped on {final!r}"
-
-
-def _exception_hint(exit: exits.GuestException, mode: str, setup_base: int) -> str:
-    if mode == "user" and exit.vector == 13:
-        return "ring-3 code cannot run privileged instructions or port IO: build it with " \
-               "mode='long' for ring 0"
-    if exit.vector == 14 and exit.cr2 is not None and \
-            setup_base <= exit.cr2 < setup_base + SETUP_MAX_SIZE:
-        return "that is pyhv's setup region (GDT, page tables), which ring 3 cannot touch"
-    if exit.vector == 3:
-        return "int3: install a handler for BP_VECTOR to use breakpoints"
-    return ""
 
 
 def run_guest(image: GuestImage, cpus: int = 1, *, timeout: float | None = 30.0,

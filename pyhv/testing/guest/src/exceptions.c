@@ -3,9 +3,10 @@
    pyhv's ring-0 stub reports a guest exception to the host (the vCPU halts in the stub).
    When the guest installed a handler for the vector, the host fills the vCPU's
    pyhv_ex_slots[] entry (vector, error code, CR2, the faulting RIP and the RDI it borrows),
-   points RDI at it and returns from the exception to pyhv_exception_entry (entry64.S or
-   entry32.S), which saves the interrupted registers, calls the handler here and resumes
-   where struct ex_regs then says.  The same path serves every mode, ring 3 included. */
+   points RDI at it and returns from the exception to pyhv_exception_entry (start64.S or
+   start32.S), which saves the interrupted registers, calls the handler here and resumes
+   where struct ex_regs then says (pyhv/testing/exceptions.py is the host's half).  The same
+   path serves every mode, ring 3 included. */
 #include <pyhv/guest.h>
 
 guest_handler_t pyhv_handlers[32];
