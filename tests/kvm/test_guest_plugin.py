@@ -3,6 +3,9 @@ write, run by an inner pytest that finds the plugin through its entry point."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -193,3 +196,22 @@ def test_from_files(guest):
     assert guest.run(timeout=30).syncs == (99,)
 ''')
     result.assert_outcomes(passed=1)
+
+
+def test_the_documented_example_passes_and_fails_as_documented(run, pytester):
+    doc = (Path(__file__).parents[2] / "docs" / "testing-guests.md").read_text()
+    example = re.search(r"```python\n(.*?)```", doc, re.S)[1]
+    report = re.search(r"reports it at the guest's line.*?```\n(.*?)```", doc, re.S)[1]
+    pytester.makepyfile(test_in_a_guest=example)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)
+    # without its pytest.raises, the last test fails with the report the page shows
+    failing = example.replace(
+        "    with pytest.raises(GuestAssertionError) as failure:\n"
+        "        guest.run(timeout=10)\n"
+        "    assert failure.value.values == (4, 5) and failure.value.expression == "
+        "\"sum == 5\"\n", "    guest.run(timeout=10)\n")
+    assert failing != example
+    pytester.makepyfile(test_in_a_guest=failing)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(report.rstrip("\n").splitlines(), consecutive=True)
