@@ -107,7 +107,11 @@ def _run(argv: list[str], what: str, cwd: Path) -> None:
     except OSError as exc:
         raise ToolchainError(f"{what}: cannot run {argv[0]}: {exc.strerror}") from None
     if proc.returncode != 0:
-        raise ToolchainError(f"{what} failed:\n{proc.stderr.strip()}")
+        # the staging directory is gone by the time anyone reads this: name files alone
+        text = proc.stderr.strip().replace(f"{cwd}/", "")
+        if "undefined reference to `guest_main'" in text:
+            text += "\n(every guest defines `void guest_main(int cpu)`: each vCPU enters it)"
+        raise ToolchainError(f"{what} failed:\n{text}")
 
 
 def _flags(cflags: str | Sequence[str]) -> list[str]:
@@ -215,7 +219,8 @@ def build_guest(c: str | None = None, *, files: Sequence[str | os.PathLike[str]]
     paths = [Path(f).resolve() for f in files]
     for path in paths:
         if not path.is_file():
-            raise InvalidArgument(f"guest source {path} does not exist")
+            raise InvalidArgument(f"guest source {path} " + (
+                "is not a file" if path.exists() else "does not exist"))
         if path.suffix not in (".c", ".S", ".s"):
             raise InvalidArgument(f"guest source {path}: only .c, .S and .s files are built")
     if c is None and not paths:
@@ -232,9 +237,9 @@ def build_guest(c: str | None = None, *, files: Sequence[str | os.PathLike[str]]
     if c is not None:
         text = c
         if source_file is not None:
-            line = 1 if first_line is None else int(first_line)
-            if line < 1:
-                raise InvalidArgument(f"first_line must be >= 1, not {first_line}")
+            line = 1 if first_line is None else first_line
+            if isinstance(line, bool) or not isinstance(line, int) or line < 1:
+                raise InvalidArgument(f"first_line must be an int >= 1, not {first_line!r}")
             text = f'#line {line} "{_c_string(source_file)}"\n{c}'
     cc = compiler()
     root = Path(cache_dir) if cache_dir is not None else cache_root()

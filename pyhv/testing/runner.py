@@ -304,6 +304,8 @@ class GuestVM:
             return
         where = self.image.source_line(final.rip) if final.rip is not None else None
         reason = _describe_end(final, self.image.mode)
+        if not self._channel.stack_intact(cpu):
+            reason += f"; it had also overflowed its {layout.STACK_SIZE >> 10} KiB stack"
         self._flush_partial(cpu)
         raise GuestCrash(cpu=cpu, reason=reason, exit=final,
                          file=where.file if where else None, line=where.line if where else 0,
@@ -313,6 +315,8 @@ class GuestVM:
         cpu = next((i for i, v in enumerate(self.vcpus) if v is exc.vcpu), 0)
         where = self.image.source_line(exc.regs.rip)
         at = f" in {where.function}()" if where and where.function else ""
+        if not self._channel.stack_intact(cpu):
+            at += f"; it had overflowed its {layout.STACK_SIZE >> 10} KiB stack"
         return GuestTimeout(cpu=cpu, reason=f"still running after {exc.timeout:g} s, at rip "
                                             f"{exc.regs.rip:#x}{at}", exit=None,
                             file=where.file if where else None, line=where.line if where else 0,
@@ -338,6 +342,8 @@ class GuestVM:
             raise GuestProtocolError(cpu=cpu, reason=f"it rang the doorbell with index {value} "
                                                      "(its own ucall record is the only one)")
         channel = self._channel
+        if not channel.stack_intact(cpu):
+            self._fail(self._overflow(cpu))
         header = channel.header(cpu)
         command, value, file, line = header[0], header[1], header[4], header[5]
         if command == layout.Command.SYNC:          # the hot path: kept short
@@ -389,8 +395,16 @@ class GuestVM:
         return "".join(e.text for e in self._logs[cpu] if isinstance(e, Print))
 
     # -- guest exceptions -------------------------------------------------------------------
+    def _overflow(self, cpu: int) -> GuestCrash:
+        return GuestCrash(cpu=cpu, reason=f"it overflowed its {layout.STACK_SIZE >> 10} KiB "
+                                          "stack (the guard at its bottom is overwritten): "
+                                          "use less stack (large locals, deep recursion)",
+                          output=self._output(cpu))
+
     def _exception(self, exit: exits.GuestException) -> None:
         cpu = self._current_cpu()
+        if not self._channel.stack_intact(cpu):
+            self._fail(self._overflow(cpu))
         failure = self._exceptions.enter(exit, self.vcpus[cpu], cpu, self._output(cpu))
         if failure is not None:
             self._flush_partial(cpu)

@@ -22,6 +22,8 @@ from .image import GuestImage
 __all__ = ["COMMANDS", "STRING_LIMIT", "UcallChannel", "decode_value"]
 
 STRING_LIMIT = 512              # longest file name / expression read from the guest
+# written at the bottom of every vCPU's stack: a stack that grew past its end overwrites it
+STACK_GUARD = bytes(range(0xA0, 0xE0))
 COMMANDS = frozenset(c.value for c in layout.Command if c != layout.Command.NONE)
 _REPLY = struct.Struct("<Q")
 
@@ -41,6 +43,19 @@ class UcallChannel:
         self.slot = slot
         self.offsets = [r - slot.gpa for r in records]
         self.strings: dict[int, str] = {}
+        stacks = image.symbol("pyhv_stacks")
+        guards = [stacks + i * layout.STACK_SIZE for i in range(cpus)]
+        if memory.slot_at(stacks) is not slot or guards[-1] + len(STACK_GUARD) > slot.end:
+            raise ImageFormatError(f"{image.path}: its stacks do not lie in the slot of its "
+                                   "ucall records")
+        self.guards = [g - slot.gpa for g in guards]
+        for offset in self.guards:
+            slot.write(offset, memoryview(STACK_GUARD))
+
+    def stack_intact(self, cpu: int) -> bool:
+        """Whether vCPU ``cpu``'s stack guard is still there (a best effort: a frame that
+        skips over it unwritten goes unseen)."""
+        return self.slot.read(self.guards[cpu], len(STACK_GUARD)) == STACK_GUARD
 
     def write_info(self, cpus: int, memory_size: int) -> None:
         """Tell the guest how many vCPUs run it and how much RAM it has (after checking

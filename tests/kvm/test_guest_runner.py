@@ -455,6 +455,25 @@ def test_boots_leave_no_descriptors_behind(kvm):
     assert fd_count() == before
 
 
+def test_a_stack_overflow_is_caught_at_the_next_ucall(kvm):
+    image = build_guest(c="""
+static uint64_t deep(int n)
+{
+    volatile uint64_t frame[512];               /* 4 KiB a level, all of it written */
+    for (int i = 0; i < 512; i++)
+        frame[i] = n;
+    return n ? deep(n - 1) + frame[7] : 0;
+}
+void guest_main(int cpu)
+{
+    GUEST_SYNC(deep(cpu == 1 ? 20 : 2));        /* vCPU 1 needs 80 KiB */
+}
+""")
+    with pytest.raises(GuestCrash, match="overflowed its 32 KiB stack") as info:
+        run_guest(image, cpus=2, timeout=30)
+    assert info.value.cpu == 1
+
+
 # -- hostile guests: they break the protocol, the host stays whole ------------------------
 def test_a_doorbell_with_another_vcpus_index_is_refused(kvm):
     image = build_guest(c="""

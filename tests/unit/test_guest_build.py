@@ -92,6 +92,13 @@ def test_inline_c_includes_from_the_test_files_directory(cache, tmp_path):
     assert where.line in (11, 12)
 
 
+def test_compiler_errors_name_files_without_the_staging_directory(cache):
+    source = "void guest_main(int cpu) { oops }"      # not a literal in the call: not located
+    with pytest.raises(ToolchainError) as info:
+        build_guest(c=source, name="mine.c")
+    assert "\nmine.c:1:" in str(info.value) and "build-" not in str(info.value)
+
+
 def test_compiler_errors_name_the_test_files_lines(cache):
     with pytest.raises(ToolchainError, match=r"test_guest_build\.py:\d+:.*error") as info:
         build_guest(c="""
@@ -109,8 +116,8 @@ def test_link_errors_are_toolchain_errors(cache):
     with pytest.raises(ToolchainError, match="undefined reference to `no_such_function'"):
         build_guest(c="void no_such_function(void);\n"
                       "void guest_main(int cpu) { no_such_function(); }")
-    with pytest.raises(ToolchainError, match="guest_main"):
-        build_guest(c="int not_main;")          # every guest needs guest_main
+    with pytest.raises(ToolchainError, match="every guest defines `void guest_main"):
+        build_guest(c="int not_main;")
 
 
 def test_64_bit_division_links_in_32_bit_guests(cache):
@@ -127,7 +134,9 @@ def test_64_bit_division_links_in_32_bit_guests(cache):
     ({"files": ["/nonexistent/guest.c"]}, "does not exist"),
     ({"c": MINIMAL, "cflags": ["-O1", 3]}, "cflags must be strings"),
     ({"c": MINIMAL, "name": "../guest.c"}, "plain file name"),
-    ({"c": MINIMAL, "source_file": "x.py", "first_line": 0}, "first_line must be >= 1"),
+    ({"c": MINIMAL, "source_file": "x.py", "first_line": 0}, "first_line must be an int >= 1"),
+    ({"c": MINIMAL, "source_file": "x.py", "first_line": "3"}, "first_line must be an int"),
+    ({"files": ["/"]}, "is not a file"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_built(cache, kwargs, message):
     with pytest.raises(pyhv.InvalidArgument, match=message):
