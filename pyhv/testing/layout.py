@@ -21,7 +21,7 @@ UCALL_TEXT = 944
 GUEST_MAGIC = 0x7473657576687970        # "pyhvuest"
 GUEST_VERSION = 1
 
-# struct pyhv_ucall: ten u64 fields, then the text
+# struct pyhv_ucall: ten u64 fields (the last one spare), then the text
 UCALL_HEADER = struct.Struct("<10Q")
 UCALL_SIZE = 1024                        # aligned(64): 80 + 944
 UCALL_REPLY = 24                         # offset of `reply`

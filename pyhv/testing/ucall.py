@@ -72,7 +72,7 @@ class UcallChannel:
 
     def header(self, cpu: int) -> tuple[int, ...]:
         """vCPU ``cpu``'s record: (command, value, value2, reply, file, line, expr, kinds,
-        length, seq)."""
+        length, spare)."""
         return layout.UCALL_HEADER.unpack(self.slot.read(self.offsets[cpu],
                                                          layout.UCALL_HEADER.size))
 

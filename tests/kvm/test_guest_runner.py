@@ -521,7 +521,7 @@ def test_a_guest_that_overwrites_its_info_cannot_change_the_hosts_view(kvm):
 void guest_main(int cpu)
 {
     pyhv_guest_info.cpus = 1000;
-    pyhv_ucalls[cpu].seq = 0;
+    pyhv_ucalls[cpu].spare = ~0ull;
     GUEST_SYNC(guest_cpu_count());
 }
 """)

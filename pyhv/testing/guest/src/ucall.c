@@ -31,17 +31,21 @@ static inline void ring(uint32_t cpu)
 
 static uint64_t ucall(struct pyhv_ucall *u)
 {
-    u->seq++;
     ring((uint32_t)(u - pyhv_ucalls));
     return READ_ONCE(u->reply);
+}
+
+static void __attribute__((noreturn)) lost(void)
+{
+    for (;;)                  /* off every vCPU stack: nowhere to report; stop here */
+        __asm__ __volatile__("ud2");
 }
 
 static struct pyhv_ucall *record(uint64_t cmd, const char *file, int line)
 {
     int cpu = guest_cpu_id();
-    if (cpu < 0)          /* off every vCPU stack: nowhere to report; stop here */
-        for (;;)
-            __asm__ __volatile__("ud2");
+    if (cpu < 0)
+        lost();
     struct pyhv_ucall *u = &pyhv_ucalls[cpu];
     u->cmd = cmd;
     u->file = (uintptr_t)file;
@@ -51,11 +55,20 @@ static struct pyhv_ucall *record(uint64_t cmd, const char *file, int line)
     return u;
 }
 
+/* the host reads only these fields of a sync: few instructions, which matters where ring 0
+   is emulated (kvm_pvm) */
 uint64_t pyhv_sync(uint64_t value, const char *file, int line)
 {
-    struct pyhv_ucall *u = record(PYHV_UCALL_SYNC, file, line);
+    int cpu = guest_cpu_id();
+    if (cpu < 0)
+        lost();
+    struct pyhv_ucall *u = &pyhv_ucalls[cpu];
+    u->cmd = PYHV_UCALL_SYNC;
     u->value = value;
-    return ucall(u);
+    u->file = (uintptr_t)file;
+    u->line = (uint64_t)line;
+    ring((uint32_t)cpu);
+    return READ_ONCE(u->reply);
 }
 
 static void __attribute__((noreturn)) stop(void)
@@ -145,16 +158,6 @@ void pyhv_assert_fail(const char *file, int line, const char *expr, uint64_t a, 
 }
 
 /* -- vCPUs ------------------------------------------------------------------------------- */
-extern char pyhv_stacks[PYHV_MAX_CPUS][PYHV_STACK_SIZE];
-
-int guest_cpu_id(void)
-{
-    char here;
-    uintptr_t at = (uintptr_t)&here - (uintptr_t)pyhv_stacks;
-    uintptr_t cpu = at >> PYHV_STACK_SHIFT;
-    return cpu < PYHV_MAX_CPUS ? (int)cpu : -1;
-}
-
 int guest_cpu_count(void)
 {
     return (int)READ_ONCE(pyhv_guest_info.cpus);

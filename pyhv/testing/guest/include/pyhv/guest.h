@@ -93,7 +93,7 @@ struct pyhv_ucall {
     uint64_t expr;              /* guest address of a NUL-terminated string, or 0 */
     uint64_t kinds;             /* kind | size << 8 of value, same << 16 for value2 */
     uint64_t length;            /* bytes used in text */
-    uint64_t seq;               /* counts this vCPU's ucalls */
+    uint64_t spare;             /* unused (zero) */
     char text[PYHV_UCALL_TEXT];
 } __attribute__((aligned(64)));
 
@@ -113,7 +113,15 @@ extern struct pyhv_guest_info pyhv_guest_info;
 void guest_main(int cpu);
 
 /* -- vCPUs --------------------------------------------------------------------------------- */
-int guest_cpu_id(void);                 /* this vCPU's index, from its stack */
+extern char pyhv_stacks[PYHV_MAX_CPUS][PYHV_STACK_SIZE];
+
+/* this vCPU's index, from the stack it runs on (-1 off every vCPU's stack) */
+static inline __attribute__((always_inline)) int guest_cpu_id(void)
+{
+    uintptr_t at = (uintptr_t)__builtin_frame_address(0) - (uintptr_t)pyhv_stacks;
+    return at < (uintptr_t)PYHV_MAX_CPUS << PYHV_STACK_SHIFT ? (int)(at >> PYHV_STACK_SHIFT)
+                                                              : -1;
+}
 int guest_cpu_count(void);              /* how many vCPUs run the image */
 uint64_t guest_memory_size(void);       /* bytes of RAM from GPA 0 */
 
