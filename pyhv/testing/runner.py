@@ -49,6 +49,8 @@ __all__ = ["GuestDone", "GuestStopped", "GuestTimeout", "GuestVM", "run_guest"]
 
 log = logging.getLogger("pyhv.testing")
 
+MAX_PRINT = 1 << 20             # one GUEST_PRINTF, however many records it takes
+
 class _Gate:
     """Where a vCPU thread waits while the caller of :meth:`GuestVM.syncs` holds its sync."""
 
@@ -303,7 +305,8 @@ class GuestVM:
                                  exit=final, output=self._output(cpu))
             return
         where = self.image.source_line(final.rip) if final.rip is not None else None
-        reason = _describe_end(final, self.image.mode)
+        software = not self.partition.hypervisor.info().hardware
+        reason = _describe_end(final, self.image.mode, software)
         if not self._channel.stack_intact(cpu):
             reason += f"; it had also overflowed its {layout.STACK_SIZE >> 10} KiB stack"
         self._flush_partial(cpu)
@@ -360,7 +363,11 @@ class GuestVM:
         channel.check_command(cpu, command)
         text = channel.text(cpu, header[8])
         if command == layout.Command.PRINT:
-            self._partial[cpu].append(text)
+            pieces = self._partial[cpu]
+            pieces.append(text)
+            if len(pieces) * layout.UCALL_TEXT > MAX_PRINT:
+                raise GuestProtocolError(cpu=cpu, reason="a print of more than "
+                                                         f"{MAX_PRINT >> 20} MiB that never ends")
             if value == 0:             # the last piece of this print
                 self._flush_partial(cpu)
             return
@@ -411,16 +418,16 @@ class GuestVM:
             self._fail(failure)
 
 
-def _describe_end(final: exits.Exit, mode: str) -> str:
+def _describe_end(final: exits.Exit, mode: str, software: bool) -> str:
     if isinstance(final, exits.Shutdown):
         return "it triple-faulted (shutdown)"
     if isinstance(final, exits.Halt):
         return "it executed hlt (outside GUEST_DONE)"
     if isinstance(final, exits.InternalError):
         text = f"KVM could not run it: {final.message or final!r}"
-        if mode != "user":
-            text += " (ring-0 code on a software KVM such as kvm_pvm goes through KVM's " \
-                    "instruction emulator: no SSE, no int3)"
+        if mode != "user" and software:
+            text += " (ring-0 code on this software KVM goes through KVM's instruction " \
+                    "emulator, which cannot run SSE or int3)"
         return text
     if isinstance(final, (exits.IoOut, exits.IoIn)):
         return f"port IO to {final.port:#x}, which nothing handles (add a handler on " \

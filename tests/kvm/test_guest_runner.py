@@ -502,6 +502,41 @@ void guest_main(int cpu)
         run_guest(image, timeout=10, answer=lambda s: 99)
 
 
+def test_a_print_that_never_ends_is_refused(kvm):
+    image = build_guest(c="""
+void guest_main(int cpu)
+{
+    struct pyhv_ucall *u = &pyhv_ucalls[cpu];
+    for (;;) {
+        u->cmd = PYHV_UCALL_PRINT;
+        u->value = 1;                              /* "more follows", forever */
+        u->length = PYHV_UCALL_TEXT;
+        mmio_write32(PYHV_UCALL_MMIO, cpu);
+    }
+}
+""")
+    with pytest.raises(GuestProtocolError, match="a print of more than 1 MiB"):
+        run_guest(image, timeout=60)
+
+
+def test_an_instruction_kvm_cannot_run_is_a_crash_that_says_so(kvm):
+    image = build_guest(c="""
+void guest_main(int cpu)
+{
+    __asm__ __volatile__("int3");          /* kvm_pvm's ring-0 emulator cannot run it */
+}
+""", mode="long")
+    if pyhv.check().hardware:
+        # hardware KVM delivers the #BP: it has no handler
+        with pytest.raises(GuestExceptionError, match="#BP breakpoint"):
+            run_guest(image, timeout=30)
+        return
+    with pytest.raises(GuestCrash, match="KVM could not run it.*emulator") as info:
+        run_guest(image, timeout=30)
+    assert isinstance(info.value.exit, pyhv.exits.InternalError)
+    assert info.value.file.endswith("test_guest_runner.py")
+
+
 def test_strings_outside_guest_memory_are_named_not_read(kvm):
     image = build_guest(c="""
 void guest_main(int cpu)

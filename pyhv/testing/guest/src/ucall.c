@@ -21,9 +21,10 @@ struct pyhv_guest_info pyhv_guest_info = {
 static inline void ring(uint32_t cpu)
 {
 #ifdef PYHV_MODE_USER
-    /* ring 3 cannot use ports on every KVM (kvm_pvm ignores IOPL): an MMIO write exits */
-    *(volatile uint32_t *)(uintptr_t)PYHV_UCALL_MMIO = cpu;
-    __asm__ __volatile__("" ::: "memory");
+    /* ring 3 cannot use ports on every KVM (kvm_pvm ignores IOPL): an MMIO write exits.
+       The record's stores come first, the reply's load after: compiler barriers both. */
+    __asm__ __volatile__("movl %0, (%1)" :: "r"(cpu), "r"((uintptr_t)PYHV_UCALL_MMIO)
+                         : "memory");
 #else
     __asm__ __volatile__("outl %0, %1" :: "a"(cpu), "Nd"((uint16_t)PYHV_UCALL_PORT) : "memory");
 #endif

@@ -233,22 +233,42 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap);
 #define barrier() __asm__ __volatile__("" ::: "memory")
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
-PYHV_INLINE uint8_t mmio_read8(uintptr_t a) { return *(volatile uint8_t *)a; }
-PYHV_INLINE uint16_t mmio_read16(uintptr_t a) { return *(volatile uint16_t *)a; }
-PYHV_INLINE uint32_t mmio_read32(uintptr_t a) { return *(volatile uint32_t *)a; }
-PYHV_INLINE uint64_t mmio_read64(uintptr_t a) { return *(volatile uint64_t *)a; }
-PYHV_INLINE void mmio_write8(uintptr_t a, uint8_t v) { *(volatile uint8_t *)a = v; }
-PYHV_INLINE void mmio_write16(uintptr_t a, uint16_t v) { *(volatile uint16_t *)a = v; }
-PYHV_INLINE void mmio_write32(uintptr_t a, uint32_t v) { *(volatile uint32_t *)a = v; }
-PYHV_INLINE void mmio_write64(uintptr_t a, uint64_t v) { *(volatile uint64_t *)a = v; }
+/* MMIO: volatile accesses that the compiler keeps in order with the memory accesses around
+   them (a record filled in RAM, then a doorbell rung, is seen in that order) */
+#define PYHV_MMIO(bits)                                                                    \
+    PYHV_INLINE uint##bits##_t mmio_read##bits(uintptr_t a)                                \
+    {                                                                                      \
+        barrier();                                                                         \
+        uint##bits##_t v = *(volatile uint##bits##_t *)a;                                  \
+        barrier();                                                                         \
+        return v;                                                                          \
+    }                                                                                      \
+    PYHV_INLINE void mmio_write##bits(uintptr_t a, uint##bits##_t v)                       \
+    {                                                                                      \
+        barrier();                                                                         \
+        *(volatile uint##bits##_t *)a = v;                                                 \
+        barrier();                                                                         \
+    }
+PYHV_MMIO(8)
+PYHV_MMIO(16)
+PYHV_MMIO(32)
+PYHV_MMIO(64)
 
 /* port IO: ring 0 only (user mode raises #GP, as IOPL is not honoured everywhere) */
-PYHV_INLINE void outb(uint16_t port, uint8_t v) { __asm__ __volatile__("outb %0, %1" :: "a"(v), "Nd"(port)); }
-PYHV_INLINE void outw(uint16_t port, uint16_t v) { __asm__ __volatile__("outw %0, %1" :: "a"(v), "Nd"(port)); }
-PYHV_INLINE void outl(uint16_t port, uint32_t v) { __asm__ __volatile__("outl %0, %1" :: "a"(v), "Nd"(port)); }
-PYHV_INLINE uint8_t inb(uint16_t port) { uint8_t v; __asm__ __volatile__("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-PYHV_INLINE uint16_t inw(uint16_t port) { uint16_t v; __asm__ __volatile__("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-PYHV_INLINE uint32_t inl(uint16_t port) { uint32_t v; __asm__ __volatile__("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+#define PYHV_PIO(suffix, type)                                                             \
+    PYHV_INLINE void out##suffix(uint16_t port, type v)                                    \
+    {                                                                                      \
+        __asm__ __volatile__("out" #suffix " %0, %1" :: "a"(v), "Nd"(port) : "memory");    \
+    }                                                                                      \
+    PYHV_INLINE type in##suffix(uint16_t port)                                             \
+    {                                                                                      \
+        type v;                                                                            \
+        __asm__ __volatile__("in" #suffix " %1, %0" : "=a"(v) : "Nd"(port) : "memory");    \
+        return v;                                                                          \
+    }
+PYHV_PIO(b, uint8_t)
+PYHV_PIO(w, uint16_t)
+PYHV_PIO(l, uint32_t)
 
 /* -- SMP ------------------------------------------------------------------------------------ */
 typedef struct { volatile uint32_t locked; } guest_spinlock_t;
