@@ -206,7 +206,8 @@ class GuestVM:
         until the next one is asked for (answer with :meth:`Sync.reply` meanwhile; guest
         memory holds still for the vCPU that waits).  When the loop ends, :attr:`result`
         holds the result; failures raise as :meth:`run` says.  Leaving the loop early stops
-        the guest."""
+        the guest.  ``timeout`` counts the whole run, the time the caller holds a sync
+        included."""
         self._claim()
         return self._stepping(timeout)
 
