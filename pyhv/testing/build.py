@@ -216,6 +216,8 @@ def build_guest(c: str | None = None, *, files: Sequence[str | os.PathLike[str]]
         raise InvalidArgument(f"c= takes the C source as a string, not {type(c).__name__}")
     if isinstance(files, (str, os.PathLike)):
         files = [files]
+    if not all(isinstance(f, (str, os.PathLike)) for f in files):
+        raise InvalidArgument(f"files= takes paths, not {files!r}")
     paths = [Path(f).resolve() for f in files]
     for path in paths:
         if not path.is_file():
@@ -225,7 +227,8 @@ def build_guest(c: str | None = None, *, files: Sequence[str | os.PathLike[str]]
             raise InvalidArgument(f"guest source {path}: only .c, .S and .s files are built")
     if c is None and not paths:
         raise InvalidArgument("give the guest's C source (c=...) or its files (files=...)")
-    if not name.endswith(".c") or "/" in name or name.startswith("."):
+    if not isinstance(name, str) or not name.endswith(".c") or "/" in name or \
+            name.startswith("."):
         raise InvalidArgument(f"name {name!r} must be a plain file name ending in .c")
     user_flags = _flags(cflags)
     if c is not None and source_file is None:
@@ -276,9 +279,18 @@ def _load_cached(entry: Path, mode: str) -> GuestImage | None:
             if hashlib.sha256(Path(dep).read_bytes()).hexdigest() != digest:
                 return None             # an included header changed: build again
         sources = tuple(Path(p) for p in meta["sources"])
+        elf = entry / "guest.elf"
+        stat = elf.stat()
     except (OSError, KeyError, TypeError, AttributeError):
         return None
-    return GuestImage.from_file(entry / "guest.elf", mode, sources)
+    return _read_image(elf, mode, sources, (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=128)
+def _read_image(elf: Path, mode: str, sources: tuple[Path, ...],
+                identity: tuple[int, int, int]) -> GuestImage:
+    """The image in ``elf``, parsed once per process while the file stays the same."""
+    return GuestImage.from_file(elf, mode, sources)
 
 
 def _library_objects(root: Path, cc: str, mode: str) -> list[Path]:

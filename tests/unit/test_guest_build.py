@@ -137,6 +137,8 @@ def test_64_bit_division_links_in_32_bit_guests(cache):
     ({"c": MINIMAL, "source_file": "x.py", "first_line": 0}, "first_line must be an int >= 1"),
     ({"c": MINIMAL, "source_file": "x.py", "first_line": "3"}, "first_line must be an int"),
     ({"files": ["/"]}, "is not a file"),
+    ({"files": [3]}, "files= takes paths"),
+    ({"c": MINIMAL, "name": 5}, "plain file name"),
 ])
 def test_bad_arguments_are_refused_before_anything_is_built(cache, kwargs, message):
     with pytest.raises(pyhv.InvalidArgument, match=message):
