@@ -39,7 +39,7 @@ from ..core.memory import parse_size
 from ..errors import InvalidArgument, StateError, Timeout
 from ..partition import Partition
 from . import layout
-from .errors import GuestAssertionError, GuestCrash, GuestProtocolError
+from .errors import GuestCrash, GuestProtocolError
 from .exceptions import ExceptionEntry
 from .image import GuestImage
 from .results import CpuLog, Done, Event, GuestResult, Print, Sync, SyncAnswer
@@ -134,7 +134,7 @@ class GuestVM:
         self._runner: threading.Thread | None = None
         self._gates: list[_Gate] = []
         self._abandoned = False           # a syncs() loop left early: cancels are expected
-        self._failures: list[GuestAssertionError] = []
+        self._failures: list[BaseException] = []
         self.partition = Partition(memory=size)
         try:
             boot = loaders.load(self.partition, image.data, "elf", name=str(image.path))
@@ -341,6 +341,14 @@ class GuestVM:
                                                 "make")
 
     def _doorbell(self, address: int, size: int, value: int) -> None:
+        try:
+            self._ucall(value)
+        except EndRun:
+            raise
+        except BaseException as exc:      # the guest's protocol, or the host's answer
+            self._fail(exc)
+
+    def _ucall(self, value: int) -> None:
         cpu = self._current_cpu()
         if value != cpu:
             raise GuestProtocolError(cpu=cpu, reason=f"it rang the doorbell with index {value} "
@@ -378,11 +386,12 @@ class GuestVM:
             raise EndRun(GuestDone(cpu=cpu))
         self._fail(channel.failure(cpu, header, text, self._output(cpu)))
 
-    def _fail(self, failure: GuestAssertionError) -> None:
-        """End the run on a guest failure: every vCPU stops, then :meth:`run` raises it (a
-        clean end: the partition is not poisoned, its memory can still be looked at)."""
+    def _fail(self, failure: BaseException) -> None:
+        """End the run on a failure (the guest's, or an exception of the host's answer):
+        every vCPU stops, then :meth:`run` raises it (a clean end: the partition is not
+        poisoned, its memory can still be looked at)."""
         self._failures.append(failure)
-        raise EndRun(GuestStopped(cpu=failure.cpu))
+        raise EndRun(GuestStopped(cpu=getattr(failure, "cpu", -1)))
 
     def _record(self, cpu: int, event: Event) -> None:
         self._logs[cpu].append(event)
@@ -410,6 +419,14 @@ class GuestVM:
                           output=self._output(cpu))
 
     def _exception(self, exit: exits.GuestException) -> None:
+        try:
+            self._redirect(exit)
+        except EndRun:
+            raise
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _redirect(self, exit: exits.GuestException) -> None:
         cpu = self._current_cpu()
         if not self._channel.stack_intact(cpu):
             self._fail(self._overflow(cpu))
