@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from ..errors import StateError
 from .build import build_guest, cache_root, locate_literal
 from .errors import GuestAssertionError
 from .image import GuestImage
@@ -121,7 +122,7 @@ class GuestFixture:
         """A :class:`GuestVM` of the latest image built (or ``image``), not yet running."""
         image = image or self.image
         if image is None:
-            raise pytest.UsageError("build a guest first: guest.c(SOURCE) or guest.files(...)")
+            raise StateError("build a guest first: guest.c(SOURCE) or guest.files(...)")
         vm = GuestVM(image, cpus, memory=memory, echo=_Stdout())
         self.vms.append(vm)
         return vm

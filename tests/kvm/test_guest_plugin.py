@@ -184,6 +184,19 @@ def test_marked():
     result.assert_outcomes(passed=1)
 
 
+def test_running_before_building_says_so(run):
+    result = run('''
+import pytest
+import pyhv
+
+def test_early(guest):
+    with pytest.raises(pyhv.StateError, match="build a guest first"):
+        guest.run()
+    assert guest.vm is None and guest.result is None
+''')
+    result.assert_outcomes(passed=1)
+
+
 def test_guest_files_next_to_the_test(run, pytester):
     pytester.makefile(".c", main='''
 #include "shared.h"
