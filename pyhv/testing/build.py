@@ -39,8 +39,10 @@ INCLUDE_DIR = GUEST_DIR / "include"
 LINKER_SCRIPT = GUEST_DIR / "guest.ld"
 CACHE_FORMAT = "1"          # bump when what a cache entry holds changes
 
+# frame pointers and no sibling calls: the host walks a guest's call chain for its reports
 _COMMON = ["-std=gnu11", "-ffreestanding", "-fno-pic", "-fno-pie", "-fno-stack-protector",
-           "-fno-asynchronous-unwind-tables", "-fno-omit-frame-pointer", "-mno-red-zone",
+           "-fno-asynchronous-unwind-tables", "-fno-omit-frame-pointer",
+           "-mno-omit-leaf-frame-pointer", "-fno-optimize-sibling-calls", "-mno-red-zone",
            "-fcf-protection=none", "-fno-delete-null-pointer-checks", "-g", "-O2", "-Wall"]
 # ring-0 code runs under KVM's instruction emulator on software KVMs (kvm_pvm), which lacks
 # SSE: those modes are built for the general registers only
@@ -51,6 +53,11 @@ MODE_FLAGS = {
 }
 _LINK = ["-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none",
          "-Wl,-z,max-page-size=0x1000", "-Wl,-z,noexecstack", "-Wl,--no-warn-rwx-segments"]
+
+
+def _pyhv_flags(mode: str) -> str:
+    """pyhv's own compiler and linker flags for ``mode`` (part of every cache key)."""
+    return json.dumps([_COMMON, MODE_FLAGS[mode], _LINK])
 
 
 def _library_sources(mode: str) -> list[Path]:
@@ -249,7 +256,7 @@ def build_guest(c: str | None = None, *, files: Sequence[str | os.PathLike[str]]
 
     h = hashlib.sha256()
     for part in (CACHE_FORMAT, _compiler_identity(cc), mode, _library_digest(),
-                 json.dumps(user_flags), name, text or ""):
+                 _pyhv_flags(mode), json.dumps(user_flags), name, text or ""):
         h.update(part.encode() + b"\0")
     for source, digest in _digest_files(paths).items():
         h.update(f"{source}\0{digest}\0".encode())
@@ -296,7 +303,7 @@ def _read_image(elf: Path, mode: str, sources: tuple[Path, ...],
 def _library_objects(root: Path, cc: str, mode: str) -> list[Path]:
     """The guest library compiled for ``mode`` (cached like the guests)."""
     key = hashlib.sha256(f"{CACHE_FORMAT}\0{_compiler_identity(cc)}\0{mode}\0"
-                         f"{_library_digest()}".encode()).hexdigest()[:32]
+                         f"{_library_digest()}\0{_pyhv_flags(mode)}".encode()).hexdigest()[:32]
     where = root / f"lib-{mode}-{key}"
     sources = _library_sources(mode)
     objects = [where / (s.name + ".o") for s in sources]

@@ -14,6 +14,7 @@ test_x.py:12: guest assertion failed on vCPU 0: x == 5
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import HypervisorError
@@ -40,10 +41,11 @@ class GuestAssertionError(HypervisorError, AssertionError):
 
     def __init__(self, *, cpu: int, file: str | None, line: int, expression: str | None = None,
                  values: tuple[Any, Any] | None = None, message: str = "",
-                 output: str = "") -> None:
+                 output: str = "", backtrace: Sequence[Any] = ()) -> None:
         self.cpu, self.file, self.line = cpu, file, line
         self.expression, self.values, self.message = expression, values, message
         self.output = output
+        self.backtrace = tuple(backtrace)      # SourceLines, innermost first (or empty)
         super().__init__(self.describe())
 
     @property
@@ -66,9 +68,16 @@ class GuestAssertionError(HypervisorError, AssertionError):
             text += f": {self.message}"
         return text
 
+    def frames(self) -> list[str]:
+        """The guest's call chain, when there is one to show."""
+        if len(self.backtrace) < 2:
+            return []
+        return ["    guest backtrace (innermost first):",
+                *(f"      {frame}" for frame in self.backtrace)]
+
     def describe(self) -> str:
         first = f"{self.where}: {self.headline()}" if self.file else self.headline()
-        return "\n".join([first, *self.detail()])
+        return "\n".join([first, *self.detail(), *self.frames()])
 
 
 class GuestFailure(GuestAssertionError):
@@ -87,10 +96,10 @@ class GuestExceptionError(GuestAssertionError):
     def __init__(self, *, cpu: int, vector: int, name: str, rip: int | None,
                  error_code: int | None = None, cr2: int | None = None,
                  file: str | None = None, line: int = 0, function: str | None = None,
-                 hint: str = "", output: str = "") -> None:
+                 hint: str = "", output: str = "", backtrace: Sequence[Any] = ()) -> None:
         self.vector, self.name, self.rip = vector, name, rip
         self.error_code, self.cr2, self.function, self.hint = error_code, cr2, function, hint
-        super().__init__(cpu=cpu, file=file, line=line, output=output)
+        super().__init__(cpu=cpu, file=file, line=line, output=output, backtrace=backtrace)
 
     def headline(self) -> str:
         text = f"{self.kind} {self.name} on vCPU {self.cpu}"
@@ -119,9 +128,9 @@ class GuestCrash(GuestAssertionError):
     kind = "guest crashed"
 
     def __init__(self, *, cpu: int, reason: str, exit: Any = None, file: str | None = None,
-                 line: int = 0, output: str = "") -> None:
+                 line: int = 0, output: str = "", backtrace: Sequence[Any] = ()) -> None:
         self.reason, self.exit = reason, exit
-        super().__init__(cpu=cpu, file=file, line=line, output=output)
+        super().__init__(cpu=cpu, file=file, line=line, output=output, backtrace=backtrace)
 
     def headline(self) -> str:
         return f"{self.kind} on vCPU {self.cpu}: {self.reason}"

@@ -15,10 +15,11 @@ from typing import Any
 
 from .. import exits
 from ..core.memory import GuestMemory
+from ..errors import HypervisorError
 from ..x86.setup import SETUP_MAX_SIZE
 from . import layout
 from .errors import GuestExceptionError
-from .image import GuestImage
+from .image import GuestImage, first_in_test
 
 
 class ExceptionEntry:
@@ -46,14 +47,18 @@ class ExceptionEntry:
             if handler:
                 depth = self.memory.read_u64(slot + layout.EX_SLOT_DEPTH)
         if not handler or depth >= layout.MAX_HANDLER_DEPTH:
-            where = self.image.source_line(exit.rip) if exit.rip is not None else None
+            frames = () if exit.rip is None else self.image.backtrace(
+                exit.rip, vcpu.read_register("rbp"), self.memory.read,
+                self._interrupted_rsp(exit, vcpu))
+            where = first_in_test(frames)
             hint = f"raised inside its own handler, {depth} deep" if handler else \
                 _hint(exit, self.image.mode, self.setup_base)
             return GuestExceptionError(
                 cpu=cpu, vector=exit.vector, name=exit.name, rip=exit.rip,
                 error_code=exit.error_code, cr2=exit.cr2, file=where.file if where else None,
-                line=where.line if where else 0, function=where.function if where else None,
-                hint=hint, output=output)
+                line=where.line if where else 0,
+                function=frames[0].function if frames else None, hint=hint, output=output,
+                backtrace=frames)
         rip = exit.rip if exit.rip is not None else 0
         self.memory.write(slot, layout.EX_SLOT.pack(exit.vector, exit.error_code or 0,
                                                     exit.cr2 or 0, rip,
@@ -61,6 +66,20 @@ class ExceptionEntry:
         vcpu.write_registers({"rdi": slot})
         exit.resume_at(self.entry)
         return None
+
+
+    def _interrupted_rsp(self, exit: exits.GuestException, vcpu: Any) -> int | None:
+        """The stack pointer the exception interrupted, from the CPU's exception frame on
+        the stub's stack (pyhv.x86.setup): saved in it by a 64-bit frame; just above it in
+        a 32-bit frame of the same privilege."""
+        width = self.image.pointer_size
+        frame = vcpu.read_register("rsp") + (width if exit.error_code is not None else 0)
+        if width == 4:
+            return frame + 3 * width
+        try:
+            return self.memory.read_u64(frame + 3 * width)
+        except HypervisorError:
+            return None
 
 
 def _hint(exit: exits.GuestException, mode: str, setup_base: int) -> str:

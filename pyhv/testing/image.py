@@ -15,12 +15,12 @@ import io
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ImageFormatError, InvalidArgument
+from ..errors import HypervisorError, ImageFormatError, InvalidArgument
 from . import layout
 
 MODES = ("user", "long", "protected")
@@ -36,6 +36,11 @@ class SourceLine:
     file: str
     line: int
     function: str | None = None
+
+    @property
+    def in_library(self) -> bool:
+        """Whether it is pyhv's guest library's code rather than the test's."""
+        return Path(self.file).is_relative_to(LIBRARY_DIR)
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}"
@@ -138,7 +143,60 @@ class GuestImage:
             caller = _inlined_into(str(self.path), address)
             if caller is not None:
                 return caller
-        return SourceLine(file, line, function)
+        # gcc's clones (copy.constprop.0, f.part.1, f.cold) are the C function to a reader
+        return SourceLine(file, line, function.partition(".")[0])
+
+    def backtrace(self, rip: int, rbp: int, read: Callable[[int, int], bytes],
+                  rsp: int | None = None, limit: int = 16) -> tuple[SourceLine, ...]:
+        """The call chain at ``rip``, innermost first: its source line, then each caller's,
+        found by walking the frame pointers from ``rbp`` (guests are built with them), and
+        through ``rsp`` for a leaf function that keeps no frame (``memcpy``);
+        ``read(address, size)`` reads guest memory.  The walk stays on the vCPU stacks and
+        stops at anything odd (the guest's memory is its own to corrupt)."""
+        frames = []
+        where = self.source_line(rip)
+        if where is None:
+            return ()
+        frames.append(where)
+        width = self.pointer_size
+        low = self.symbol("pyhv_stacks")
+        high = low + layout.MAX_CPUS * layout.STACK_SIZE
+
+        def word(address: int) -> int | None:
+            if not low <= address <= high - width or address % width:
+                return None
+            try:
+                return int.from_bytes(read(address, width), "little")
+            except HypervisorError:
+                return None
+
+        if rsp is not None and not self._keeps_frame(rip, read):
+            back = word(rsp)                 # a frameless leaf: its return address on top
+            caller = self.source_line(back - 1) if back else None
+            if caller is not None:
+                frames.append(caller)
+        frame = rbp
+        for _ in range(limit):
+            caller_frame, back = word(frame), word(frame + width)
+            caller = self.source_line(back - 1) if back else None
+            if caller_frame is None or caller is None:
+                break
+            frames.append(caller)
+            if caller_frame <= frame:
+                break
+            frame = caller_frame
+        return tuple(frames)
+
+    def _keeps_frame(self, rip: int, read: Callable[[int, int], bytes]) -> bool:
+        """Whether the function holding ``rip`` starts ``push %rbp; mov %rsp, %rbp``."""
+        i = bisect.bisect_right(self.functions, (rip, 1 << 62, "")) - 1
+        if i < 0:
+            return True
+        prologue = b"\x55\x48\x89\xe5" if self.bits == 64 else b"\x55\x89\xe5"
+        try:
+            return read(self.functions[i][0], len(prologue)) == prologue
+        except HypervisorError:
+            return True
 
     def function_at(self, address: int) -> str | None:
         """The name of the function that holds ``address``, or None."""
@@ -147,6 +205,13 @@ class GuestImage:
             return None
         start, size, name = self.functions[i]
         return name if start <= address < start + max(size, 1) else None
+
+
+def first_in_test(frames: Iterable[SourceLine]) -> SourceLine | None:
+    """The innermost frame of a backtrace that is the test's code (not the guest library's),
+    or the innermost frame when all are the library's."""
+    frames = list(frames)
+    return next((f for f in frames if not f.in_library), frames[0] if frames else None)
 
 
 @functools.lru_cache(maxsize=64)
@@ -190,7 +255,7 @@ def _inlined_into(path: str, address: int) -> SourceLine | None:
     for function, where in zip(out[::2], out[1::2], strict=False):
         file, _, line = where.split(" (")[0].rpartition(":")
         if file and line.isdigit() and not Path(file).is_relative_to(LIBRARY_DIR):
-            return SourceLine(file, int(line), function)
+            return SourceLine(file, int(line), function.partition(".")[0])
     return None
 
 

@@ -240,6 +240,12 @@ def guest_report(err: GuestAssertionError, raised_from: str | None = None) -> st
     first = f"{_relative(err.file)}:{err.line}: {err.headline()}" if err.file else \
         err.headline()
     lines = [first, *err.detail()]
+    if len(err.backtrace) > 1:
+        lines.append("    guest backtrace (innermost first):")
+        for frame in err.backtrace:
+            where = f"{_relative(frame.file)}:{frame.line}"
+            lines.append(f"      {where} ({frame.function})" if frame.function else
+                         f"      {where}")
     context = _source_context(err.file, err.line)
     if context:
         lines += ["", *context]

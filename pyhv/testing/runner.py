@@ -36,12 +36,12 @@ from typing import Any, ClassVar
 from .. import exits, loaders
 from ..core.buses import EndRun
 from ..core.memory import parse_size
-from ..errors import InvalidArgument, StateError, Timeout
+from ..errors import HypervisorError, InvalidArgument, StateError, Timeout
 from ..partition import Partition
 from . import layout
 from .errors import GuestCrash, GuestProtocolError
 from .exceptions import ExceptionEntry
-from .image import GuestImage
+from .image import GuestImage, SourceLine, first_in_test
 from .results import CpuLog, Done, Event, GuestResult, Print, Sync, SyncAnswer
 from .ucall import UcallChannel
 
@@ -305,7 +305,8 @@ class GuestVM:
                 raise GuestCrash(cpu=cpu, reason="its run was canceled (Partition.stop())",
                                  exit=final, output=self._output(cpu))
             return
-        where = self.image.source_line(final.rip) if final.rip is not None else None
+        frames = self._backtrace(cpu, final.rip)
+        where = first_in_test(frames)
         software = not self.partition.hypervisor.info().hardware
         reason = _describe_end(final, self.image.mode, software)
         if not self._channel.stack_intact(cpu):
@@ -313,18 +314,31 @@ class GuestVM:
         self._flush_partial(cpu)
         raise GuestCrash(cpu=cpu, reason=reason, exit=final,
                          file=where.file if where else None, line=where.line if where else 0,
-                         output=self._output(cpu))
+                         output=self._output(cpu), backtrace=frames)
+
+    def _backtrace(self, cpu: int, rip: int | None, regs: Any = None) -> tuple[
+            SourceLine, ...]:
+        """vCPU ``cpu``'s call chain at ``rip`` (from ``regs``, else its registers now)."""
+        if rip is None:
+            return ()
+        try:
+            if regs is None:
+                regs = self.vcpus[cpu].read_registers()
+            return self.image.backtrace(rip, regs.rbp, self.partition.memory.read, regs.rsp)
+        except HypervisorError:          # a closed vCPU: no chain, still a report
+            return ()
 
     def _timed_out(self, exc: Timeout) -> GuestTimeout:
         cpu = next((i for i, v in enumerate(self.vcpus) if v is exc.vcpu), 0)
-        where = self.image.source_line(exc.regs.rip)
-        at = f" in {where.function}()" if where and where.function else ""
+        frames = self._backtrace(cpu, exc.regs.rip, exc.regs)
+        where = first_in_test(frames)
+        at = f" in {frames[0].function}()" if frames and frames[0].function else ""
         if not self._channel.stack_intact(cpu):
             at += f"; it had overflowed its {layout.STACK_SIZE >> 10} KiB stack"
         return GuestTimeout(cpu=cpu, reason=f"still running after {exc.timeout:g} s, at rip "
                                             f"{exc.regs.rip:#x}{at}", exit=None,
                             file=where.file if where else None, line=where.line if where else 0,
-                            output=self._output(cpu))
+                            output=self._output(cpu), backtrace=frames)
 
     # -- the ucall channel ------------------------------------------------------------------
     def _current_cpu(self) -> int:

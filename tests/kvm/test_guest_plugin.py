@@ -98,6 +98,29 @@ def test_null(guest):
     ])
 
 
+def test_a_fault_in_the_library_is_reported_at_the_tests_call_with_a_backtrace(run):
+    result = run('''
+def test_copy(guest):
+    guest.c("""
+        static char buffer[16];
+        void guest_main(int cpu)
+        {
+            memcpy(buffer, (void *)0x6000000000ull, sizeof(buffer));
+        }
+    """)
+    guest.run(timeout=10)
+''')
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "test_guests.py:6: unhandled guest exception #PF page fault on vCPU 0 at rip 0x* in "
+        "memcpy()",
+        "    guest backtrace (innermost first):",
+        "      */pyhv/testing/guest/src/string.c:* (memcpy)",
+        "      test_guests.py:6 (guest_main)",
+        ">     6 |             memcpy(buffer, (void *)0x6000000000ull, sizeof(buffer));",
+    ])
+
+
 def test_a_guest_that_never_finishes_times_out(run):
     result = run('''
 def test_spin(guest):

@@ -225,6 +225,47 @@ void guest_main(int cpu)
     assert error & 0b10 and bool(error & 0b100) == (mode == "user")    # a write, from ring 3?
 
 
+@pytest.mark.parametrize("mode", ["user", "long"])
+def test_a_fault_inside_the_library_is_reported_where_the_test_called_it(kvm, mode):
+    image = build_guest(c="""
+static void __attribute__((noinline)) copy(void *to, const void *from)
+{
+    memcpy(to, from, 64);
+}
+void guest_main(int cpu)
+{
+    copy((void *)0x7000000000ull, "source");
+}
+""", mode=mode)
+    with pytest.raises(GuestExceptionError) as info:
+        run_guest(image, timeout=30)
+    err = info.value
+    assert err.function == "memcpy" and err.vector == 14
+    with open(__file__) as f:
+        assert "memcpy(to, from, 64);" in f.readlines()[err.line - 1]      # the test's line
+    names = [frame.function for frame in err.backtrace]
+    assert names[:3] == ["memcpy", "copy", "guest_main"]
+    assert err.backtrace[0].in_library and not err.backtrace[1].in_library
+    assert "guest backtrace (innermost first):" in str(err)
+
+
+def test_a_timeout_in_the_library_names_the_tests_call(kvm):
+    image = build_guest(c="""
+void guest_main(int cpu)
+{
+    guest_barrier();                     /* one vCPU of two never arrives */
+    GUEST_SYNC(1);
+}
+void never(void) { }
+""")
+    with GuestVM(image, 1) as vm:
+        vm.write("pyhv_guest_info", vm.read("pyhv_guest_info", 16) + (2).to_bytes(8, "little"))
+        with pytest.raises(GuestTimeout, match="in guest_barrier") as info:
+            vm.run(timeout=0.5)
+    with open(__file__) as f:
+        assert "guest_barrier();" in f.readlines()[info.value.line - 1]
+
+
 def test_a_handler_that_faults_again_and_again_is_stopped(kvm):
     image = build_guest(c="""
 static void worse(struct ex_regs *regs) { __asm__ __volatile__("ud2"); }
