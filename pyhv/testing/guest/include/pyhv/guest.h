@@ -91,7 +91,8 @@ struct pyhv_ucall {
     uint64_t file;              /* guest address of a NUL-terminated string, or 0 */
     uint64_t line;
     uint64_t expr;              /* guest address of a NUL-terminated string, or 0 */
-    uint64_t kinds;             /* kind | size << 8 of value, same << 16 for value2 */
+    uint64_t kinds;             /* kind | size << 8 of value, the same << 16 for value2;
+                                   bit 31: the assertion compared the two */
     uint64_t length;            /* bytes used in text */
     uint64_t spare;             /* unused (zero) */
     char text[PYHV_UCALL_TEXT];
