@@ -55,6 +55,23 @@ void guest_main(int cpu)
     assert result.done and result.events == log.events and result[0] is log
 
 
+def test_prints_are_echoed_as_they_come_and_logged(kvm, caplog):
+    image = build_guest(c="""
+void guest_main(int cpu)
+{
+    GUEST_PRINTF("one\\n");
+    GUEST_SYNC(1);
+    GUEST_PRINTF("two\\n");
+}
+""")
+    echoed = []
+    caplog.set_level("INFO", logger="pyhv.testing")
+    with GuestVM(image, echo=echoed.append) as vm:
+        vm.run(timeout=10, answer=lambda s: echoed.append(f"sync {s.value}"))
+    assert echoed == ["one\n", "sync 1", "two\n"]
+    assert [r.getMessage() for r in caplog.records] == ["guest vCPU 0: one", "guest vCPU 0: two"]
+
+
 def test_returning_from_guest_main_is_done(kvm):
     result = run_guest(build_guest(c="void guest_main(int cpu) { }"), timeout=10)
     assert result.cpus[0].events == (Done(0, None, 0),)
