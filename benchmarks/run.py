@@ -29,6 +29,7 @@ from pathlib import Path
 
 import bench_gdb  # benchmarks/bench_gdb.py, beside this script
 import bench_hyperv  # the Hyper-V rows (benchmarks/bench_hyperv.py)
+from bench_guests import bench_guests  # pyhv.testing's rows (guests written in C)
 
 import pyhv
 from pyhv.testing import assemble
@@ -608,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += [row(*m) if m[1] is not None else Row(m[0], None, m[2], None, None, None, m[5])
              for m in bench_gdb.measure(repeats)]            # benchmarks/bench_gdb.py
     rows += bench_hyperv.rows(ref, repeats, row)
+    rows += bench_guests(max(repeats // 2, 2), row, best)
     print(table(rows))
     print(exit_breakdown(rows, shares))
     print(f"after the run: {load()}")

@@ -18,6 +18,7 @@ from ..errors import HypervisorError, Timeout
 from ..gdb.cli import GdbRunExtension
 from ..hyperv.run_extension import EXTENSION as HYPERV_EXTENSION
 from ..partition import Partition
+from ..testing.run_extension import GuestUcalls
 
 DESCRIPTION = ("Boot IMAGE with a 16550 UART on COM1, an i8042, a CMOS clock, fw_cfg and the "
                "debug-exit port; flags are spelled like QEMU's where they mean the same.")
@@ -35,6 +36,7 @@ class RunExtension(Protocol):
 EXTENSIONS: list[RunExtension] = []
 EXTENSIONS.append(GdbRunExtension())          # -gdb, -s, -S (pyhv.gdb)
 EXTENSIONS.append(HYPERV_EXTENSION)      # pyhv.hyperv: --cpu MODEL,hv-... (and --device)
+EXTENSIONS.append(GuestUcalls())     # pyhv.testing: the ucalls of guests written in C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

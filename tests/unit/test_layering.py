@@ -23,7 +23,8 @@ LAYERS = [
     ("features", ["pyhv.snapshot", "pyhv.devices", "pyhv.loaders"]),
     ("facade", ["pyhv.partition"]),
     ("composites", ["pyhv.pool", "pyhv.gdb", "pyhv.hyperv"]),
-    ("tools", ["pyhv.tools", "pyhv.testing"]),
+    ("testing", ["pyhv.testing"]),
+    ("tools", ["pyhv.tools"]),
     ("package", ["pyhv", "pyhv.__main__"]),
 ]
 # the compiled module and who may import it
