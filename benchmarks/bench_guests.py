@@ -146,7 +146,7 @@ def compute(mode: str, iterations: int) -> Callable[[], float]:
 
 def bench_guests(repeats: int, row: Callable[..., Any],
                  best: Callable[[int, Callable[[], float], Callable[[], float]],
-                                tuple[float, float]]) -> list[Any]:
+                                tuple[float, float, Any]]) -> list[Any]:
     """The rows (``row`` and ``best`` are benchmarks/run.py's)."""
     ref = build_reference()
     rows = []
@@ -158,21 +158,24 @@ def bench_guests(repeats: int, row: Callable[..., Any],
              "GUEST_SYNC answered by the host (ring 0, port doorbell) vs the raw C loop on "
              "port OUTs")):
         raw = raw_doorbells(ref, mode, SYNCS)
-        ours, c = best(repeats, ucall_syncs(mode, SYNCS), raw)
+        ours, c, spread = best(repeats, ucall_syncs(mode, SYNCS), raw)
         raw.partition.close()                 # type: ignore[attr-defined]
         rows.append(row(name, ours * 1e6, "us/sync", c * 1e6, 1.5 if mode == "user" else None,
-                        note))
-    stepping, inline = best(max(repeats // 2, 2), ucall_syncs("user", 500, stepping=True),
-                            ucall_syncs("user", 500))
+                        note, spread=spread))
+    stepping, inline, spread = best(max(repeats // 2, 2),
+                                    ucall_syncs("user", 500, stepping=True),
+                                    ucall_syncs("user", 500))
     rows.append(row("ucall_stepping_vs_run", stepping * 1e6, "us/sync", inline * 1e6, None,
-                    "a sync handed to a GuestVM.syncs() loop vs answered inside run()"))
+                    "a sync handed to a GuestVM.syncs() loop vs answered inside run()",
+                    spread=spread))
     cached, first = build_times(max(repeats, 5))
     rows.append(row("guest_build_cached_ms", cached * 1e3, "ms", first * 1e3, 5,
                     "a second build_guest of the same source vs its first build (gcc)",
                     target_is_value=True))
-    user, ring0 = best(2, compute("user", 2_000_000), compute("long", 20_000))
+    user, ring0, spread = best(2, compute("user", 2_000_000), compute("long", 20_000))
     rows.append(row("c_guest_user_vs_long", user * 1e9, "ns/iter", ring0 * 1e9, None,
-                    "a C loop in a user-mode (ring 3) guest vs a long-mode (ring 0) guest"))
+                    "a C loop in a user-mode (ring 3) guest vs a long-mode (ring 0) guest",
+                    spread=spread))
     return rows
 
 
