@@ -20,7 +20,7 @@ import pyhv
 import pyhv.gdb
 from pyhv import devices, exits, loaders
 
-from ..images import MULTIBOOT, _run, link_elf
+from ..images import MULTIBOOT, _run, gdb_env, link_elf
 
 GUESTS = Path(__file__).resolve().parents[1] / "guests" / "gdb"
 GDB = shutil.which("gdb")
@@ -97,7 +97,7 @@ class Debugged:
             argv += ["-ex", c]
         argv.append(str(self.elf))
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                text=True, env=gdb_env())
         if interrupt_after is not None:
             time.sleep(interrupt_after)
             proc.send_signal(signal.SIGINT)
@@ -318,7 +318,7 @@ def test_pyhv_run_with_gdb_flags(kvm, long_elf):
             [GDB, "-nx", "-batch", "-ex", f"target remote {found[1]}:{found[2]}",
              "-ex", "info registers rip", "-ex", "break bump", "-ex", "continue",
              "-ex", "delete", "-ex", RELEASE, "-ex", "continue", str(long_elf)],
-            capture_output=True, text=True, timeout=90).stdout
+            capture_output=True, text=True, timeout=90, env=gdb_env()).stdout
         assert "0x100000 <_start>" in out and "Breakpoint 1" in out, out
         assert proc.wait(timeout=60) == 25, proc.stderr.read()
     finally:
@@ -351,7 +351,7 @@ def test_pyhv_run_smp_multiboot_kernel(kvm, tmp_path):
             [GDB, "-nx", "-batch", "-ex", f"target remote {found[1]}:{found[2]}",
              "-ex", "info threads", "-ex", "break bump", "-ex", "continue", "-ex", "delete",
              "-ex", "set var release = 1", "-ex", "continue", str(elf)],
-            capture_output=True, text=True, timeout=90).stdout
+            capture_output=True, text=True, timeout=90, env=gdb_env()).stdout
         assert re.search(r"1\s+Thread 1 \(vCPU 0, protected mode\)", out), out
         assert re.search(r"2\s+Thread 2 \(vCPU 1, real mode\)", out), out
         assert "Thread 1 hit Breakpoint 1, bump (by=1)" in out, out

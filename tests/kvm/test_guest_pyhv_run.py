@@ -12,6 +12,8 @@ import pytest
 
 from pyhv.testing import build_guest
 
+from ..images import gdb_env
+
 GUEST = """
 void guest_main(int cpu)
 {
@@ -62,7 +64,7 @@ void guest_main(int cpu)
 """)
     proc = subprocess.run(["gdb", "-batch", "-nx", "-ex", "info line guest_main", "-ex",
                            "info address pyhv_ucalls", str(image.path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=gdb_env())
     assert proc.returncode == 0, proc.stderr
     line, file = re.search(r'Line (\d+) of "([^"]+)" starts at address', proc.stdout).groups()
     assert file == __file__                     # the C keeps this file's line numbers
