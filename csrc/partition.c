@@ -276,3 +276,32 @@ int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data)
     };
     return (int)pyhv_ioctl(vm_fd, KVM_SIGNAL_MSI, &msi);
 }
+
+/* KVM_SET_GSI_ROUTING replaces the whole table; pyhv routes GSIs to irqchip pins only (MSIs
+   go by KVM_SIGNAL_MSI, which needs no route). */
+#define PYHV_MAX_GSI_ROUTES 1024u
+
+int pyhv_partition_set_gsi_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip,
+                                   const uint32_t *pin, uint32_t n)
+{
+    if (n > PYHV_MAX_GSI_ROUTES)
+        return -E2BIG;
+    for (uint32_t i = 0; i < n; i++)
+        if (chip[i] > KVM_IRQCHIP_IOAPIC || pin[i] >= (chip[i] == KVM_IRQCHIP_IOAPIC ?
+                                                        KVM_IOAPIC_NUM_PINS : 8u))
+            return -EINVAL;
+    struct kvm_irq_routing *table = calloc(1, sizeof(*table) +
+                                           n * sizeof(struct kvm_irq_routing_entry));
+    if (!table)
+        return -ENOMEM;
+    table->nr = n;
+    for (uint32_t i = 0; i < n; i++) {
+        table->entries[i].gsi = gsi[i];
+        table->entries[i].type = KVM_IRQ_ROUTING_IRQCHIP;
+        table->entries[i].u.irqchip.irqchip = chip[i];
+        table->entries[i].u.irqchip.pin = pin[i];
+    }
+    long r = pyhv_ioctl(vm_fd, KVM_SET_GSI_ROUTING, table);
+    free(table);
+    return r < 0 ? (int)r : 0;
+}

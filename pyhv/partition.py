@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._native import Feature, VmFd
+from ._native.vm import CHIPS
 from .core import hypervisor as hv
 from .core.lifecycle import PartitionState
 from .core.loop import RunResult, run_all, validate_timeout
@@ -70,6 +71,9 @@ class Partition(SnapshotApi, HandlerRegistration):
     (VMX, SVM) and no KVM paravirtual interface.  ``kvm_tss`` places the 4 pages of
     guest-physical space KVM needs for real-mode emulation on Intel (outside every slot;
     default ``0xFEFFC000``, as QEMU, so firmware up to 16 MiB can end at 4 GiB).
+    ``halt_watch=True`` (with the irqchip) ends the runs as a :class:`pyhv.exits.Halt` once
+    every vCPU is halted with interrupts off and nothing can wake it (or waits for a SIPI),
+    where they would otherwise sleep in KVM for ever; it looks every 50 ms while they run.
     Use it as a context manager, or call :meth:`close`.  Its life: :mod:`pyhv.core.lifecycle`.
     """
 
@@ -77,7 +81,7 @@ class Partition(SnapshotApi, HandlerRegistration):
                  hypervisor: hv.Hypervisor | None = None,
                  setup_base: int = DEFAULT_SETUP_BASE, resettable: bool = False,
                  irqchip: bool = False, pit: bool = False, hardened: bool = False,
-                 kvm_tss: int = KVM_TSS_DEFAULT) -> None:
+                 kvm_tss: int = KVM_TSS_DEFAULT, halt_watch: bool = False) -> None:
         size = None if memory is None else parse_size(memory)
         if size is not None:
             GuestMemory.check_range(0, size)
@@ -117,7 +121,8 @@ class Partition(SnapshotApi, HandlerRegistration):
                                       reserved=(kvm_tss, kvm_tss + KVM_TSS_SIZE),
                                       readonly_ok=bool(caps(Feature.READONLY_MEM)))
             self._machine = Machine(self.hypervisor, vm, self.memory, setup_base=setup_base,
-                                    irqchip=self.irqchip, pit=self.pit, hardened=self.hardened)
+                                    irqchip=self.irqchip, pit=self.pit, hardened=self.hardened,
+                                    halt_watch=halt_watch)
             if hardened:
                 self._machine.update_msr_filter()
             if resettable:
@@ -260,6 +265,36 @@ class Partition(SnapshotApi, HandlerRegistration):
         """Raise and lower ``line``: one edge for an edge-triggered (ISA) interrupt."""
         self.set_irq(line, True)
         self.set_irq(line, False)
+
+    def signal_msi(self, address: int, data: int) -> bool:
+        """Deliver a message-signalled interrupt (``KVM_SIGNAL_MSI``: the in-kernel LAPICs
+        decode ``address`` and ``data`` as the bus would); False when the guest blocked it.
+        Safe from any thread."""
+        if not self.irqchip:
+            raise StateError("signal_msi needs a partition made with irqchip=True")
+        address, data = as_int("address", address), as_int("data", data)
+        if not 0 <= address < 1 << 64 or not 0 <= data < 1 << 32:
+            raise InvalidArgument(f"MSI address {address:#x} / data {data:#x} out of range")
+        self._require_open()
+        return self._vm.signal_msi(address, data)
+
+    def set_gsi_routing(self, routes: Iterable[tuple[int, str, int]]) -> None:
+        """Route the irqchip's interrupt lines (GSIs, as :meth:`set_irq` drives them) to chip
+        pins, replacing KVM's default (GSI n to PIC and IOAPIC pin n): ``(gsi, chip, pin)``
+        with chip ``"pic_master"``, ``"pic_slave"`` or ``"ioapic"``.  A PC routes GSI 0 (the
+        PIT) to IOAPIC pin 2, as its ACPI tables then say."""
+        if not self.irqchip:
+            raise StateError("set_gsi_routing needs a partition made with irqchip=True")
+        table = []
+        for gsi, chip, pin in routes:
+            if chip not in CHIPS:
+                raise InvalidArgument(f"irqchip {chip!r}: choose one of {', '.join(CHIPS)}")
+            gsi, pin = as_int("gsi", gsi), as_int("pin", pin)
+            if not 0 <= gsi < 1024 or not 0 <= pin < (24 if chip == "ioapic" else 8):
+                raise InvalidArgument(f"route GSI {gsi} to {chip} pin {pin}: out of range")
+            table.append((gsi, CHIPS[chip], pin))
+        self._require_open()
+        self._vm.set_gsi_routing(table)
 
     def attach(self, device: Device) -> Device:
         """Attach one of pyhv's devices (see :mod:`pyhv.devices`): it registers its handlers

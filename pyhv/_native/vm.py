@@ -147,6 +147,15 @@ class VmFd:
         return check_rc(lib.pyhv_partition_signal_msi(self.fd, address, data),
                         "KVM_SIGNAL_MSI") > 0
 
+    def set_gsi_routing(self, routes: Sequence[tuple[int, int, int]]) -> None:
+        """Replace KVM's GSI routing with ``routes``: (gsi, chip, pin), chip 0/1 the PICs,
+        2 the IOAPIC (``KVM_SET_GSI_ROUTING``)."""
+        gsi = [r[0] for r in routes]
+        chip = [r[1] for r in routes]
+        pin = [r[2] for r in routes]
+        check_rc(lib.pyhv_partition_set_gsi_routing(self.fd, gsi, chip, pin, len(routes)),
+                 "KVM_SET_GSI_ROUTING")
+
     # -- fast paths the kernel offers -------------------------------------------------------
     def coalesced_zone(self, address: int, size: int, pio: bool, add: bool) -> None:
         check_rc(lib.pyhv_partition_coalesced_zone(self.fd, address, size, 1 if pio else 0,
