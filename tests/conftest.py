@@ -32,7 +32,7 @@ BITS = {"real": 16, "protected": 32, "long": 64}
 
 
 # what a docstring example does when it needs /dev/kvm
-_KVM_EXAMPLES = ("Partition(", "PartitionPool(", "Hypervisor(", "check(")
+_KVM_EXAMPLES = ("Partition(", "PartitionPool(", "Hypervisor(", "check(", "PC(")
 
 
 def needs_kvm(item: pytest.Item) -> bool:

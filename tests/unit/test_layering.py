@@ -22,7 +22,7 @@ LAYERS = [
     ("core", ["pyhv.core"]),
     ("features", ["pyhv.snapshot", "pyhv.devices", "pyhv.loaders"]),
     ("facade", ["pyhv.partition"]),
-    ("composites", ["pyhv.pool"]),
+    ("composites", ["pyhv.pool", "pyhv.machines"]),
     ("tools", ["pyhv.tools", "pyhv.testing"]),
     ("package", ["pyhv", "pyhv.__main__"]),
 ]
