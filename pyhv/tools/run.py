@@ -254,6 +254,10 @@ def _run(args: argparse.Namespace, opened: list[IO[bytes]]) -> int:
             raise InvalidArgument(f"two images: {args.image} and -kernel {args.kernel}")
         if not image:
             raise InvalidArgument("no image: give IMAGE or -kernel IMAGE")
+        try:
+            open(image, "rb").close()         # QEMU's words, which scripts look for
+        except OSError as exc:
+            raise InvalidArgument(f"could not load kernel '{image}': {exc.strerror}") from None
         props = machine_options(args.machine)
         check_globals(args.globals)
         irqchip = args.irqchip and props.get("kernel-irqchip", "on") == "on"
