@@ -18,9 +18,13 @@ from __future__ import annotations
 import math
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .rtc import B_24H, B_BINARY, B_SET, STATUS_A, STATUS_B, STATUS_C, Rtc
+from .base import Device
+from .rtc import B_24H, B_BINARY, B_SET, DATA, INDEX, STATUS_A, STATUS_B, STATUS_C, Rtc
+
+if TYPE_CHECKING:
+    from .host import DeviceHost
 
 SECONDS_ALARM, MINUTES_ALARM, HOURS_ALARM = 0x01, 0x03, 0x05
 UIP, DONT_CARE = 0x80, 0xC0
@@ -59,7 +63,12 @@ class PcRtc(Rtc):
         return bool(self.cmos[STATUS_B] & B_AIE)
 
     # -- registers --------------------------------------------------------------------------
-    def _read_data(self, port: int, size: int) -> int:
+    def attach(self, partition: DeviceHost) -> None:
+        Device.attach(self, partition)       # the handlers are this class's, over Rtc's
+        partition.add_io_handler(INDEX, write=self._write_index, read=lambda p, s: self.index)
+        partition.add_io_handler(DATA, read=self._data_in, write=self._data_out)
+
+    def _data_in(self, port: int, size: int) -> int:
         with self._rtc_lock:
             if self.index == STATUS_A:
                 frac = self._now() % 1.0
@@ -72,14 +81,14 @@ class PcRtc(Rtc):
                 self._lower()
                 self._wake.notify_all()
                 return value
-            return super()._read_data(port, size)
+            return self._read_data(port, size)
 
-    def _write_data(self, port: int, size: int, value: int) -> None:
+    def _data_out(self, port: int, size: int, value: int) -> None:
         with self._rtc_lock:
             if self.index == STATUS_A:
                 self.cmos[STATUS_A] = value & 0x7F          # UIP is read-only
                 return
-            super()._write_data(port, size, value)
+            self._write_data(port, size, value)
             if self.index == STATUS_B:
                 self._start_thread()
                 self._wake.notify_all()
@@ -108,6 +117,8 @@ class PcRtc(Rtc):
         binary = self.cmos[STATUS_B] & B_BINARY
         if register == HOURS_ALARM and not self.cmos[STATUS_B] & B_24H:
             hour = (raw & 0x7F) if binary else (raw >> 4 & 0x7) * 10 + (raw & 0xF)
+            if not 1 <= hour <= 12:
+                return 99                         # no such hour: never matches
             return hour % 12 + (12 if raw & 0x80 else 0)
         return raw if binary else (raw >> 4) * 10 + (raw & 0xF)
 
@@ -166,14 +177,6 @@ class PcRtc(Rtc):
                 if self.irq_raised:
                     self._wake.wait()             # until status C is read
                     continue
-                due = self._due()
-                if due is None:
-                    self._wake.wait()
-                    continue
-                left = due - self._now()
-                if left > 0:
-                    self._wake.wait(min(left, 1.0))
-                    continue
                 self.flags |= self._events(self._now())
                 if self._status_c() & C_IRQF:
                     self.irq_raised = True
@@ -181,6 +184,12 @@ class PcRtc(Rtc):
                         self.partition.set_irq(RTC_IRQ, True)
                     except Exception:            # the partition closed under us
                         return
+                    continue
+                due = self._due()
+                if due is None:
+                    self._wake.wait()
+                else:
+                    self._wake.wait(min(max(due - self._now(), 0.001), 1.0))
 
     def _lower(self) -> None:
         if self.irq_raised:

@@ -136,6 +136,10 @@ class PciDevice(Device):
         self._decoded: list[tuple[int, Handler] | None] = [None] * len(self.bars)
         self._lock = threading.RLock()
 
+    def attach(self, partition: DeviceHost) -> None:
+        super().attach(partition)
+        self.remap()                           # BARs placed before it was attached
+
     def _mask(self, offset: int, mask: int, size: int) -> None:
         self.wmask[offset:offset + size] = mask.to_bytes(size, "little")
 

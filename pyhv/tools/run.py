@@ -74,6 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         raise SystemExit(CANNOT_RUN)
 
     parser.error = refuse  # type: ignore[method-assign]
+    parser.set_defaults(usage_error=refuse)  # what `pyhv` calls for arguments nobody took
     parser.add_argument("image", nargs="?", help="the guest image (or -kernel IMAGE)")
     parser.add_argument("-kernel", "--kernel", metavar="IMAGE", help="the guest image")
     parser.add_argument("-append", "--append", default="", help="kernel command line")

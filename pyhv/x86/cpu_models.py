@@ -186,6 +186,9 @@ def feature_name(name: str) -> str:
     InvalidArgument."""
     canonical = name.replace("_", "-")
     canonical = ALIASES.get(canonical, canonical)
+    if canonical.startswith("vmx-"):
+        raise InvalidArgument(f"{name}: pyhv does not shape nested VMX capabilities (vmx-* "
+                              "features)")
     if canonical not in FEATURES:
         raise InvalidArgument(f"unknown CPU feature {name!r}")
     return canonical
@@ -417,9 +420,6 @@ def _option(item: str, spec: str, switched: dict[str, bool], values: dict[str, o
         values["enforce"] = _switch(key, text, spec)
     elif key in NEUTRAL_OPTIONS:
         pass
-    elif key.startswith("vmx-"):
-        raise InvalidArgument(f"-cpu {spec}: {key}: pyhv does not shape nested VMX "
-                              "capabilities (vmx-* features)")
     elif _ != "":
         switched[feature_name(key)] = _switch(key, text, spec)
     else:
