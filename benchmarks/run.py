@@ -495,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     rows += [lifecycle, compute]
     rows += [bench_restore(repeats), bench_pool(repeats), bench_idle_rss(ref)]
     rows += bench_unicorn(repeats, cycle, iter_ns, rows[0].value or 0.0)
+    # the PC machine (benchmarks/bench_pc.py)
+    from bench_pc import bench_boot_smp
+    rows.append(bench_boot_smp(max(repeats // 4, 2), row))
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
