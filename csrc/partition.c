@@ -305,3 +305,14 @@ int pyhv_partition_set_gsi_routing(int vm_fd, const uint32_t *gsi, const uint32_
     free(table);
     return r < 0 ? (int)r : 0;
 }
+
+int pyhv_partition_pit_reinject(int vm_fd, int reinject)
+{
+    /* QEMU's kvm-pit.lost_tick_policy: "delay" reinjects ticks the guest missed, "discard"
+       drops them */
+    struct kvm_reinject_control control;
+    memset(&control, 0, sizeof(control));
+    control.pit_reinject = reinject ? 1 : 0;
+    long r = pyhv_ioctl(vm_fd, KVM_REINJECT_CONTROL, &control);
+    return r < 0 ? (int)r : 0;
+}

@@ -250,6 +250,8 @@ int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data);
    most 1024 routes (-E2BIG), a pin outside its chip -EINVAL */
 int pyhv_partition_set_gsi_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip,
                                    const uint32_t *pin, uint32_t n);
+/* KVM_REINJECT_CONTROL (in-kernel PIT): whether PIT ticks the guest missed are reinjected */
+int pyhv_partition_pit_reinject(int vm_fd, int reinject);
 
 /* ---- vcpu.c: vCPUs and their registers ---- */
 enum pyhv_vcpu_flags { PYHV_VCPU_IRQCHIP = 1 };   /* the VM has in-kernel irqchips */

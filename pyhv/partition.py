@@ -296,6 +296,14 @@ class Partition(SnapshotApi, HandlerRegistration):
         self._require_open()
         self._vm.set_gsi_routing(table)
 
+    def set_pit_reinject(self, reinject: bool) -> None:
+        """Whether the in-kernel PIT makes up for ticks the guest missed (KVM's default, QEMU's
+        ``lost_tick_policy=delay``) or drops them (``discard``)."""
+        if not self.pit:
+            raise StateError("set_pit_reinject needs a partition made with pit=True")
+        self._require_open()
+        self._vm.pit_reinject(bool(reinject))
+
     def attach(self, device: Device) -> Device:
         """Attach one of pyhv's devices (see :mod:`pyhv.devices`): it registers its handlers
         and its state joins snapshots under ``device.name``."""

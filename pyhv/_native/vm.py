@@ -156,6 +156,12 @@ class VmFd:
         check_rc(lib.pyhv_partition_set_gsi_routing(self.fd, gsi, chip, pin, len(routes)),
                  "KVM_SET_GSI_ROUTING")
 
+    def pit_reinject(self, reinject: bool) -> None:
+        """Whether the in-kernel PIT reinjects the ticks a guest missed (KVM's default) or
+        drops them (``KVM_REINJECT_CONTROL``)."""
+        check_rc(lib.pyhv_partition_pit_reinject(self.fd, 1 if reinject else 0),
+                 "KVM_REINJECT_CONTROL")
+
     # -- fast paths the kernel offers -------------------------------------------------------
     def coalesced_zone(self, address: int, size: int, pio: bool, add: bool) -> None:
         check_rc(lib.pyhv_partition_coalesced_zone(self.fd, address, size, 1 if pio else 0,

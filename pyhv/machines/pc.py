@@ -83,13 +83,15 @@ FACS_WAKING_VECTOR = 12
 class PC:
     """A PC (see the module docstring).  ``serial``: where COM1's output goes (a callable
     taking bytes or a binary stream; None keeps it in ``uart.transmitted``).  ``debug_exit``:
-    the isa-debug-exit port (None for none).  Use it as a context manager, or :meth:`close`.
+    the isa-debug-exit port (None for none).  ``pit_reinject=False`` makes the PIT drop the
+    ticks a guest missed (QEMU's ``kvm-pit.lost_tick_policy=discard``).  Use it as a context
+    manager, or :meth:`close`.
     """
 
     def __init__(self, memory: int | str = DEFAULT_MEMORY, cpus: int = 1, cpu: str = "qemu64",
                  devices: Iterable[Device | str] = (), *, irqchip: bool = True,
-                 pit: bool = True, serial: Any = None, debug_exit: int | None = 0xF4,
-                 hypervisor: Any = None) -> None:
+                 pit: bool = True, pit_reinject: bool = True, serial: Any = None,
+                 debug_exit: int | None = 0xF4, hypervisor: Any = None) -> None:
         if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
             raise InvalidArgument(f"cpus={cpus!r}: a PC has at least one vCPU")
         if cpus > 1 and not irqchip:
@@ -114,7 +116,7 @@ class PC:
                 raise InvalidArgument(f"cpus={cpus}: KVM allows {limit} vCPUs per partition")
             if not self.partition.memory.is_ram(ACPI_BASE, ACPI_END - ACPI_BASE):
                 raise InvalidArgument("a PC needs at least 1 MiB of RAM (its tables sit below)")
-            self._build(cpus, irqchip, serial, debug_exit)
+            self._build(cpus, irqchip, serial, debug_exit, pit_reinject)
             for device in specs:
                 self.add_device(device)
         except BaseException:
@@ -122,11 +124,14 @@ class PC:
             raise
 
     # -- building ---------------------------------------------------------------------------
-    def _build(self, cpus: int, irqchip: bool, serial: Any, debug_exit: int | None) -> None:
+    def _build(self, cpus: int, irqchip: bool, serial: Any, debug_exit: int | None,
+               pit_reinject: bool) -> None:
         part = self.partition
         part.ignore_unclaimed_ports()        # an empty ISA bus, as real kernels probe it
         if irqchip:
             part.set_gsi_routing(QEMU_GSI_ROUTES)
+        if part.pit and not pit_reinject:
+            part.set_pit_reinject(False)
         self.uart = pyhv_devices.Uart16550(serial, buffered=cpus == 1)
         self.rtc = PcRtc()
         self.pm = PowerManagement()

@@ -54,7 +54,8 @@ EPILOG = """exit status:
 
 QEMU flags accepted for compatibility: -nodefaults, -display none, -nographic,
 -enable-kvm, -accel kvm, -machine pc[,accel=kvm][,pit=on|off][,kernel-irqchip=on|off],
--global kvm-pit.lost_tick_policy=..., -no-reboot (pyhv never reboots), -name.
+-global kvm-pit.lost_tick_policy=delay|discard, -no-reboot (pyhv never reboots),
+-name.
 -device help and -cpu help list what pyhv provides.
 """
 
@@ -189,14 +190,18 @@ def machine_options(values: list[str]) -> dict[str, str]:
     return props
 
 
-def check_globals(values: list[str]) -> None:
+def pit_reinject(values: list[str]) -> bool:
+    """``-global`` values: only ``kvm-pit.lost_tick_policy=delay|discard`` is provided; whether
+    the PIT reinjects lost ticks (delay, KVM's default) after them."""
+    reinject = True
     for value in values:
         driver, _, rest = value.partition(".")
         prop, _, setting = rest.partition("=")
-        if driver == "kvm-pit" and prop == "lost_tick_policy" and setting in ("discard",
+        if driver != "kvm-pit" or prop != "lost_tick_policy" or setting not in ("discard",
                                                                               "delay"):
-            continue                          # the in-kernel PIT keeps KVM's policy
-        raise InvalidArgument(f"-global {value}: not provided")
+            raise InvalidArgument(f"-global {value}: not provided")
+        reinject = setting == "delay"
+    return reinject
 
 
 def device_help() -> str:
@@ -260,7 +265,7 @@ def _run(args: argparse.Namespace, opened: list[IO[bytes]]) -> int:
         except OSError as exc:
             raise InvalidArgument(f"could not load kernel '{image}': {exc.strerror}") from None
         props = machine_options(args.machine)
-        check_globals(args.globals)
+        reinject = pit_reinject(args.globals)
         irqchip = args.irqchip and props.get("kernel-irqchip", "on") == "on"
         cpus = cpu_count(args.cpus)
         memory = memory_size(args.memory)
@@ -273,7 +278,7 @@ def _run(args: argparse.Namespace, opened: list[IO[bytes]]) -> int:
             raise InvalidArgument("-smp above 1 needs the in-kernel irqchip (no --no-irqchip)")
         devices = [registry.create(spec) for spec in args.device]
         pc = PC(memory=memory, cpus=cpus, cpu=args.cpu, devices=devices, irqchip=irqchip,
-                pit=props.get("pit", "on") == "on", serial=sink,
+                pit=props.get("pit", "on") == "on", pit_reinject=reinject, serial=sink,
                 debug_exit=args.debug_exit or None)
     except HypervisorError as exc:
         print(f"pyhv run: {exc}", file=sys.stderr)

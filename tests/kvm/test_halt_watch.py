@@ -124,3 +124,11 @@ def test_gsi_routing_and_msis_are_checked(kvm, part):
         chips.memory.write(0x1000, b"\xf4")
         chips.create_vcpu(mode="real", entry=0x1000)
         assert chips.signal_msi(0xFEE00000, 0x30) is False     # its LAPIC is still disabled
+
+
+def test_the_pit_lost_tick_policy(kvm):
+    with pyhv.Partition(memory="1M", irqchip=True) as chips, pytest.raises(pyhv.StateError):
+        chips.set_pit_reinject(False)                   # no PIT
+    with pyhv.Partition(memory="1M", irqchip=True, pit=True) as chips:
+        chips.set_pit_reinject(False)                   # QEMU's lost_tick_policy=discard
+        chips.set_pit_reinject(True)

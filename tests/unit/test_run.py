@@ -99,9 +99,13 @@ def test_machine_options_take_the_pc_and_its_properties():
 
 
 def test_globals_take_the_pit_policy_only():
-    run.check_globals(["kvm-pit.lost_tick_policy=discard"])
-    with pytest.raises(InvalidArgument, match="not provided"):
-        run.check_globals(["isa-serial.chardev=x"])
+    assert run.pit_reinject([]) is True
+    assert run.pit_reinject(["kvm-pit.lost_tick_policy=discard"]) is False
+    assert run.pit_reinject(["kvm-pit.lost_tick_policy=discard",
+                             "kvm-pit.lost_tick_policy=delay"]) is True
+    for value in ("isa-serial.chardev=x", "kvm-pit.lost_tick_policy=slew"):
+        with pytest.raises(InvalidArgument, match="not provided"):
+            run.pit_reinject([value])
 
 
 def test_device_and_cpu_help_list_what_is_provided(capsys):
