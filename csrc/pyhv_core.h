@@ -252,6 +252,11 @@ int pyhv_partition_set_gsi_routing(int vm_fd, const uint32_t *gsi, const uint32_
                                    const uint32_t *pin, uint32_t n);
 /* KVM_REINJECT_CONTROL (in-kernel PIT): whether PIT ticks the guest missed are reinjected */
 int pyhv_partition_pit_reinject(int vm_fd, int reinject);
+/* the in-kernel PICs (and with pit, the PIT) as PC firmware leaves them: vector bases, the
+   IRQs of `unmasked` open, those of `level` level-triggered (ELCR), PIT channel 0 in mode 3
+   at 18.2 Hz */
+int pyhv_partition_firmware_chips(int vm_fd, uint8_t master_base, uint8_t slave_base,
+                                  uint16_t unmasked, uint16_t level, int pit);
 
 /* ---- vcpu.c: vCPUs and their registers ---- */
 enum pyhv_vcpu_flags { PYHV_VCPU_IRQCHIP = 1 };   /* the VM has in-kernel irqchips */

@@ -304,6 +304,29 @@ class Partition(SnapshotApi, HandlerRegistration):
         self._require_open()
         self._vm.pit_reinject(bool(reinject))
 
+    def init_legacy_chips(self, vectors: tuple[int, int] = (0x08, 0x70),
+                          unmasked: Iterable[int] = (0, 1, 2, 8),
+                          level_triggered: Iterable[int] = (), timer: bool = True) -> None:
+        """Put the in-kernel PICs (and PIT) in the state PC firmware leaves them for the
+        OS: initialized with these vector bases (master, slave), the ISA IRQs ``unmasked``
+        open, ``level_triggered`` ones so in the ELCR, and with ``timer`` (and the in-kernel
+        PIT) channel 0 ticking at 18.2 Hz in mode 3."""
+        if not self.irqchip:
+            raise StateError("init_legacy_chips needs a partition made with irqchip=True")
+        master, slave = (as_int("vector base", v) for v in vectors)
+        if master % 8 or slave % 8 or not 0 <= master < 256 or not 0 <= slave < 256:
+            raise InvalidArgument(f"PIC vector bases {vectors!r}: multiples of 8 below 256")
+        masks = []
+        for irqs in (unmasked, level_triggered):
+            bits = 0
+            for irq in irqs:
+                if not 0 <= as_int("ISA IRQ", irq) < 16:
+                    raise InvalidArgument(f"ISA IRQ {irq} is not 0..15")
+                bits |= 1 << irq
+            masks.append(bits)
+        self._require_open()
+        self._vm.firmware_chips(master, slave, masks[0], masks[1], timer and self.pit)
+
     def attach(self, device: Device) -> Device:
         """Attach one of pyhv's devices (see :mod:`pyhv.devices`): it registers its handlers
         and its state joins snapshots under ``device.name``."""

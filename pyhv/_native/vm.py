@@ -162,6 +162,13 @@ class VmFd:
         check_rc(lib.pyhv_partition_pit_reinject(self.fd, 1 if reinject else 0),
                  "KVM_REINJECT_CONTROL")
 
+    def firmware_chips(self, master_base: int, slave_base: int, unmasked: int, level: int,
+                       pit: bool) -> None:
+        """The PICs (and PIT) as PC firmware leaves them (see pyhv_core.h)."""
+        check_rc(lib.pyhv_partition_firmware_chips(self.fd, master_base, slave_base, unmasked,
+                                                   level, 1 if pit else 0),
+                 "KVM_SET_IRQCHIP / KVM_SET_PIT2")
+
     # -- fast paths the kernel offers -------------------------------------------------------
     def coalesced_zone(self, address: int, size: int, pio: bool, add: bool) -> None:
         check_rc(lib.pyhv_partition_coalesced_zone(self.fd, address, size, 1 if pio else 0,

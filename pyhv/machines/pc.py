@@ -130,6 +130,11 @@ class PC:
         part.ignore_unclaimed_ports()        # an empty ISA bus, as real kernels probe it
         if irqchip:
             part.set_gsi_routing(QEMU_GSI_ROUTES)
+            # what SeaBIOS leaves for a -kernel guest: PICs at vectors 8 and 0x70 with the
+            # timer, keyboard, cascade and RTC open, the PCI/SCI IRQs level-triggered, and the
+            # PIT ticking at 18.2 Hz (guests written for QEMU wait on it)
+            part.init_legacy_chips((0x08, 0x70), unmasked=(0, 1, 2, 8),
+                                   level_triggered=(9, 10, 11))
         if part.pit and not pit_reinject:
             part.set_pit_reinject(False)
         self.uart = pyhv_devices.Uart16550(serial, buffered=cpus == 1)
@@ -206,6 +211,7 @@ class PC:
         if self.image is not None:
             raise StateError("this PC has loaded its image already")
         table = self.cpuid()
+        write_bios_data(self.partition.memory)   # the image may overwrite it: it comes first
         if not self._assigned:
             self.bus.assign_resources()      # what firmware does before the OS
             self._assigned = True
@@ -326,6 +332,37 @@ class PC:
     def __repr__(self) -> str:
         return (f"<pyhv.machines.PC {self.cpus} vCPU(s) cpu={self.cpu_model.spec} "
                 f"{len(self.partition.devices)} devices>")
+
+
+# real-mode interrupt handlers in the BIOS area (F000:FF00...): what the IVT points at
+BIOS_STUBS = 0xFFF00
+IRET, MASTER_EOI, SLAVE_EOI = 0x00, 0x10, 0x20
+STUB_CODE = {IRET: bytes([0xCF]),                                   # iret
+             MASTER_EOI: bytes.fromhex("50 b0 20 e6 20 58 cf"),    # EOI to the master PIC
+             SLAVE_EOI: bytes.fromhex("50 b0 20 e6 a0 e6 20 58 cf")}  # to both PICs
+EBDA_SEGMENT, BASE_MEMORY_KIB = 0x9FC0, 639
+
+
+def write_bios_data(memory: Any) -> None:
+    """The real-mode interrupt vector table and BIOS data area as PC firmware leaves them:
+    every vector at an ``iret`` (the PICs' IRQ vectors 8-15 and 0x70-0x77 at handlers that
+    send the EOI first), COM1's port, the base memory size and the EBDA's segment."""
+    for offset, code in STUB_CODE.items():
+        memory.write(BIOS_STUBS + offset, code)
+    ivt = bytearray()
+    for vector in range(256):
+        stub = MASTER_EOI if 0x08 <= vector < 0x10 else SLAVE_EOI if 0x70 <= vector < 0x78 \
+            else IRET
+        ivt += ((BIOS_STUBS & 0xFFFF) + stub).to_bytes(2, "little") + (0xF000).to_bytes(
+            2, "little")
+    memory.write(0, bytes(ivt))
+    bda = bytearray(0x100)
+    bda[0x00:0x02] = (0x3F8).to_bytes(2, "little")                  # COM1
+    bda[0x0E:0x10] = EBDA_SEGMENT.to_bytes(2, "little")
+    bda[0x10:0x12] = (0x0200).to_bytes(2, "little")                 # equipment: one serial port
+    bda[0x13:0x15] = BASE_MEMORY_KIB.to_bytes(2, "little")
+    memory.write(0x400, bytes(bda))
+    memory.write(EBDA_SEGMENT << 4, b"\x01")                       # the EBDA's size: 1 KiB
 
 
 def _final(results: list[RunResult]) -> Exit:

@@ -236,3 +236,17 @@ def test_the_machine_exposes_partition_vcpus_and_devices(kvm):
         with pytest.raises(pyhv.StateError):
             pc.load(b"\xf4", format="flat")
         assert re.match(r"<pyhv.machines.PC 3 vCPU\(s\) cpu=qemu64", repr(pc))
+
+
+def test_firmware_leaves_the_pit_ticking_and_an_ivt_that_takes_it(kvm):
+    from pyhv.testing import assemble
+    # real mode: sti; hlt waits for the BIOS tick, whose IVT handler sends the EOI and returns
+    code = assemble("sti\nhlt\nsti\nhlt\nmov $0x2a, %al\nout %al, $0xf4", bits=16,
+                    origin=0x7C00)
+    with PC(memory="16M", serial=None) as pc:
+        pc.load(code, format="flat", address=0x7C00, mode="real")
+        memory = pc.partition.memory
+        assert memory.read_u32(8 * 4) == 0xF000FF10           # IRQ 0 -> F000:FF10
+        assert memory.read_u16(0x400) == 0x3F8 and memory.read_u16(0x413) == 639
+        exit = pc.run(timeout=30).exit
+    assert isinstance(exit, exits.DebugExit) and exit.value == 0x2A
