@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from ..errors import HypervisorError, InvalidArgument
 from .base import Device
 
 if TYPE_CHECKING:
@@ -49,17 +50,21 @@ class PcTestdev(Device):
 
     def attach(self, partition: DeviceHost) -> None:
         super().attach(partition)
-        partition.add_io_handler(range(IOPORT, IOPORT + 4), read=self.ioport_read,
-                                 write=self.ioport_write)
-        partition.add_io_handler(range(FLUSH, FLUSH + 4), read=lambda p, s: 0,
-                                 write=self._flush)
-        partition.add_io_handler(range(IOPORT_BYTE, IOPORT_BYTE + 4), read=self.ioport_read,
-                                 write=self.ioport_write)
-        partition.add_io_handler(range(IRQ_LINES, IRQ_LINES + IRQ_COUNT), read=lambda p, s: 0,
-                                 write=self._irq_line)
-        if self.iomem:
-            partition.add_mmio_handler(IOMEM, IOMEM_SIZE, read=self._iomem_read,
-                                       write=self._iomem_write)
+        done: list[Any] = []
+        try:        # all or nothing: a second pc-testdev (say) leaves no half of itself
+            for ports, read, write in (
+                    (range(IOPORT, IOPORT + 4), self.ioport_read, self.ioport_write),
+                    (range(FLUSH, FLUSH + 4), lambda p, s: 0, self._flush),
+                    (range(IOPORT_BYTE, IOPORT_BYTE + 4), self.ioport_read, self.ioport_write),
+                    (range(IRQ_LINES, IRQ_LINES + IRQ_COUNT), lambda p, s: 0, self._irq_line)):
+                done.append(partition.add_io_handler(ports, read=read, write=write))
+            if self.iomem:
+                done.append(partition.add_mmio_handler(IOMEM, IOMEM_SIZE, read=self._iomem_read,
+                                                       write=self._iomem_write))
+        except HypervisorError as exc:
+            for handler in done:
+                partition.remove_handler(handler)
+            raise InvalidArgument(f"pc-testdev: {exc} (is another device there?)") from None
 
     # the register: an access at port p of n bytes covers bytes p%4 .. p%4+n-1 (bytes past
     # the word are dropped, as a 32-bit register has no more)

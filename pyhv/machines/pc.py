@@ -54,7 +54,7 @@ from ..devices.acpi import PowerManagement, build_tables
 from ..devices.base import Device
 from ..devices.pc_rtc import PcRtc
 from ..devices.pci import PciBus, PciDevice
-from ..errors import InvalidArgument, StateError, Timeout
+from ..errors import InvalidArgument, OverlapError, StateError, Timeout
 from ..exits import Canceled, Exit, Reset, SystemEvent
 from ..loaders import BootImage
 from ..loaders import load as load_image
@@ -176,7 +176,10 @@ class PC:
             self._pci_devices.append(device)
             return device
         self._name(device)
-        return self.partition.attach(device)
+        try:
+            return self.partition.attach(device)
+        except OverlapError as exc:
+            raise OverlapError(f"device {device.name!r}: {exc}") from None
 
     def _name(self, device: Device) -> None:
         """A second device of a kind gets a name of its own (snapshots key states by name)."""

@@ -178,3 +178,13 @@ def test_next_alarm_from_a_given_time(seconds, expected):
     reg(host, 0x05, 0xC0)
     assert rtc.next_alarm() == t0 + expected
     assert rtc.alarm_interrupts is False and rtc.now() == t0
+
+
+def test_a_pc_testdev_that_cannot_attach_leaves_nothing_behind():
+    from pyhv import InvalidArgument
+    host = FakeHost()
+    host.remove_handler = lambda h: host.io.remove(h) if h.space == "io" else host.mmio.remove(h)
+    host.add_io_handler(0x2005, write=lambda p, s, v: None)      # in the IRQ-line range
+    with pytest.raises(InvalidArgument, match="pc-testdev: .*another device"):
+        PcTestdev().attach(host)
+    assert [h.start for h in host.io.handlers] == [0x2005] and not host.mmio.handlers
