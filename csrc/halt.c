@@ -185,12 +185,14 @@ static int lapic_can_wake(struct pyhv_vcpu *v)
 }
 
 /* Look at this vCPU (its own thread, outside KVM_RUN, right after the kernel returned): 1 when
-   it can never run again on its own, 0 otherwise. */
-static int stuck_now(struct pyhv_vcpu *v)
+   it can never run again on its own, 0 otherwise; *mp_out gets its MP state. */
+static int stuck_now(struct pyhv_vcpu *v, uint32_t *mp_out)
 {
     struct kvm_mp_state mp;
+    *mp_out = KVM_MP_STATE_RUNNABLE;
     if (pyhv_ioctl(v->fd, KVM_GET_MP_STATE, &mp) < 0)
         return 0;
+    *mp_out = mp.mp_state;
     if (mp.mp_state == KVM_MP_STATE_UNINITIALIZED || mp.mp_state == KVM_MP_STATE_INIT_RECEIVED)
         return 1;                    /* an AP waiting for a SIPI only another vCPU can send */
     if (mp.mp_state != KVM_MP_STATE_HALTED)
@@ -234,7 +236,8 @@ static int take_part(struct pyhv_vcpu *v, uint32_t round)
     struct pyhv_halt_watch *w = v->hw;
     v->hw_round = round;
     pthread_mutex_unlock(&w->lock);
-    int stuck = stuck_now(v);
+    uint32_t mp;
+    int stuck = stuck_now(v, &mp);
     pthread_mutex_lock(&w->lock);
     if (w->round != round || !w->round_open)
         return w->ended;
@@ -275,6 +278,12 @@ void pyhv_halt_run_begin(struct pyhv_vcpu *v, uint64_t now)
     v->hw_next_ns = now + w->interval_ns;
 }
 
+void pyhv_halt_woken(struct pyhv_vcpu *v, uint64_t now)
+{
+    if (!v->hw_next_ns)
+        v->hw_next_ns = now + v->hw->interval_ns;    /* looked at again from now on */
+}
+
 void pyhv_halt_run_end(struct pyhv_vcpu *v)
 {
     struct pyhv_halt_watch *w = v->hw;
@@ -296,11 +305,14 @@ int pyhv_halt_poll(struct pyhv_vcpu *v, uint64_t now, int from_kernel)
     int verdict = w->ended;
     if (!verdict && w->round_open && v->hw_round != w->round) {
         verdict = take_part(v, w->round);
-    } else if (!verdict && from_kernel && now >= v->hw_next_ns) {
-        v->hw_next_ns = now + w->interval_ns;
+    } else if (!verdict && from_kernel && v->hw_next_ns && now >= v->hw_next_ns) {
         pthread_mutex_unlock(&w->lock);
-        int stuck = stuck_now(v);
+        uint32_t mp;
+        int stuck = stuck_now(v, &mp);
         pthread_mutex_lock(&w->lock);
+        /* an AP that never got its INIT leaves KVM_RUN (EAGAIN) when one comes: it needs no
+           more looks until then (a thousand idle APs cost nothing), and rounds kick it */
+        v->hw_next_ns = mp == KVM_MP_STATE_UNINITIALIZED ? 0 : now + w->interval_ns;
         note(v, stuck);
         if (stuck && !w->round_open && !w->ended && w->stuck == w->members &&
             w->running == w->members) {

@@ -130,6 +130,7 @@ void pyhv_kick(struct pyhv_vcpu *v);               /* signal its running thread,
 /* halt watches (halt.c): the run loop's side */
 void pyhv_halt_run_begin(struct pyhv_vcpu *v, uint64_t now);
 void pyhv_halt_run_end(struct pyhv_vcpu *v);
+void pyhv_halt_woken(struct pyhv_vcpu *v, uint64_t now);   /* KVM_RUN said EAGAIN */
 /* at the top of the run loop: 1 when the machine is halted for good (the run ends as a halt);
    from_kernel: KVM_RUN just returned (EINTR/EAGAIN), so the vCPU can be looked at */
 int pyhv_halt_poll(struct pyhv_vcpu *v, uint64_t now, int from_kernel);

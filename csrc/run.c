@@ -113,6 +113,11 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
             /* an application processor still waiting for INIT/SIPI was woken (KVM's api.rst:
                the VMM enters again); the checks at the top still apply */
             entered = stored = resumed = 1;
+            if (v->hw) {
+                pyhv_halt_woken(v, pyhv_monotonic_ns());
+                if ((rc = pyhv_set_wake(v, pyhv_wake_due(v))) < 0)
+                    break;
+            }
             continue;
         }
         if (err != EINTR) {

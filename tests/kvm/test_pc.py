@@ -61,9 +61,10 @@ def test_acpi_tables_are_found_by_the_standard_scan_and_check_out(kvm, kernel):
 def test_the_pm_timer_counts_at_3_579545_mhz(kvm, kernel):
     exit, v = boot(kernel, "pmtimer")
     assert passed(exit), v
-    for key in ("ticks_per_second", "ticks_per_second2"):
-        rate = int(v[key][0])
-        assert abs(rate - PM_TIMER_HZ) < PM_TIMER_HZ * 0.01, (key, rate)   # against the RTC
+    # the ticks of one RTC second lie in [lo, hi] (the guest's polls bound the edges)
+    lo, hi = int(v["second_lo"][0]), int(v["second_hi"][0])
+    assert lo <= PM_TIMER_HZ * 1.001 and hi >= PM_TIMER_HZ * 0.999, (lo, hi)
+    assert hi - lo < PM_TIMER_HZ // 4, (lo, hi)     # a window that says something
     assert v["top_bits"] == ["0x0"]                  # 24 bits wide, as QEMU's
 
 
