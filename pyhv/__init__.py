@@ -17,7 +17,7 @@ run loop, buses, fast paths, lifecycle), then snapshots, devices and loaders, th
 
 from __future__ import annotations
 
-from . import devices, exits, loaders
+from . import devices, exits, loaders, machines
 from ._native import Feature
 from .core.buses import EndRun, Handler, Space
 from .core.fastpath import Doorbell, FastPort, PortKind
@@ -66,6 +66,7 @@ __all__ = [
     "Space",
     "devices",
     "loaders",
+    "machines",
     "Capabilities",
     "Doorbell",
     "EndRun",
