@@ -47,6 +47,7 @@ from .. import devices as pyhv_devices
 from .._native import Feature
 from .._native.vcpu import STATE_DEBUGREGS, STATE_MAX_MSRS, STATE_XCRS
 from ..core.buses import EndRun
+from ..core.hypervisor import Hypervisor
 from ..core.loop import RunResult, validate_timeout
 from ..core.vcpu import VCpu
 from ..devices import registry
@@ -91,7 +92,7 @@ class PC:
     def __init__(self, memory: int | str = DEFAULT_MEMORY, cpus: int = 1, cpu: str = "qemu64",
                  devices: Iterable[Device | str] = (), *, irqchip: bool = True,
                  pit: bool = True, pit_reinject: bool = True, serial: Any = None,
-                 debug_exit: int | None = 0xF4, hypervisor: Any = None) -> None:
+                 debug_exit: int | None = 0xF4, hypervisor: Hypervisor | None = None) -> None:
         if isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1:
             raise InvalidArgument(f"cpus={cpus!r}: a PC has at least one vCPU")
         if cpus > 1 and not irqchip:
