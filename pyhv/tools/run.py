@@ -260,11 +260,7 @@ def _run(args: argparse.Namespace, opened: list[IO[bytes]]) -> int:
             raise InvalidArgument(f"two images: {args.image} and -kernel {args.kernel}")
         if not image:
             raise InvalidArgument("no image: give IMAGE or -kernel IMAGE")
-        try:
-            open(image, "rb").close()         # QEMU's words, which scripts look for
-        except OSError as exc:
-            raise InvalidArgument(f"could not load kernel '{image}': {exc.strerror}") from None
-        props = machine_options(args.machine)
+        props = machine_options(args.machine)     # the flags first, then the image, as QEMU
         reinject = pit_reinject(args.globals)
         irqchip = args.irqchip and props.get("kernel-irqchip", "on") == "on"
         cpus = cpu_count(args.cpus)
@@ -277,6 +273,10 @@ def _run(args: argparse.Namespace, opened: list[IO[bytes]]) -> int:
         if cpus > 1 and not irqchip:
             raise InvalidArgument("-smp above 1 needs the in-kernel irqchip (no --no-irqchip)")
         devices = [registry.create(spec) for spec in args.device]
+        try:
+            open(image, "rb").close()         # QEMU's words, which scripts look for
+        except OSError as exc:
+            raise InvalidArgument(f"could not load kernel '{image}': {exc.strerror}") from None
         pc = PC(memory=memory, cpus=cpus, cpu=args.cpu, devices=devices, irqchip=irqchip,
                 pit=props.get("pit", "on") == "on", pit_reinject=reinject, serial=sink,
                 debug_exit=args.debug_exit or None)

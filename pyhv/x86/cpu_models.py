@@ -112,6 +112,9 @@ FEATURES: dict[str, Feature] = {
         13: "kvm-pv-sched-yield", 14: "kvm-asyncpf-int", 15: "kvm-msi-ext-dest-id",
         24: "kvmclock-stable-bit"}),
 }
+# QEMU names two bits "kvmclock" (the old and the new paravirtual clock MSRs): the name sets
+# both; "kvmclock2" is pyhv's name for the second alone
+TWINS = {"kvmclock": ("kvmclock2",)}
 # QEMU's other spellings (underscores also stand for dashes)
 ALIASES = {"sse3": "pni", "sse4-1": "sse4.1", "sse4-2": "sse4.2", "xd": "nx", "ffxsr": "fxsr-opt",
            "i64": "lm", "kvmclock-stable": "kvmclock-stable-bit", "hypervisor": "hypervisor",
@@ -252,7 +255,8 @@ class CpuModel:
         wanted: set[str] = set()
         if definition is not None:
             wanted = (set(definition.features) | set(_KVM_ON)) - set(_KVM_OFF)
-        wanted = (wanted | self.plus) - self.minus
+        minus = _with_twins(self.minus)
+        wanted = (_with_twins(wanted) | _with_twins(self.plus)) - minus
         if not irqchip:
             wanted.discard("x2apic")
 
@@ -279,7 +283,7 @@ class CpuModel:
                 words[key] = getattr(e, f.register) if e is not None and definition is None \
                     else 0
             on = has(name) and (name in wanted if definition is not None
-                                else name not in self.minus)
+                                else name not in minus)
             bit = 1 << f.bit
             words[key] = words[key] | bit if on else words[key] & ~bit
         table = [self._edit(e, words, definition) for e in kvm.values()]
@@ -339,6 +343,10 @@ class CpuModel:
             if function not in present and (xlevel is None or function <= xlevel):
                 out.append(CpuidEntry(function, 0, 0, **regs4))
         return out
+
+
+def _with_twins(names: Iterable[str]) -> set[str]:
+    return set(names).union(*(TWINS.get(n, ()) for n in names))
 
 
 def _vendor_registers(vendor: str) -> dict[str, int]:

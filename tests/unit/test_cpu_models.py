@@ -143,3 +143,10 @@ def test_vendor_level_phys_bits_and_the_kvm_leaves_are_options():
 def test_every_named_model_builds_a_table(model):
     table, missing = cpu_models.parse(model).cpuid(kvm_table())
     assert missing == [] and leaf(table, 0).eax == cpu_models.MODELS[model].level
+
+
+def test_kvmclock_names_both_of_qemus_kvmclock_bits():
+    table, _ = cpu_models.parse("qemu64").cpuid(kvm_table())
+    assert has(table, "kvmclock") and has(table, "kvmclock2")       # CLOCKSOURCE and 2
+    table, _ = cpu_models.parse("host,-kvmclock").cpuid(kvm_table())
+    assert not has(table, "kvmclock") and not has(table, "kvmclock2")

@@ -169,3 +169,14 @@ def test_debug_exit_statuses_are_odd_and_pyhvs_are_even():
         assert run.exit_status(exits.DebugExit((value << 1) | 1, value, 0xF4)) % 2 == 1
     assert all(s % 2 == 0 for s in (run.HALT, run.TRIPLE_FAULT, run.UNHANDLED, run.TIMEOUT,
                                     run.CANNOT_RUN, run.INTERRUPTED))
+
+
+def test_flags_are_judged_before_the_image_as_qemu_does(capsys, tmp_path):
+    # scripts (the KVM unit tests' runner) tell "pyhv cannot run this configuration" from
+    # "the kernel file is missing" by which error comes first
+    missing = str(tmp_path / "missing")
+    assert main(["run", "-kernel", missing, "-cpu", "max,-vmx-mbec"]) == 126
+    err = capsys.readouterr().err
+    assert "vmx-" in err and "could not load kernel" not in err
+    assert main(["run", "-kernel", missing, "-cpu", "max"]) == 126
+    assert "could not load kernel" in capsys.readouterr().err
