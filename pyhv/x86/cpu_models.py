@@ -27,9 +27,9 @@ or refused with ``enforce``:
 >>> table, missing = cpu_models.parse("qemu64,+x2apic").cpuid(kvm)
 >>> leaf1 = next(e for e in table if e.function == 1)
 >>> hex(leaf1.eax), bool(leaf1.ecx & 1 << 21), bool(leaf1.edx & 1)
-('0x663', True, True)
+('0x60fb1', True, True)
 >>> missing[:3]
-['de', 'pse', 'tsc']
+['pni', 'cx16', 'hypervisor']
 """
 
 from __future__ import annotations
