@@ -163,6 +163,9 @@ class PC:
         string (see :mod:`pyhv.devices.registry`)."""
         if isinstance(device, str):
             device = registry.create(device)
+        if not isinstance(device, Device):
+            raise InvalidArgument(f"{device!r} is neither a pyhv.devices.Device nor a -device "
+                                  "string")
         if self._initial is not None:
             raise StateError("devices are added before the PC first runs")
         if isinstance(device, pyhv_devices.IsaDebugExit) and self.debug_exit is not None \

@@ -174,7 +174,9 @@ def test_bad_pcs_are_refused_and_leave_nothing_open(kvm):
             ({"devices": ["no-such-device"]}, "unknown device"),
             ({"memory": "512K"}, "at least 1 MiB"),
             ({"devices": ["edu,addr=0x40"]}, "slots 02-1f"),
-            ({"cpus": 100000}, "KVM allows")]:
+            ({"cpus": 100000}, "KVM allows"),
+            ({"devices": ["edu", 5]}, "neither a pyhv.devices.Device"),
+            ({"cpus": "2"}, "at least one vCPU")]:
         with pytest.raises(pyhv.InvalidArgument, match=message):
             PC(**kwargs)
     assert fd_count() == before
