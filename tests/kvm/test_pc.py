@@ -166,6 +166,7 @@ def test_hv_entries_wait_for_their_extension(kvm):
 
 def test_bad_pcs_are_refused_and_leave_nothing_open(kvm):
     from ..conftest import fd_count
+    pyhv.check()                          # the process-wide /dev/kvm handle: open for good
     before = fd_count()
     for kwargs, message in [
             ({"cpus": 0}, "at least one vCPU"),
