@@ -103,3 +103,31 @@ def test_ctrl_c_exits_130(kvm, tmp_path):
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130 and "interrupted" in err
+
+
+def test_an_extension_takes_its_flags_the_machine_and_its_hv_entries(kvm, kernel, capsys):
+    from pyhv.tools import run
+    from pyhv.tools.cli import main
+    seen = {}
+
+    class Extension:
+        def add_arguments(self, parser):
+            parser.add_argument("--extension-flag", action="store_true")
+
+        def before_run(self, args, partition):
+            seen.update(flag=args.extension_flag, vcpus=len(partition.vcpus),
+                        machine=type(args.machine).__name__, hv=list(args.cpu_hyperv))
+            args.cpu_hyperv.remove("hv-time")        # the one it implements
+            args.machine.partition.memory.write(0x500, b"x")   # it may set up what it needs
+
+    run.EXTENSIONS.append(Extension())
+    try:
+        status = main(["run", "-kernel", kernel, "-smp", "2", "-append", "acpi",
+                       "-cpu", "qemu64,hv-time", "--extension-flag", "--serial", "none"])
+        assert status == 1, capsys.readouterr().err
+        assert seen == {"flag": True, "vcpus": 2, "machine": "PC", "hv": ["hv-time"]}
+        status = main(["run", "-kernel", kernel, "-append", "acpi",
+                       "-cpu", "qemu64,hv-time,hv-vapic", "--serial", "none"])
+        assert status == 126 and "hv-vapic: no Hyper-V support" in capsys.readouterr().err
+    finally:
+        run.EXTENSIONS.pop()
