@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="in-kernel PIC/IOAPIC/LAPIC and PIT (the default)")
     chip.add_argument("--no-irqchip", dest="irqchip", action="store_false",
                       help="no interrupt controllers: one vCPU, hlt ends the run")
-    compat = parser.add_argument_group("QEMU flags accepted for compatibility")
+    compat = parser.add_argument_group("QEMU's other flags (the ones pyhv takes)")
     compat.add_argument("-no-reboot", "--no-reboot", action="store_true",
                         help="pyhv never reboots: a reset always ends the run")
     compat.add_argument("-nodefaults", "--nodefaults", action="store_true")
@@ -117,9 +117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compat.add_argument("-accel", "--accel", choices=("kvm",))
     compat.add_argument("-name", "--name")
     compat.add_argument("-machine", "-M", "--machine", action="append", default=[],
-                        metavar="pc[,PROP=VALUE...]")
+                        metavar="pc[,PROP=VALUE...]",
+                        help="the i440FX pc only; pit=on|off, kernel-irqchip=on|off, accel=kvm")
     compat.add_argument("-global", "--global", dest="globals", action="append", default=[],
-                        metavar="DRIVER.PROP=VALUE")
+                        metavar="DRIVER.PROP=VALUE",
+                        help="kvm-pit.lost_tick_policy=delay|discard only")
     for extension in EXTENSIONS:
         extension.add_arguments(parser)
 
