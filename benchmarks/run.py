@@ -610,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
              for m in bench_gdb.measure(repeats)]            # benchmarks/bench_gdb.py
     rows += bench_hyperv.rows(ref, repeats, row)
     rows += bench_guests(max(repeats // 2, 2), row, best)
+    # the PC machine (benchmarks/bench_pc.py)
+    from bench_pc import bench_boot_smp
+    rows.append(bench_boot_smp(max(repeats // 4, 2), row))
     print(table(rows))
     print(exit_breakdown(rows, shares))
     print(f"after the run: {load()}")

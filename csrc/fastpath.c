@@ -36,7 +36,7 @@ enum pyhv_fast_action pyhv_fast_io(struct pyhv_vcpu *v, struct pyhv_exit *ex)
             /* a guest that prints, then computes for long, still shows its output soon: the
                watchdog kicks the run when it is due (failing that, at the next exit) */
             v->flush_due_ns = pyhv_monotonic_ns() + PYHV_FLUSH_INTERVAL_NS;
-            pyhv_set_wake(v, pyhv_earliest(v->deadline_ns, v->flush_due_ns));
+            pyhv_set_wake(v, pyhv_wake_due(v));
         }
         /* the run loop never enters the guest while a buffer is past half full and an exit
            carries at most a page, so this always fits; check anyway */

@@ -15,7 +15,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["system.c", "memory.c", "partition.c", "vcpu.c", "vcpu_state.c", "exit_decode.c",
-           "fastpath.c", "kick.c", "run.c"]
+           "fastpath.c", "kick.c", "run.c", "halt.c"]
 
 KVM_CONSTANTS = [
     # capabilities pyhv checks or reports

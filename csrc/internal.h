@@ -76,6 +76,13 @@ struct pyhv_vcpu {
     _Atomic uint64_t wake_ns;    /* while a run is on: when the watchdog kicks it (0: never) */
     uint64_t wd_kicked;          /* the watchdog's: the wake time it last acted on */
     struct pyhv_vcpu *wd_prev, *wd_next;   /* every live vCPU is on the watchdog's list */
+
+    /* the halt watch it belongs to (halt.c), NULL if none */
+    struct pyhv_halt_watch *hw;
+    struct pyhv_vcpu *hw_next;   /* the watch's list of members */
+    int hw_stuck;                /* its latest look found it halted for good */
+    uint32_t hw_round;           /* the latest round it took part in */
+    uint64_t hw_next_ns;         /* during a run: when it looks at itself next */
 };
 
 /* ioctl that returns 0/positive or -errno, retrying nothing (system.c) */
@@ -118,11 +125,28 @@ void pyhv_watchdog_add(struct pyhv_vcpu *v);       /* at creation */
 void pyhv_watchdog_remove(struct pyhv_vcpu *v);    /* at destruction, before the free */
 int pyhv_wake_slow(struct pyhv_vcpu *v, uint64_t when);
 extern _Atomic uint64_t pyhv_wd_planned;           /* the watchdog's next look (kick.c) */
+void pyhv_kick(struct pyhv_vcpu *v);               /* signal its running thread, if any */
+
+/* halt watches (halt.c): the run loop's side */
+void pyhv_halt_run_begin(struct pyhv_vcpu *v, uint64_t now);
+void pyhv_halt_run_end(struct pyhv_vcpu *v);
+void pyhv_halt_woken(struct pyhv_vcpu *v, uint64_t now);   /* KVM_RUN said EAGAIN */
+/* at the top of the run loop: 1 when the machine is halted for good (the run ends as a halt);
+   from_kernel: KVM_RUN just returned (EINTR/EAGAIN), so the vCPU can be looked at */
+int pyhv_halt_poll(struct pyhv_vcpu *v, uint64_t now, int from_kernel);
+void pyhv_halt_watch_leave(struct pyhv_vcpu *v);  /* at destruction */
 
 /* The earlier of two times, 0 meaning "never". */
 static inline uint64_t pyhv_earliest(uint64_t a, uint64_t b)
 {
     return !a ? b : !b ? a : a < b ? a : b;
+}
+
+/* When the run of v must next leave the guest: its deadline, its output flush, its next look
+   for the halt watch (0: never). */
+static inline uint64_t pyhv_wake_due(const struct pyhv_vcpu *v)
+{
+    return pyhv_earliest(pyhv_earliest(v->deadline_ns, v->flush_due_ns), v->hw_next_ns);
 }
 
 /* Publish when the current run of v must be kicked (0: never; called by its running thread).

@@ -68,6 +68,11 @@ static void kick_running(struct pyhv_vcpu *v)
     pthread_mutex_unlock(&v->kick_lock);
 }
 
+void pyhv_kick(struct pyhv_vcpu *v)
+{
+    kick_running(v);
+}
+
 void pyhv_vcpu_cancel(struct pyhv_vcpu *v)
 {
     atomic_store(&v->cancel_requested, 1);

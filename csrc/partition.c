@@ -276,3 +276,88 @@ int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data)
     };
     return (int)pyhv_ioctl(vm_fd, KVM_SIGNAL_MSI, &msi);
 }
+
+/* KVM_SET_GSI_ROUTING replaces the whole table; pyhv routes GSIs to irqchip pins only (MSIs
+   go by KVM_SIGNAL_MSI, which needs no route). */
+#define PYHV_MAX_GSI_ROUTES 1024u
+
+int pyhv_partition_set_gsi_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip,
+                                   const uint32_t *pin, uint32_t n)
+{
+    if (n > PYHV_MAX_GSI_ROUTES)
+        return -E2BIG;
+    for (uint32_t i = 0; i < n; i++)
+        if (chip[i] > KVM_IRQCHIP_IOAPIC || pin[i] >= (chip[i] == KVM_IRQCHIP_IOAPIC ?
+                                                        KVM_IOAPIC_NUM_PINS : 8u))
+            return -EINVAL;
+    struct kvm_irq_routing *table = calloc(1, sizeof(*table) +
+                                           n * sizeof(struct kvm_irq_routing_entry));
+    if (!table)
+        return -ENOMEM;
+    table->nr = n;
+    for (uint32_t i = 0; i < n; i++) {
+        table->entries[i].gsi = gsi[i];
+        table->entries[i].type = KVM_IRQ_ROUTING_IRQCHIP;
+        table->entries[i].u.irqchip.irqchip = chip[i];
+        table->entries[i].u.irqchip.pin = pin[i];
+    }
+    long r = pyhv_ioctl(vm_fd, KVM_SET_GSI_ROUTING, table);
+    free(table);
+    return r < 0 ? (int)r : 0;
+}
+
+int pyhv_partition_pit_reinject(int vm_fd, int reinject)
+{
+    /* QEMU's kvm-pit.lost_tick_policy: "delay" reinjects ticks the guest missed, "discard"
+       drops them */
+    struct kvm_reinject_control control;
+    memset(&control, 0, sizeof(control));
+    control.pit_reinject = reinject ? 1 : 0;
+    long r = pyhv_ioctl(vm_fd, KVM_REINJECT_CONTROL, &control);
+    return r < 0 ? (int)r : 0;
+}
+
+/* The PICs and PIT as PC firmware (SeaBIOS) leaves them before it boots a kernel: both PICs
+   initialized (ICW1-4: edge, cascade on IRQ 2, 8086 mode) with vector bases master_base and
+   slave_base, the IRQs of `unmasked` open, those of `level` level-triggered in the ELCR; and,
+   with `pit`, PIT channel 0 counting 65536 in mode 3 (18.2 Hz), the BIOS tick. */
+int pyhv_partition_firmware_chips(int vm_fd, uint8_t master_base, uint8_t slave_base,
+                                  uint16_t unmasked, uint16_t level, int pit)
+{
+    for (uint32_t chip = KVM_IRQCHIP_PIC_MASTER; chip <= KVM_IRQCHIP_PIC_SLAVE; chip++) {
+        struct kvm_irqchip state;
+        memset(&state, 0, sizeof(state));
+        state.chip_id = chip;
+        long r = pyhv_ioctl(vm_fd, KVM_GET_IRQCHIP, &state);
+        if (r < 0)
+            return (int)r;
+        struct kvm_pic_state *pic = &state.chip.pic;
+        int slave = chip == KVM_IRQCHIP_PIC_SLAVE;
+        pic->irq_base = slave ? slave_base : master_base;
+        pic->imr = (uint8_t)~(slave ? unmasked >> 8 : unmasked);
+        pic->init_state = 0;
+        pic->init4 = 1;
+        pic->auto_eoi = 0;
+        pic->special_fully_nested_mode = 0;
+        pic->read_reg_select = 0;
+        pic->elcr = (uint8_t)((slave ? level >> 8 : level) & pic->elcr_mask);
+        if ((r = pyhv_ioctl(vm_fd, KVM_SET_IRQCHIP, &state)) < 0)
+            return (int)r;
+    }
+    if (!pit)
+        return 0;
+    struct kvm_pit_state2 timer;
+    long r = pyhv_ioctl(vm_fd, KVM_GET_PIT2, &timer);
+    if (r < 0)
+        return (int)r;
+    struct kvm_pit_channel_state *c0 = &timer.channels[0];
+    c0->count = 0;                  /* 65536: 1193182 Hz / 65536 = 18.2 Hz */
+    c0->mode = 3;
+    c0->rw_mode = 3;                /* low byte, then high byte */
+    c0->read_state = c0->write_state = 3;
+    c0->bcd = 0;
+    c0->gate = 1;
+    c0->count_latched = c0->status_latched = 0;
+    r = pyhv_ioctl(vm_fd, KVM_SET_PIT2, &timer);
+    return r < 0 ? (int)r : 0;
+}

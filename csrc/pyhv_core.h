@@ -245,6 +245,18 @@ int pyhv_partition_ioeventfd_remove(int vm_fd, uint64_t address, uint32_t len, i
 int pyhv_eventfd_take(int fd, uint64_t *count_out);   /* 0 and count, or -EAGAIN if none */
 /* KVM_SIGNAL_MSI (in-kernel irqchip): > 0 delivered, 0 blocked by the guest, or -errno */
 int pyhv_partition_signal_msi(int vm_fd, uint64_t address, uint32_t data);
+/* KVM_SET_GSI_ROUTING (in-kernel irqchip): the whole table, n routes of GSI gsi[i] to pin
+   pin[i] of chip chip[i] (0 PIC master, 1 PIC slave, 2 IOAPIC; a GSI may have several); at
+   most 1024 routes (-E2BIG), a pin outside its chip -EINVAL */
+int pyhv_partition_set_gsi_routing(int vm_fd, const uint32_t *gsi, const uint32_t *chip,
+                                   const uint32_t *pin, uint32_t n);
+/* KVM_REINJECT_CONTROL (in-kernel PIT): whether PIT ticks the guest missed are reinjected */
+int pyhv_partition_pit_reinject(int vm_fd, int reinject);
+/* the in-kernel PICs (and with pit, the PIT) as PC firmware leaves them: vector bases, the
+   IRQs of `unmasked` open, those of `level` level-triggered (ELCR), PIT channel 0 in mode 3
+   at 18.2 Hz */
+int pyhv_partition_firmware_chips(int vm_fd, uint8_t master_base, uint8_t slave_base,
+                                  uint16_t unmasked, uint16_t level, int pit);
 
 /* ---- vcpu.c: vCPUs and their registers ---- */
 enum pyhv_vcpu_flags { PYHV_VCPU_IRQCHIP = 1 };   /* the VM has in-kernel irqchips */
@@ -388,6 +400,23 @@ int pyhv_vcpu_complete_msr(struct pyhv_vcpu *vcpu, uint32_t seq, uint64_t value,
 /* what the latest exit still waits for: 0 nothing (answered, or none asked), 1 an IN,
    2 an MMIO read, 3 an MSR access (answered exits clear it: a second answer is -ESTALE) */
 int pyhv_vcpu_pending(const struct pyhv_vcpu *vcpu);
+
+/* ---- halt.c: a machine halted for good ---- */
+/* A halt watch groups the vCPUs of one VM (with in-kernel irqchip, where HLT never reaches
+   user space).  While every member is inside pyhv_vcpu_run, each looks at itself every
+   interval_ns (at least 1 ms); once all are halted with interrupts off and nothing can wake
+   them (or wait for a SIPI), a confirming round with all of them outside the guest decides,
+   and every member's run returns PYHV_EXIT_HALT with exit code PYHV_HALT_FOR_GOOD.  The
+   verdict holds until every member has left its run. */
+enum pyhv_halt_codes { PYHV_HALT_FOR_GOOD = 1 };
+struct pyhv_halt_watch;
+int pyhv_halt_watch_create(int vm_fd, uint64_t interval_ns, struct pyhv_halt_watch **out);
+/* drop the creator's reference: the watch lives on until its last member leaves */
+void pyhv_halt_watch_destroy(struct pyhv_halt_watch *watch);
+int pyhv_halt_watch_ended(struct pyhv_halt_watch *watch);     /* 1 while the verdict holds */
+/* join a watch (NULL: leave the current one), between runs only (-EBUSY during one); a
+   vCPU leaves it when destroyed */
+int pyhv_vcpu_join_halt_watch(struct pyhv_vcpu *vcpu, struct pyhv_halt_watch *watch);
 
 /* ---- kick.c: stopping runs from outside, deadlines ---- */
 /* process-wide: install the kick signal handler (idempotent); returns the signal number.

@@ -34,11 +34,14 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
     pyhv_tls_run = run;
     /* timed per call, not per exit: C-completed exits count as guest time */
     uint64_t started = pyhv_monotonic_ns();
+    if (v->hw)
+        pyhv_halt_run_begin(v, started);   /* sets its first look (hw_next_ns) */
     /* after running_tid: a watchdog that sees the wake time also sees the run to kick (and
        one that acts on it before the run starts is caught by the clock check below) */
-    uint64_t wake = pyhv_earliest(deadline_ns, v->flush_due_ns);
+    uint64_t wake = pyhv_wake_due(v);
     if (wake && (rc = pyhv_set_wake(v, wake)) < 0)
         goto out;
+    int resumed = 0;         /* KVM_RUN returned EINTR/EAGAIN: the vCPU may be looked at */
 
     for (;;) {
         pyhv_tls_kicked = 0;
@@ -47,11 +50,22 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
             ex->reason = PYHV_EXIT_CANCELED;
             break;
         }
-        uint64_t now = v->deadline_ns || v->flush_due_ns ? pyhv_monotonic_ns() : 0;
+        uint64_t now = v->deadline_ns || v->flush_due_ns || v->hw ? pyhv_monotonic_ns() : 0;
         if (v->deadline_ns && now >= v->deadline_ns) {
             ex->reason = PYHV_EXIT_TIMEOUT;
             break;
         }
+        if (v->hw) {
+            uint64_t look = v->hw_next_ns;
+            if (pyhv_halt_poll(v, now, resumed)) {
+                ex->reason = PYHV_EXIT_HALT;   /* every vCPU halted for good: a halt */
+                ex->code = PYHV_HALT_FOR_GOOD;
+                break;
+            }
+            if (v->hw_next_ns != look && (rc = pyhv_set_wake(v, pyhv_wake_due(v))) < 0)
+                break;
+        }
+        resumed = 0;
         /* a buffer past half full ends the run where it fills (fast_io), so this is only
            true on entry, when Python has not taken that output yet */
         if ((v->flush_due_ns && now >= v->flush_due_ns) ||
@@ -98,14 +112,19 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
         if (err == EAGAIN) {
             /* an application processor still waiting for INIT/SIPI was woken (KVM's api.rst:
                the VMM enters again); the checks at the top still apply */
-            entered = stored = 1;
+            entered = stored = resumed = 1;
+            if (v->hw) {
+                pyhv_halt_woken(v, pyhv_monotonic_ns());
+                if ((rc = pyhv_set_wake(v, pyhv_wake_due(v))) < 0)
+                    break;
+            }
             continue;
         }
         if (err != EINTR) {
             rc = -err;
             break;
         }
-        entered = stored = 1;
+        entered = stored = resumed = 1;
         v->needs_flush = 0;     /* an interrupted entry completed what was pending */
         if (!pyhv_tls_kicked && !atomic_load(&v->cancel_requested)) {
             /* somebody else's signal (Ctrl-C...): Python must get to run its handler */
@@ -118,6 +137,8 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
 
 out:
     pyhv_set_wake(v, 0);            /* the watchdog has nothing to do for us between runs */
+    if (v->hw)
+        pyhv_halt_run_end(v);
     v->stats.guest_ns += pyhv_monotonic_ns() - started;
     ex->output_pending = v->nfast ? (uint32_t)pyhv_output_pending(v) : 0;
     ex->coalesced_pending = (uint32_t)pyhv_ring_pending(v);

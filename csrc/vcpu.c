@@ -131,6 +131,7 @@ void pyhv_vcpu_destroy(struct pyhv_vcpu *v)
     if (!v)
         return;
     pyhv_watchdog_remove(v);        /* first: from now on the watchdog cannot reach it */
+    pyhv_halt_watch_leave(v);
     for (uint32_t i = 0; i < PYHV_MAX_FAST_PORTS; i++)
         free(v->fast[i].buffer);
     if (v->detached) {

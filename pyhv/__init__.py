@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from . import devices, exits, hyperv, loaders
+from . import devices, exits, hyperv, loaders, machines
 from ._native import Feature
 from .core.buses import EndRun, Handler, RefuseAccess, Space
 from .core.fastpath import Doorbell, FastPort, PortKind
@@ -73,6 +73,7 @@ __all__ = [
     "Space",
     "devices",
     "loaders",
+    "machines",
     "Capabilities",
     "Doorbell",
     "EndRun",

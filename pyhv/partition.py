@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._native import Feature, VmFd
+from ._native.vm import CHIPS
 from .core import hypervisor as hv
 from .core.lifecycle import PartitionState
 from .core.loop import RunResult, run_all, validate_timeout
@@ -71,6 +72,9 @@ class Partition(SnapshotApi, HandlerRegistration):
     (VMX, SVM) and no KVM paravirtual interface.  ``kvm_tss`` places the 4 pages of
     guest-physical space KVM needs for real-mode emulation on Intel (outside every slot;
     default ``0xFEFFC000``, as QEMU, so firmware up to 16 MiB can end at 4 GiB).
+    ``halt_watch=True`` (with the irqchip) ends the runs as a :class:`pyhv.exits.Halt` once
+    every vCPU is halted with interrupts off and nothing can wake it (or waits for a SIPI),
+    where they would otherwise sleep in KVM for ever; it looks every 50 ms while they run.
     Use it as a context manager, or call :meth:`close`.  Its life: :mod:`pyhv.core.lifecycle`.
     """
 
@@ -78,7 +82,7 @@ class Partition(SnapshotApi, HandlerRegistration):
                  hypervisor: hv.Hypervisor | None = None,
                  setup_base: int = DEFAULT_SETUP_BASE, resettable: bool = False,
                  irqchip: bool = False, pit: bool = False, hardened: bool = False,
-                 kvm_tss: int = KVM_TSS_DEFAULT) -> None:
+                 kvm_tss: int = KVM_TSS_DEFAULT, halt_watch: bool = False) -> None:
         size = None if memory is None else parse_size(memory)
         if size is not None:
             GuestMemory.check_range(0, size)
@@ -118,7 +122,8 @@ class Partition(SnapshotApi, HandlerRegistration):
                                       reserved=(kvm_tss, kvm_tss + KVM_TSS_SIZE),
                                       readonly_ok=bool(caps(Feature.READONLY_MEM)))
             self._machine = Machine(self.hypervisor, vm, self.memory, setup_base=setup_base,
-                                    irqchip=self.irqchip, pit=self.pit, hardened=self.hardened)
+                                    irqchip=self.irqchip, pit=self.pit, hardened=self.hardened,
+                                    halt_watch=halt_watch)
             if hardened:
                 self._machine.update_msr_filter()
             if resettable:
@@ -269,7 +274,8 @@ class Partition(SnapshotApi, HandlerRegistration):
     def signal_msi(self, address: int, data: int) -> bool:
         """Send a message-signalled interrupt to the in-kernel LAPICs (``KVM_SIGNAL_MSI``):
         ``address`` 0xFEE00000 | destination APIC ID << 12, ``data`` the vector (and
-        delivery mode << 8).  True when a LAPIC took it.  Safe from any thread."""
+        delivery mode << 8).  True when a LAPIC took it, False when the guest blocked it.
+        Safe from any thread."""
         if not self.irqchip:
             raise StateError("signal_msi needs a partition made with irqchip=True")
         address, data = as_int("address", address), as_int("data", data)
@@ -277,6 +283,55 @@ class Partition(SnapshotApi, HandlerRegistration):
             raise InvalidArgument(f"MSI address {address:#x} / data {data:#x} out of range")
         self._require_open()
         return self._vm.signal_msi(address, data)
+
+    def set_gsi_routing(self, routes: Iterable[tuple[int, str, int]]) -> None:
+        """Route the irqchip's interrupt lines (GSIs, as :meth:`set_irq` drives them) to chip
+        pins, replacing KVM's default (GSI n to PIC and IOAPIC pin n): ``(gsi, chip, pin)``
+        with chip ``"pic_master"``, ``"pic_slave"`` or ``"ioapic"``.  A PC routes GSI 0 (the
+        PIT) to IOAPIC pin 2, as its ACPI tables then say."""
+        if not self.irqchip:
+            raise StateError("set_gsi_routing needs a partition made with irqchip=True")
+        table = []
+        for gsi, chip, pin in routes:
+            if chip not in CHIPS:
+                raise InvalidArgument(f"irqchip {chip!r}: choose one of {', '.join(CHIPS)}")
+            gsi, pin = as_int("gsi", gsi), as_int("pin", pin)
+            if not 0 <= gsi < 1024 or not 0 <= pin < (24 if chip == "ioapic" else 8):
+                raise InvalidArgument(f"route GSI {gsi} to {chip} pin {pin}: out of range")
+            table.append((gsi, CHIPS[chip], pin))
+        self._require_open()
+        self._vm.set_gsi_routing(table)
+
+    def set_pit_reinject(self, reinject: bool) -> None:
+        """Whether the in-kernel PIT makes up for ticks the guest missed (KVM's default, QEMU's
+        ``lost_tick_policy=delay``) or drops them (``discard``)."""
+        if not self.pit:
+            raise StateError("set_pit_reinject needs a partition made with pit=True")
+        self._require_open()
+        self._vm.pit_reinject(bool(reinject))
+
+    def init_legacy_chips(self, vectors: tuple[int, int] = (0x08, 0x70),
+                          unmasked: Iterable[int] = (0, 1, 2, 8),
+                          level_triggered: Iterable[int] = (), timer: bool = True) -> None:
+        """Put the in-kernel PICs (and PIT) in the state PC firmware leaves them for the
+        OS: initialized with these vector bases (master, slave), the ISA IRQs ``unmasked``
+        open, ``level_triggered`` ones so in the ELCR, and with ``timer`` (and the in-kernel
+        PIT) channel 0 ticking at 18.2 Hz in mode 3."""
+        if not self.irqchip:
+            raise StateError("init_legacy_chips needs a partition made with irqchip=True")
+        master, slave = (as_int("vector base", v) for v in vectors)
+        if master % 8 or slave % 8 or not 0 <= master < 256 or not 0 <= slave < 256:
+            raise InvalidArgument(f"PIC vector bases {vectors!r}: multiples of 8 below 256")
+        masks = []
+        for irqs in (unmasked, level_triggered):
+            bits = 0
+            for irq in irqs:
+                if not 0 <= as_int("ISA IRQ", irq) < 16:
+                    raise InvalidArgument(f"ISA IRQ {irq} is not 0..15")
+                bits |= 1 << irq
+            masks.append(bits)
+        self._require_open()
+        self._vm.firmware_chips(master, slave, masks[0], masks[1], timer and self.pit)
 
     def attach(self, device: Device) -> Device:
         """Attach one of pyhv's devices (see :mod:`pyhv.devices`): it registers its handlers

@@ -33,7 +33,8 @@ BITS = {"real": 16, "protected": 32, "long": 64}
 
 # what a docstring example does when it needs /dev/kvm
 _KVM_EXAMPLES = ("Partition(", "PartitionPool(", "Hypervisor(", "check(", "default()",
-                 "measure(", "GuestVM(", "run_guest(")     # pyhv.testing: guests in C
+                 "measure(", "GuestVM(", "run_guest(",     # pyhv.testing: guests in C
+                 "PC(")
 
 
 def needs_kvm(item: pytest.Item) -> bool:

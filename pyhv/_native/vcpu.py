@@ -181,6 +181,14 @@ class VcpuFd:
     # answer(seq, value) -> int: 0 or -errno, a single IN/MMIO read answered with a number
     #   the caller checked (fits the access).  Both are attributes: no Python frame per call.
 
+    def join_halt_watch(self, watch: Any) -> None:
+        """Make this vCPU a member of ``watch`` (a :class:`pyhv._native.halt.HaltWatch`;
+        None leaves the current one); between runs only."""
+        check_rc(lib.pyhv_vcpu_join_halt_watch(self._handle(),
+                                                ffi.NULL if watch is None else watch.handle),
+                 "joining a halt watch")
+        self._halt_watch = watch          # the watch's wrapper lives as long as its members
+
     def cancel(self) -> bool:
         """Stop the current or next run; False when the vCPU is closed."""
         with self._lock:

@@ -147,6 +147,28 @@ class VmFd:
         return check_rc(lib.pyhv_partition_signal_msi(self.fd, address, data),
                         "KVM_SIGNAL_MSI") > 0
 
+    def set_gsi_routing(self, routes: Sequence[tuple[int, int, int]]) -> None:
+        """Replace KVM's GSI routing with ``routes``: (gsi, chip, pin), chip 0/1 the PICs,
+        2 the IOAPIC (``KVM_SET_GSI_ROUTING``)."""
+        gsi = [r[0] for r in routes]
+        chip = [r[1] for r in routes]
+        pin = [r[2] for r in routes]
+        check_rc(lib.pyhv_partition_set_gsi_routing(self.fd, gsi, chip, pin, len(routes)),
+                 "KVM_SET_GSI_ROUTING")
+
+    def pit_reinject(self, reinject: bool) -> None:
+        """Whether the in-kernel PIT reinjects the ticks a guest missed (KVM's default) or
+        drops them (``KVM_REINJECT_CONTROL``)."""
+        check_rc(lib.pyhv_partition_pit_reinject(self.fd, 1 if reinject else 0),
+                 "KVM_REINJECT_CONTROL")
+
+    def firmware_chips(self, master_base: int, slave_base: int, unmasked: int, level: int,
+                       pit: bool) -> None:
+        """The PICs (and PIT) as PC firmware leaves them (see pyhv_core.h)."""
+        check_rc(lib.pyhv_partition_firmware_chips(self.fd, master_base, slave_base, unmasked,
+                                                   level, 1 if pit else 0),
+                 "KVM_SET_IRQCHIP / KVM_SET_PIT2")
+
     # -- fast paths the kernel offers -------------------------------------------------------
     def coalesced_zone(self, address: int, size: int, pio: bool, add: bool) -> None:
         check_rc(lib.pyhv_partition_coalesced_zone(self.fd, address, size, 1 if pio else 0,

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._native import Feature, VcpuFd, VmFd
+from .._native.halt import HaltWatch
 from .._native.vcpu import STATE_DEBUGREGS, STATE_MAX_MSRS, STATE_XCRS
 from .._native.vm import CHIPS, MSR_EXIT_FILTER
 from ..exits import GuestException
@@ -38,7 +39,8 @@ class Machine:
     """A partition's shared run-time parts (see the module docstring)."""
 
     def __init__(self, hypervisor: Hypervisor, vm: VmFd, memory: GuestMemory, *,
-                 setup_base: int, irqchip: bool, pit: bool, hardened: bool) -> None:
+                 setup_base: int, irqchip: bool, pit: bool, hardened: bool,
+                 halt_watch: bool = False) -> None:
         self.hypervisor = hypervisor
         self.vm = vm
         self.memory = memory
@@ -60,9 +62,13 @@ class Machine:
         self._first_lock = threading.Lock()
         self._state_msrs: list[int] | None = None
         self._user_msr = False             # KVM sends filtered MSR accesses to user space
+        # with the irqchip, runs end as a halt once every vCPU is halted for good (halt.c)
+        self.halt_watch = HaltWatch(vm) if halt_watch and irqchip else None
 
     # -- vCPUs --------------------------------------------------------------------------------
     def add_vcpu(self, vcpu: Any, fd: VcpuFd) -> None:
+        if self.halt_watch is not None:
+            fd.join_halt_watch(self.halt_watch)
         self._vcpus.append((vcpu, fd))
         self.vcpu_layout += 1
 

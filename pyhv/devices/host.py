@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..core.buses import Handler, OutputSink, ReadHandler, WriteHandler
-from ..core.fastpath import FastPort
+from ..core.fastpath import Doorbell, FastPort
 from ..core.memory import GuestMemory
 
 
@@ -36,4 +36,11 @@ class DeviceHost(Protocol):
 
     def add_debug_exit(self, port: int = 0xF4) -> FastPort: ...
 
+    def add_doorbell(self, address: int, size: int = 4, *, io: bool = False,
+                     value: int | None = None) -> Doorbell: ...
+
+    def remove_handler(self, handler: Handler | FastPort) -> None: ...
+
     def set_irq(self, line: int, level: bool) -> None: ...
+
+    def signal_msi(self, address: int, data: int) -> bool: ...

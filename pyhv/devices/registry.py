@@ -4,9 +4,9 @@
 >>> dev = registry.create("isa-debug-exit,iobase=0x501")
 >>> type(dev).__name__, hex(dev.port)
 ('IsaDebugExit', '0x501')
->>> registry.create("no-such-device")
+>>> registry.create("no-such-device")      # doctest: +ELLIPSIS
 Traceback (most recent call last):
-pyhv.errors.InvalidArgument: unknown device 'no-such-device' (known: hyperv-testdev, isa-debug-exit)
+pyhv.errors.InvalidArgument: unknown device 'no-such-device' (known: ...)
 
 A package that provides a device registers a factory here: ``register(name, factory)``,
 where ``factory(options)`` gets the ``opt=val`` pairs as a dict of strings and returns the
@@ -91,3 +91,56 @@ def _isa_debug_exit(options: dict[str, str]) -> Device:
 
 
 register("isa-debug-exit", _isa_debug_exit, "QEMU's isa-debug-exit (iobase=, iosize=)")
+
+
+# -- the PC machine's devices (pyhv.machines.PC puts PCI ones on its bus) ----------------------
+def _pci_options(device: Device, options: dict[str, str], name: str) -> Device:
+    """QEMU's common PCI device options: ``addr=SLOT[.FN]`` (function 0 only) and ``id=``."""
+    addr = options.pop("addr", None)
+    if addr is not None:
+        slot_text, _, function = addr.partition(".")
+        try:
+            slot = int(slot_text, 16)
+        except ValueError:
+            raise InvalidArgument(f"{name}: addr={addr!r} is not a PCI slot") from None
+        if function not in ("", "0") or not 2 <= slot < 32:
+            raise InvalidArgument(f"{name}: addr={addr!r}: slots 02-1f, function 0")
+        device.slot = slot  # type: ignore[attr-defined]
+    _id_option(device, options)
+    no_more(name, options)
+    return device
+
+
+def _id_option(device: Device, options: dict[str, str]) -> None:
+    ident = options.pop("id", None)
+    if ident is not None:
+        if not ident or not ident.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise InvalidArgument(f"device id {ident!r}: letters, digits, - _ . only")
+        device.name = ident
+
+
+def _pc_testdev(options: dict[str, str]) -> Device:
+    from .pc_testdev import PcTestdev
+    device = PcTestdev()
+    _id_option(device, options)
+    no_more("pc-testdev", options)
+    return device
+
+
+def _pci_testdev(options: dict[str, str]) -> Device:
+    from .pci_testdev import PciTestdev
+    return _pci_options(PciTestdev(), options, "pci-testdev")
+
+
+def _edu(options: dict[str, str]) -> Device:
+    from .edu import DMA_MASK, Edu
+    mask = int_option(options, "dma_mask", DMA_MASK)
+    if not 0 < mask < 1 << 64:
+        raise InvalidArgument("edu: dma_mask must be a positive 64-bit mask")
+    return _pci_options(Edu(dma_mask=mask), options, "edu")
+
+
+register("pc-testdev", _pc_testdev, "QEMU's ISA test device (ports 0xe0-0xeb, IRQ lines at "
+         "0x2000, iomem at 0xff000000)")
+register("pci-testdev", _pci_testdev, "QEMU's PCI test device 1b36:0005 (addr=, id=)")
+register("edu", _edu, "QEMU's educational PCI device 1234:11e8 (dma_mask=, addr=, id=)")

@@ -48,8 +48,11 @@ class Uart16550(Device):
     """
 
     def __init__(self, output: Callable[[bytes], Any] | Any = None, base: int = COM1,
-                 irq: int = COM1_IRQ, name: str = "com1") -> None:
+                 irq: int = COM1_IRQ, name: str = "com1", buffered: bool = True) -> None:
         self.name = name
+        # buffered=False: every byte reaches the sink at once, so the output of several
+        # vCPUs stays in the order they wrote it (the C buffers are per vCPU)
+        self.buffered = buffered
         self.base = base
         self.irq = irq
         self._write = None if output is None else sink_writer(output)
@@ -167,7 +170,7 @@ class Uart16550(Device):
             part.set_irq(self.irq, level)
         self.irq_level = level
         plain = not self.lcr & LCR_DLAB and not self.mcr & MCR_LOOP
-        fast = (plain and not self.ier & IER_THRE, plain and not self.rx)
+        fast = (self.buffered and plain and not self.ier & IER_THRE, plain and not self.rx)
         if fast != self._fast:
             self._thr.enabled, self._lsr.enabled = fast
             self._fast = fast

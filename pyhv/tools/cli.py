@@ -195,7 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:      # a command may report its usage errors itself (pyhv run: status 126)
+        getattr(args, "usage_error", parser.error)(
+            f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "what", None) and args.count is None:
         args.count = {"fuzz": 10000, "soak": 10000, "races": 1000, "images": 2000}[args.what]
     if not getattr(args, "func", None):

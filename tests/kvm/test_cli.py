@@ -94,7 +94,7 @@ def test_run_serial_to_a_file(kvm, tmp_path):
     ("lidt idt(%rip)\nud2\nidt: .word 0\n.quad 0", 2),   # triple fault
     ("mov $0x10, %al\nout %al, $0x80\nmov $0x10, %al\nout %al, $0xf4", 0x21),  # debug-exit
     ("mov $0xfe, %al\nout %al, $0x64\nhlt", 0),        # i8042 reset
-    ("mov (0xd0000000), %eax\nhlt", 3),               # MMIO nobody handles
+    ("mov (0xd0000000), %eax\nhlt", 4),               # MMIO nobody handles
 ])
 def test_run_exit_status_follows_the_guest(kvm, tmp_path, code, status):
     from pyhv.testing import assemble
@@ -112,11 +112,11 @@ def test_run_timeout_and_bad_images(kvm, tmp_path):
     bad = tmp_path / "bad.elf"
     bad.write_bytes(b"\x7fELF" + bytes(60))
     proc = pyhv_cli("run", str(bad), "--format", "elf")
-    assert proc.returncode == 1 and "not a loadable ELF" in proc.stderr
+    assert proc.returncode == 126 and "not a loadable ELF" in proc.stderr
     proc = pyhv_cli("run", str(tmp_path / "missing"))
-    assert proc.returncode == 1 and "cannot read" in proc.stderr
+    assert proc.returncode == 126 and "could not load kernel" in proc.stderr
     proc = pyhv_cli("run", str(spin), "--serial", "telnet:1234")
-    assert proc.returncode == 1 and "--serial" in proc.stderr
+    assert proc.returncode == 126 and "--serial" in proc.stderr
 
 
 def test_run_with_two_cpus(kvm, tmp_path):

@@ -4,7 +4,6 @@ hypercall control word, ICR writes as MSIs, SynIC messages, the timer thread and
 
 from __future__ import annotations
 
-import argparse
 import struct
 import threading
 import time
@@ -25,7 +24,6 @@ from pyhv.hyperv.hypercalls import (
     run_handler,
 )
 from pyhv.hyperv.lapic import highest_vector, icr_messages
-from pyhv.hyperv.run_extension import HyperVRunExtension
 from pyhv.hyperv.stimer import TimerScheduler
 from pyhv.hyperv.synic import message_bytes
 from pyhv.x86.cpuid import CpuidEntry
@@ -225,15 +223,3 @@ def test_a_due_call_waits_while_not_ready_and_a_dead_partition_ends_the_thread()
     errors.close()
     assert [str(e) for e in errors.errors] == ["expiry failed"]
 
-
-# -- pyhv run ---------------------------------------------------------------------------------
-def test_the_run_extension_steps_aside_for_an_existing_cpu_flag():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cpu")
-    extension = HyperVRunExtension()
-    extension.add_arguments(parser)
-    assert not extension.own_cpu and extension.own_device
-    args = parser.parse_args(["--cpu", "host,hv-time"])
-    assert extension.entries(args) == []                   # that --cpu's owner fills cpu_hyperv
-    args.cpu_hyperv = ["hv-time"]
-    assert extension.entries(args) == ["hv-time"]

@@ -23,6 +23,7 @@ LAYERS = [
     ("features", ["pyhv.snapshot", "pyhv.devices", "pyhv.loaders"]),
     ("facade", ["pyhv.partition"]),
     ("composites", ["pyhv.pool", "pyhv.gdb", "pyhv.hyperv"]),
+    ("machines", ["pyhv.machines"]),
     ("testing", ["pyhv.testing"]),
     ("tools", ["pyhv.tools"]),
     ("package", ["pyhv", "pyhv.__main__"]),
