@@ -8,8 +8,10 @@ import sys
 import time
 
 from ..errors import HypervisorError, HypervisorUnavailable
+from ..fleet import command as fleet_command
 from ..version import __version__
 from . import run as run_command
+from .progress import Progress
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -173,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     stress.add_argument("--timeout", type=_positive_float, default=0.25,
                         help="fuzz: seconds a random guest may run (default 0.25)")
     stress.set_defaults(func=_stress)
+    fleet = sub.add_parser("fleet", help="run an image once per input on a fleet (Ray)",
+                           description=fleet_command.DESCRIPTION)
+    fleet_command.add_arguments(fleet)
+    fleet.set_defaults(func=lambda args: fleet_command.main(args, progress=Progress))
     return parser
 
 

@@ -23,6 +23,7 @@ LAYERS = [
     ("features", ["pyhv.snapshot", "pyhv.devices", "pyhv.loaders"]),
     ("facade", ["pyhv.partition"]),
     ("composites", ["pyhv.pool"]),
+    ("distributed", ["pyhv.fleet"]),
     ("tools", ["pyhv.tools", "pyhv.testing"]),
     ("package", ["pyhv", "pyhv.__main__"]),
 ]
