@@ -311,7 +311,7 @@ def result_line(result: Result) -> dict[str, Any]:
     """One JSON line for a result."""
     name = result.input[0]
     line: dict[str, Any] = {"input": name}
-    if result.ok:
+    if result.value is not None:        # the guest ran to an end (a triple fault included)
         value = dict(result.value)
         serial: bytes = value.pop("serial")
         try:
@@ -360,7 +360,7 @@ def main(args: argparse.Namespace,
                 # the fleet's own timeout backs the run's up (a guest's handler that hangs)
                 for result in fleet.map(job, items, ordered=args.ordered,
                                         timeout=args.timeout + 5):
-                    failed += not result.ok
+                    failed += result.value is None
                     out.write(json.dumps(result_line(result)) + "\n")
                     step()
             out.flush()

@@ -53,6 +53,10 @@ BATCHES_PER_WORKER = 2      # one running, one queued behind it: no gap between 
 HUNG_GRACE = 10.0           # default seconds past a batch's summed timeouts: its worker is killed
 
 
+_MODULE_HINT = (" (the workers need the job's module: install it there, or give Ray a "
+                "runtime_env, e.g. init_options={'runtime_env': {'py_modules': [...]}})")
+
+
 class FleetError(HypervisorError):
     """The fleet itself cannot go on: workers could not start, or every worker was lost."""
 
@@ -105,19 +109,19 @@ class _RayWorker:
         if job is None:
             try:
                 job = ray.get(job_ref)
-            except Exception as exc:
-                failure = JobError(f"the job could not be loaded on {socket.gethostname()}: "
-                                   f"{type(exc).__name__}: {exc}", traceback.format_exc())
-                return bytes(cloudpickle.dumps(
-                    (0.0, [(index, failure, None, 0.0) for index, _ in items])))
+            except Exception as exc:     # its module is not on this host, most likely
+                return bytes(cloudpickle.dumps({"error": (
+                    f"the job cannot be loaded on {socket.gethostname()}: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0]}")}))
             self.jobs = {key: job}     # one map at a time: the last job is the one
         assert self.worker is not None
         outcomes = self.worker.run_batch(job, items, timeout)
         busy = time.perf_counter() - started
         try:
-            return bytes(cloudpickle.dumps((busy, outcomes)))
+            return bytes(cloudpickle.dumps({"busy": busy, "outcomes": outcomes}))
         except Exception:
-            return bytes(cloudpickle.dumps((busy, [_picklable(o) for o in outcomes])))
+            return bytes(cloudpickle.dumps({"busy": busy,
+                                            "outcomes": [_picklable(o) for o in outcomes]}))
 
     def close(self) -> None:
         if self.worker is not None:
@@ -373,7 +377,8 @@ class Fleet:
             job_ref = self._ray.put(job)
         except Exception as exc:
             raise InvalidArgument(f"the job cannot go to Ray workers: {type(exc).__name__}: "
-                                  f"{exc}") from None
+                                  f"{exc}{_MODULE_HINT if isinstance(exc, ImportError) else ''}"
+                                  ) from None
         return self._map([job_ref], iter(inputs), ordered, seconds, batch_size, pending)
 
     def _map(self, job_box: list[Any], source: Iterator[Any], ordered: bool,
@@ -398,7 +403,7 @@ class Fleet:
         next_index = 0
         exhausted = False
         per_job = 0.0                       # measured seconds per job on a worker
-        batch = fixed_batch or 4
+        batch = fixed_batch or 1          # grows once the jobs' time is known
 
         def finish(result: Result, timed: bool = True) -> None:
             kind = None if result.failure is None else result.failure.kind
@@ -597,11 +602,13 @@ class _Unreadable(Exception):
 def _loads(blob: bytes) -> tuple[float, list[Outcome]]:
     from ray import cloudpickle
     try:
-        busy, outcomes = cloudpickle.loads(blob)
+        payload = cloudpickle.loads(blob)
     except Exception as exc:
         raise _Unreadable(f"the workers' results cannot be read here: {type(exc).__name__}: "
                           f"{exc}", traceback.format_exc()) from None
-    return busy, outcomes
+    if "error" in payload:
+        raise FleetError(f"{payload['error']}{_MODULE_HINT}")
+    return payload["busy"], payload["outcomes"]
 
 
 def _count(name: str, value: Any, low: int) -> int:

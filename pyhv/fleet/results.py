@@ -107,9 +107,12 @@ FAILURE_KINDS: tuple[type[JobFailure], ...] = (JobTimeout, GuestFault, GuestPois
 @dataclass(frozen=True)
 class Result:
     """One input's outcome.  ``index`` is its position in the inputs, ``input`` the input
-    itself, ``value`` what the job returned (None on failure), ``failure`` the
-    :class:`JobFailure` (None on success), ``attempts`` how many times it ran (more than 1
-    after a worker died), ``worker`` which worker ran it last, ``seconds`` the job's time."""
+    itself, ``value`` what the job returned, ``failure`` the :class:`JobFailure` (None on
+    success), ``attempts`` how many times it ran (more than 1 after a worker died), ``worker``
+    which worker ran it last, ``seconds`` the job's time.
+
+    A job that raised has no value; one that returned but left its partition poisoned (its
+    guest faulted, or ended on an exit nobody handled) keeps its value beside the failure."""
 
     index: int
     input: Any

@@ -218,10 +218,8 @@ class Worker:
             seconds = time.perf_counter() - started
             if fired:
                 failure, value = JobTimeout(f"the job ran past its {timeout:g} s timeout"), None
-            elif failure is None:
+            elif failure is None:       # it returned: its value stays, beside why it failed
                 failure = left_poisoned(part)
-                if failure is not None:
-                    value = None
         finally:
             self._give_back(part)
         return index, failure, value, seconds

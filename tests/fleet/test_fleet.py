@@ -73,12 +73,13 @@ def test_each_failure_is_typed_and_the_workers_go_on(fleet):
     assert fleet.stats.worker_restarts == restarts       # no worker was lost to a bad guest
 
 
-def test_a_job_that_returns_leaves_the_poisoning_to_say(fleet):
+def test_a_job_that_returns_keeps_its_value_beside_the_poisoning(fleet):
     ops = [(jobs.FAULT, 0), (jobs.UNHANDLED, 0), (jobs.SUM, 3)]
     results = list(fleet.map(jobs.run_unchecked, ops, ordered=True))
     assert type(results[0].failure) is GuestFault and "Shutdown" in results[0].failure.detail
-    assert type(results[1].failure) is GuestPoisoned
-    assert results[2].value == "Halt"
+    assert type(results[1].failure) is GuestPoisoned and "IoOut" in results[1].failure.message
+    assert [r.value for r in results] == ["Shutdown", "IoOut", "Halt"]
+    assert [r.ok for r in results] == [False, False, True]
 
 
 def test_a_worker_killed_mid_run_loses_nothing(fleet):
