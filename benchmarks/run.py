@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import mmap
 import os
@@ -495,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     rows += [lifecycle, compute]
     rows += [bench_restore(repeats), bench_pool(repeats), bench_idle_rss(ref)]
     rows += bench_unicorn(repeats, cycle, iter_ns, rows[0].value or 0.0)
+    import bench_fleet                  # the fleet's rows run only where Ray is installed
+    rows += (bench_fleet.rows(repeats, Row) if importlib.util.find_spec("ray")
+             else bench_fleet.skipped(Row))
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

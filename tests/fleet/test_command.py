@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from pyhv.fleet.command import main as fleet_main  # noqa: F401 - the module under test
 from pyhv.tools.cli import main
 
 from ..images import MULTIBOOT, _run
@@ -116,6 +115,7 @@ def test_bad_arguments(kernel, tmp_path, capsys):
 
 def test_the_pyhv_command_with_its_own_local_ray(kernel, inputs, tmp_path):
     """As a user runs it: the installed `pyhv` entry point, which starts (and stops) Ray."""
+    pytest.importorskip("ray", reason="the fleet tests need Ray: pip install -e '.[fleet]'")
     pyhv = Path(sys.executable).with_name("pyhv")
     (inputs / "b-loop").unlink()
     env = dict(os.environ, RAY_ADDRESS="")       # a local Ray of its own, whatever is around
