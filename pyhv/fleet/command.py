@@ -62,6 +62,7 @@ exit status:
   0   every input ran to an exit status
   4   some inputs could not run (their lines have "error")
   1   nothing ran (bad arguments or image, no KVM on the workers, Ray missing)
+  130 interrupted (Ctrl-C); the lines written so far stay
 """
 
 INPUT_FILE = "opt/pyhv/input"
@@ -369,6 +370,9 @@ def main(args: argparse.Namespace,
     except (HypervisorError, FleetError) as exc:
         print(f"pyhv fleet run: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:          # the fleet (and its local Ray) closed on the way out
+        print("pyhv fleet run: interrupted", file=sys.stderr)
+        return 130
     finally:
         if out is not None and out is not sys.stdout:
             out.close()

@@ -128,6 +128,15 @@ class _RayWorker:
             self.worker.close()
 
 
+def _picklable_value(value: Any) -> bool:
+    from ray import cloudpickle
+    try:
+        cloudpickle.dumps(value)
+    except Exception:
+        return False
+    return True
+
+
 def _picklable(outcome: Outcome) -> Outcome:
     from ray import cloudpickle
     index, failure, value, seconds = outcome
@@ -446,7 +455,13 @@ class Fleet:
             nonlocal mine
             for entry in entries:
                 entry.attempts += 1
-            ref = slot.actor.run.remote(job_box, [(e.index, e.item) for e in entries], timeout)
+            try:
+                ref = slot.actor.run.remote(job_box, [(e.index, e.item) for e in entries],
+                                            timeout)
+            except TypeError as exc:               # Ray could not pickle an input
+                bad = next((e for e in entries if not _picklable_value(e.item)), entries[0])
+                raise InvalidArgument(f"input {bad.index} ({bad.item!r:.60}) cannot go to Ray "
+                                      f"workers: {str(exc).splitlines()[0]}") from None
             if not slot.batches:
                 slot.head_since = time.monotonic()
             b = _Batch(ref, slot, slot.generation, entries, serial)

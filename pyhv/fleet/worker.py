@@ -210,7 +210,7 @@ class Worker:
                 watchdog.arm(part, timeout)
             try:
                 value = job(part, item)
-            except Exception as exc:      # a job's own bug, a handler's, a guest's: all typed
+            except (Exception, SystemExit) as exc:  # the job's bug, a handler's, a guest's
                 failure = classify(exc, not part.closed and
                                    part.state is PartitionState.POISONED)
             finally:

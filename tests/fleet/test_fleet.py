@@ -216,6 +216,9 @@ def test_bad_arguments_are_refused_before_anything_runs(ray_session, template, f
     lock = threading.Lock()
     with pytest.raises(pyhv.InvalidArgument, match="cannot go to Ray"):
         fleet.map(lambda part, x: lock, [1])
+    with pytest.raises(pyhv.InvalidArgument, match="input 1 .* cannot go to Ray workers"):
+        list(fleet.map(jobs.total, [1, lock], batch_size=2))
+    assert [r.value for r in fleet.map(jobs.total, [3])] == [6]      # and the fleet goes on
 
 
 def test_one_map_at_a_time_and_none_after_close(template):

@@ -69,6 +69,15 @@ def test_a_job_that_closes_its_partition_does_not_break_the_next(template):
         assert [r.get() for r in fleet.map(jobs.total, [3])] == [6]
 
 
+def test_a_job_that_exits_is_an_error_not_an_exit(template):
+    def leave(part, n):
+        sys.exit(n)
+
+    with InProcessFleet(template) as fleet:
+        (result,) = fleet.map(leave, [3])
+        assert type(result.failure) is JobError and "SystemExit: 3" in result.failure.message
+
+
 def test_nothing_is_left_behind(template):
     fds = len(os.listdir("/proc/self/fd"))
     threads = threading.active_count()
