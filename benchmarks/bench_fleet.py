@@ -68,11 +68,12 @@ def fleet_seconds(fleet: Fleet, inputs: list[int]) -> float:
 def calibrate(pool: pyhv.PartitionPool) -> int:
     """The loop count whose job takes about 1 ms here, in process."""
     n = 16
-    while True:
-        took = min(pool_seconds(pool, [n] * 20) for _ in range(3)) / 20
-        if took >= ONE_MS / 4 or n >= 1 << 30:
-            return max(1, int(n * ONE_MS / took))
-        n *= 4
+    for _ in range(40):
+        took = min(pool_seconds(pool, [n] * 20) for _ in range(5)) / 20
+        if abs(took - ONE_MS) < ONE_MS / 10:
+            break
+        n = max(1, min(n * 4, int(n * ONE_MS / took)))     # at most 4x a step
+    return n
 
 
 def at_least(row_class: Any) -> Any:
@@ -114,7 +115,7 @@ def rows(repeats: int, row_class: Callable[..., Any]) -> list[Any]:
     fleets: dict[int, Fleet] = {}
     try:
         n = calibrate(pool)
-        count = 200 if repeats <= 2 else 2000
+        count = 200 if repeats <= 2 else 3000
         inputs = [n] * count
         tiny = [0] * (count * 5)
 

@@ -13,7 +13,8 @@ How it works, in short:
   sit in memory.
 * Nothing is lost: when a worker dies (killed, out of memory, its node gone) its batches come
   back to pyhv's own bookkeeping, a new worker takes its place, and its inputs run again, each
-  alone so that an input that kills workers cannot take others with it.  An input whose
+  with a worker to itself (nothing queued before or after it), so that an input that kills
+  workers cannot take others with it, nor be mistaken for one that does.  An input whose
   every attempt died (``max_retries`` + 1 of them) yields a :class:`WorkerLost` failure.  Every
   input yields exactly one result.
 * A job that ignores its timeout (Python code that never returns) is ended the same way: its
@@ -47,7 +48,7 @@ from .worker import Outcome, Template, Worker, WorkerRefused, snapshot_bytes, sn
 
 __all__ = ["BATCHES_PER_WORKER", "BATCH_SECONDS", "Fleet", "FleetError", "FleetUnavailable"]
 
-BATCH_SECONDS = 0.02        # the time a batch should take on a worker
+BATCH_SECONDS = 0.1         # the time a batch should take on a worker
 MAX_BATCH = 512             # inputs per batch at most
 BATCHES_PER_WORKER = 2      # one running, one queued behind it: no gap between batches
 HUNG_GRACE = 10.0           # default seconds past a batch's summed timeouts: its worker is killed
@@ -162,6 +163,7 @@ class _Batch:
     generation: int
     entries: list[_Entry]
     owner: int                 # the map that sent it
+    alone: bool = False        # a retried input, with its worker to itself
 
 
 @dataclass
@@ -388,11 +390,15 @@ class Fleet:
             raise InvalidArgument(f"the job cannot go to Ray workers: {type(exc).__name__}: "
                                   f"{exc}{_MODULE_HINT if isinstance(exc, ImportError) else ''}"
                                   ) from None
-        return self._map([job_ref], iter(inputs), ordered, seconds, batch_size, pending)
+        try:
+            known = len(inputs)            # type: ignore[arg-type]
+        except TypeError:
+            known = None                   # a generator: no end in sight
+        return self._map([job_ref], iter(inputs), ordered, seconds, batch_size, pending, known)
 
     def _map(self, job_box: list[Any], source: Iterator[Any], ordered: bool,
              timeout: float | None, fixed_batch: int | None,
-             max_pending: int) -> Iterator[Result]:
+             max_pending: int, known: int | None) -> Iterator[Result]:
         ray = self._ray
         stats = self.stats
         lost_errors = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
@@ -451,7 +457,7 @@ class Fleet:
                     stats.retried += 1
                     retry.append(entry)
 
-        def submit(slot: _Slot, entries: list[_Entry]) -> None:
+        def submit(slot: _Slot, entries: list[_Entry], alone: bool = False) -> None:
             nonlocal mine
             for entry in entries:
                 entry.attempts += 1
@@ -464,7 +470,7 @@ class Fleet:
                                       f"workers: {str(exc).splitlines()[0]}") from None
             if not slot.batches:
                 slot.head_since = time.monotonic()
-            b = _Batch(ref, slot, slot.generation, entries, serial)
+            b = _Batch(ref, slot, slot.generation, entries, serial, alone)
             slot.batches.append(b)
             inflight[ref] = b
             mine += 1
@@ -472,18 +478,28 @@ class Fleet:
         def fill() -> None:
             nonlocal taken, exhausted
             while True:
-                free = [s for s in self._slots if s.alive and len(s.batches) < BATCHES_PER_WORKER]
+                if retry:
+                    # an input that was on a dying worker runs with a worker to itself, so
+                    # that a death then is its own: other inputs wait until it is placed
+                    idle = [s for s in self._slots if s.alive and not s.batches]
+                    if not idle:
+                        return
+                    submit(idle[0], [retry.popleft()], alone=True)
+                    continue
+                free = [s for s in self._slots if s.alive and len(s.batches) < BATCHES_PER_WORKER
+                        and not any(b.alone for b in s.batches)]
                 if not free:
                     return
                 slot = min(free, key=lambda s: len(s.batches))
-                if retry:
-                    submit(slot, [retry.popleft()])     # alone: it may be what kills workers
-                    continue
                 room = max_pending - (taken - yielded)
                 if exhausted or room <= 0:
                     return
+                size = min(batch, room)
+                if known is not None and fixed_batch is None:   # an even end: no worker
+                    alive = sum(s.alive for s in self._slots)   # left with the last big batch
+                    size = min(size, max(1, -(-(known - taken) // (alive * BATCHES_PER_WORKER))))
                 entries = []
-                for _ in range(min(batch, room)):
+                for _ in range(size):
                     try:
                         item = next(source)
                     except StopIteration:
