@@ -41,8 +41,10 @@ from ..errors import HypervisorError, InvalidArgument, Timeout
 from ..partition import Partition
 from .results import Result
 
-__all__ = ["DESCRIPTION", "EPILOG", "Machine", "add_arguments", "main", "read_inputs"]
+__all__ = ["DESCRIPTION", "EPILOG", "SUMMARY", "Machine", "add_arguments", "main", "read_inputs"]
 
+SUMMARY = ("Guests on a fleet of workers, on Ray (pip install 'pyhv[fleet]'): 'pyhv fleet run' "
+           "boots an image once per input and writes the results as JSON lines.")
 DESCRIPTION = ("Boot IMAGE once per input on a fleet of workers (Ray; a local one by default), "
                "the input offered through fw_cfg (opt/pyhv/input) and, for multiboot and Linux "
                "images, as the initrd/module; write one JSON line per input with its serial "
@@ -101,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="isa-debug-exit port (default 0xf4; 0 for none)")
     run.add_argument("--max-serial", type=_size, default=1 << 20, metavar="BYTES",
                      help="serial output kept per input (default 1M)")
-    run.add_argument("--cpus-per-worker", type=_positive_float, default=1.0,
+    run.add_argument("--cpus-per-worker", type=_positive_float, default=1.0, metavar="N",
                      help="CPUs each worker asks of Ray (default 1)")
     run.add_argument("--memory-per-worker", type=_size, default=None, metavar="BYTES",
                      help="memory each worker asks of Ray (default: none asked)")

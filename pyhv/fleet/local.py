@@ -20,6 +20,8 @@ to a cluster, and the one-line change back.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -58,10 +60,17 @@ class InProcessFleet:
         self._mapping = False
 
     def map(self, job: Job, inputs: Iterable[Any], *, ordered: bool = True,
-            timeout: float | None = None) -> Iterator[Result]:
+            timeout: float | None = None, batch_size: int | None = None,
+            max_pending: int | None = None) -> Iterator[Result]:
         """``job(partition, item)`` for each input, as :class:`~pyhv.fleet.Result` objects,
-        each on a partition in the template's state.  ``timeout`` (seconds) is per job."""
+        each on a partition in the template's state.  ``timeout`` (seconds) is per job.
+        ``ordered``, ``batch_size`` and ``max_pending`` are :meth:`Fleet.map`'s: here the
+        jobs run one at a time, as they are read, so results are always in order."""
         seconds = check_map_arguments(job, inputs, timeout)
+        for name, value in (("batch_size", batch_size), ("max_pending", max_pending)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise InvalidArgument(f"{name} must be an int >= 1, not {value!r}")
         if self._worker is None:
             raise ClosedError("the fleet is closed")
         if self._mapping:
@@ -83,6 +92,12 @@ class InProcessFleet:
         finally:
             self.stats.stop_clock()
             self._mapping = False
+
+    @property
+    def workers(self) -> list[dict[str, Any]]:
+        """As :attr:`Fleet.workers`: the one worker, this process."""
+        return [{"worker": 0, "node": socket.gethostname(), "pid": os.getpid(),
+                 "alive": self._worker is not None}]
 
     def close(self) -> None:
         if self._worker is not None:

@@ -1,4 +1,5 @@
-"""The ``pyhv`` command: ``doctor``, ``demo``, ``run`` (in :mod:`pyhv.tools.run`) and ``stress``."""
+"""The ``pyhv`` command: ``doctor``, ``demo``, ``run`` (in :mod:`pyhv.tools.run`), ``stress`` and
+``fleet`` (in :mod:`pyhv.fleet.command`)."""
 
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fuzz: seconds a random guest may run (default 0.25)")
     stress.set_defaults(func=_stress)
     fleet = sub.add_parser("fleet", help="run an image once per input on a fleet (Ray)",
-                           description=fleet_command.DESCRIPTION)
+                           description=fleet_command.SUMMARY)
     fleet_command.add_arguments(fleet)
     fleet.set_defaults(func=lambda args: fleet_command.main(args, progress=Progress))
     return parser
