@@ -4,6 +4,9 @@
   here so that one job takes ~1 ms in process) through a Fleet of 1 and 2 workers, beside one
   in-process PartitionPool running the same jobs one after the other.  Target for 2 workers:
   at least 1.6x the pool.
+* ``fleet_bare_2proc_jobs_per_s``: the same jobs in 2 plain processes with a pool each, no
+  Ray at all: the most this machine gives 2 workers (on a loaded 2-core kvm_pvm host, far
+  from 2x).
 * ``fleet_tiny_job_us``: a job that is one ``hlt`` away from nothing, through a 1-worker fleet
   vs the pool: the difference is the fleet's cost per job (batching, Ray, pickling).
 * ``fleet_startup_s``: Fleet(snapshot, workers=2) until its workers serve, Ray already up,
@@ -65,6 +68,32 @@ def fleet_seconds(fleet: Fleet, inputs: list[int]) -> float:
     return time.perf_counter() - began
 
 
+def _bare_process(n: int, count: int, start: Any, out: Any) -> None:
+    """One of the no-Ray reference processes: its own pool, the same jobs."""
+    with pyhv.PartitionPool(sum_guest(), size=1) as pool:
+        pool_seconds(pool, [n] * 20)
+        start.wait()
+        out.put(pool_seconds(pool, [n] * count))
+
+
+def bare_processes_seconds(n: int, count: int, processes: int = 2) -> float:
+    """Wall time for ``processes`` plain processes (no Ray), each with a pool, to run
+    ``count`` jobs each: how far this machine runs guests in parallel at all."""
+    import multiprocessing
+    context = multiprocessing.get_context("spawn")      # not fork: this process runs Ray
+    start, out = context.Barrier(processes + 1), context.Queue()
+    children = [context.Process(target=_bare_process, args=(n, count, start, out))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    try:
+        start.wait(timeout=120)
+        return max(out.get(timeout=600) for _ in children)
+    finally:
+        for child in children:
+            child.join(timeout=60)
+
+
 def calibrate(pool: pyhv.PartitionPool) -> int:
     """The loop count whose job takes about 1 ms here, in process."""
     n = 16
@@ -88,7 +117,8 @@ def at_least(row_class: Any) -> Any:
 
 
 NAMES = (("fleet_jobs_per_s_1w", "jobs/s"), ("fleet_jobs_per_s_2w", "jobs/s"),
-         ("fleet_tiny_job_us", "us/job"), ("fleet_startup_s", "s"))
+         ("fleet_bare_2proc_jobs_per_s", "jobs/s"), ("fleet_tiny_job_us", "us/job"),
+         ("fleet_startup_s", "s"))
 
 
 def skipped(row_class: Callable[..., Any]) -> list[Any]:
@@ -143,10 +173,12 @@ def rows(repeats: int, row_class: Callable[..., Any]) -> list[Any]:
             keep("2w", fleet_seconds(fleets[2], inputs))
             keep("pool_tiny", pool_seconds(pool, tiny))
             keep("1w_tiny", fleet_seconds(fleets[1], tiny))
+            keep("2proc", bare_processes_seconds(n, count // 2))
         pool_rate = count / best["pool"]
         job_ms = best["pool"] / count * 1e3
         one = count / best["1w"]
         two = count / best["2w"]
+        bare = 2 * (count // 2) / best["2proc"]
         tiny_pool = best["pool_tiny"] / len(tiny) * 1e6
         tiny_fleet = best["1w_tiny"] / len(tiny) * 1e6
         return [
@@ -155,6 +187,10 @@ def rows(repeats: int, row_class: Callable[..., Any]) -> list[Any]:
             reaching("fleet_jobs_per_s_2w", two, "jobs/s", pool_rate, two / pool_rate, 1.6,
                      f"the same through 2 workers (target: ratio >= 1.6); "
                      f"{os.cpu_count()} CPUs shared with the driver and Ray"),
+            row_class("fleet_bare_2proc_jobs_per_s", bare, "jobs/s", pool_rate,
+                      bare / pool_rate, None,
+                      "the ceiling: 2 plain processes (no Ray), a pool each, the same jobs, "
+                      "vs one pool"),
             row_class("fleet_tiny_job_us", tiny_fleet, "us/job", tiny_pool,
                       tiny_fleet / tiny_pool, None,
                       f"a job of one hlt, 1 worker vs the pool: the fleet adds "
