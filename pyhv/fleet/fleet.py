@@ -220,6 +220,8 @@ class Fleet:
             raise InvalidArgument(f"cpus must be a number > 0, not {cpus!r}")
         if setup is not None and not callable(setup):
             raise InvalidArgument(f"setup must be a function of the partition, not {setup!r}")
+        if device is not None and not isinstance(device, str):
+            raise InvalidArgument(f"device must be a path like /dev/kvm, not {device!r}")
         if address is not None and not isinstance(address, str):
             raise InvalidArgument(f"address must be None, 'auto' or a Ray address, not "
                                   f"{address!r}")
@@ -260,7 +262,14 @@ class Fleet:
             else:
                 init["address"] = address
             init.update(init_options or {})
-            ray.init(**init)
+            if address is not None:
+                _check_reachable(address)   # Ray itself retries a dead address for minutes
+            try:
+                ray.init(**init)
+            except Exception as exc:        # no cluster there, a bad option, ...
+                where = "a local Ray" if address is None else f"the Ray cluster at {address}"
+                raise FleetError(f"cannot start or join {where}: {type(exc).__name__}: "
+                                 f"{exc}") from None
             self._owns_ray = True
         try:
             self._template_ref = ray.put(shipped) if isinstance(shipped, bytes) else shipped
@@ -335,7 +344,7 @@ class Fleet:
         batches = list(slot.batches)
         slot.batches.clear()
         slot.actor, slot.alive, slot.ready_ref, slot.pid = None, False, None, 0
-        if self._restarts < self.max_restarts:
+        if self._restarts < self.max_restarts and not self._closed:
             self._restarts += 1
             self.stats.worker_restarts += 1
             self.stats.worker(slot.worker).restarts += 1
@@ -553,6 +562,8 @@ class Fleet:
 
         try:
             while True:
+                if self._closed:
+                    raise ClosedError("the fleet was closed during a map")
                 fill()
                 if ordered:
                     while next_index in done:
@@ -640,6 +651,19 @@ def _loads(blob: bytes) -> tuple[float, list[Outcome]]:
     if "error" in payload:
         raise FleetError(f"{payload['error']}{_MODULE_HINT}")
     return payload["busy"], payload["outcomes"]
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse at once a ``HOST:PORT`` or ``ray://HOST:PORT`` where nothing listens."""
+    where = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        return                              # "auto", "local", or Ray's own business
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise FleetError(f"cannot join the Ray cluster at {address}: nothing answers there "
+                         f"({exc.strerror or exc})") from None
 
 
 def _count(name: str, value: Any, low: int) -> int:

@@ -100,9 +100,13 @@ def snapshot_from_bytes(data: bytes) -> Snapshot:
         os.close(fd)
 
 
+RESTOP_SECONDS = 0.05
+
+
 class Watchdog:
-    """Stops a partition whose job runs past its time: one thread, armed and disarmed
-    around each job (a lock and a notify each, no thread per job)."""
+    """Stops a partition whose job runs past its time, and keeps stopping it until the job
+    ends: one thread, armed and disarmed around each job (a lock and a notify each, no
+    thread per job).  A job that loops in Python without running its guest is beyond it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -137,9 +141,11 @@ class Watchdog:
                     self._cond.wait(left)
                     continue
                 self._fired = True
-                self._target = None
+                # again every 50 ms until disarmed: a job that runs the guest again after
+                # its Canceled meets another (the restore afterwards clears the cancel)
+                self._target = (time.monotonic() + RESTOP_SECONDS, part)
                 try:
-                    part.stop()     # its run returns Canceled; the restore clears the cancel
+                    part.stop()
                 except HypervisorError:
                     pass            # closed by the job meanwhile: nothing left to stop
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -196,7 +199,7 @@ def test_a_host_without_kvm_is_refused_with_the_doctors_words(ray_session, templ
 def test_bad_arguments_are_refused_before_anything_runs(ray_session, template, fleet):
     bad = [dict(workers=0), dict(workers=1.5), dict(cpus=0), dict(memory="lots"),
            dict(max_retries=-1), dict(resources={"kvm": "yes"}), dict(setup=3),
-           dict(address=5), dict(start_timeout=0), dict(hang_grace=-1)]
+           dict(address=5), dict(start_timeout=0), dict(hang_grace=-1), dict(device=3)]
     for kwargs in bad:
         with pytest.raises(pyhv.InvalidArgument):
             Fleet(template, **kwargs)
@@ -231,3 +234,31 @@ def test_one_map_at_a_time_and_none_after_close(template):
         assert [r.value for r in fleet.map(jobs.total, [2])] == [3]
     with pytest.raises(ClosedError):
         fleet.map(jobs.total, [1])
+    with Fleet(template, workers=1, cpus=CPUS) as fleet:
+        running = fleet.map(jobs.total, range(100), batch_size=1)
+        next(running)
+        fleet.close()
+        with pytest.raises(ClosedError):
+            list(running)
+        assert fleet.workers[0]["alive"] is False and fleet.stats.worker_restarts == 0
+
+
+def test_a_cluster_that_is_not_there_is_refused_at_once():
+    """(In a process of its own: this one's Ray is up, and a fleet would use it.)"""
+    code = ("import sys, time\n"
+            "from pyhv.fleet import Fleet, FleetError\n"
+            "from tests.fleet import jobs\n"
+            "for address in ('127.0.0.1:1', 'ray://127.0.0.1:1'):   # nothing on port 1\n"
+            "    started = time.monotonic()\n"
+            "    try:\n"
+            "        Fleet(jobs.template(), address=address)\n"
+            "    except FleetError as exc:\n"
+            "        print(round(time.monotonic() - started), exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2]).stdout
+    lines = out.splitlines()
+    assert len(lines) == 2, out
+    for line, address in zip(lines, ("127.0.0.1:1", "ray://127.0.0.1:1"), strict=True):
+        took, message = line.split(" ", 1)
+        assert int(took) < 30
+        assert message.startswith(f"cannot join the Ray cluster at {address}: nothing answers")

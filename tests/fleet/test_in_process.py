@@ -69,6 +69,20 @@ def test_a_job_that_closes_its_partition_does_not_break_the_next(template):
         assert [r.get() for r in fleet.map(jobs.total, [3])] == [6]
 
 
+def test_a_job_that_runs_its_guest_again_after_the_timeout_is_stopped_again(template):
+    def stubborn(part, _):
+        canceled = 0
+        while canceled < 5:                   # ignores Canceled, runs the guest again
+            if type(part.run(timeout=30).exit).__name__ == "Canceled":
+                canceled += 1
+        return canceled
+
+    with InProcessFleet(template) as fleet:
+        (result,) = fleet.map(lambda part, x: (part.vcpus[0].regs.update(rdi=jobs.SPIN),
+                                               stubborn(part, x))[1], [0], timeout=0.2)
+        assert type(result.failure) is JobTimeout and result.seconds < 10
+
+
 def test_a_job_that_exits_is_an_error_not_an_exit(template):
     def leave(part, n):
         sys.exit(n)
