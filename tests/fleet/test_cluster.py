@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.fleet, pytest.mark.kvm]
+pytest.importorskip("ray", reason="the fleet tests need Ray: pip install -e '.[fleet]'")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,6 @@ def listening(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    pytest.importorskip("ray", reason="the fleet tests need Ray: pip install -e '.[fleet]'")
     gcs, client = free_port(), free_port()
     # a throwaway cluster on the loopback address; token authentication off for it, as it
     # would be behind a private network (the drivers below run with the same setting)

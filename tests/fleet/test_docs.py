@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.fleet, pytest.mark.kvm]
+pytest.importorskip("ray", reason="the fleet tests need Ray: pip install -e '.[fleet]'")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "fleet.md"
 
 
 def test_the_docs_example_runs(tmp_path):
-    pytest.importorskip("ray", reason="the fleet tests need Ray: pip install -e '.[fleet]'")
     example = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S)
     assert example, "docs/fleet.md has no python example"
     script = tmp_path / "example.py"

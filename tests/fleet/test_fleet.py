@@ -29,6 +29,7 @@ from pyhv.fleet import (
 from . import jobs
 
 pytestmark = [pytest.mark.fleet, pytest.mark.kvm]
+pytest.importorskip("ray", reason="the fleet tests need Ray: pip install -e '.[fleet]'")
 
 # the session's Ray has 2 CPUs: half a CPU per worker lets the module's fleet (2 workers)
 # and one more 2-worker fleet live at once
