@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import mmap
 import os
@@ -27,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import bench_fleet  # the fleet's rows (benchmarks/bench_fleet.py: they need Ray)
 import bench_gdb  # benchmarks/bench_gdb.py, beside this script
 import bench_hyperv  # the Hyper-V rows (benchmarks/bench_hyperv.py)
 from bench_guests import bench_guests  # pyhv.testing's rows (guests written in C)
+from bench_pc import bench_boot_smp  # the PC machine's row
 
 import pyhv
 from pyhv.testing import assemble
@@ -610,9 +613,9 @@ def main(argv: list[str] | None = None) -> int:
              for m in bench_gdb.measure(repeats)]            # benchmarks/bench_gdb.py
     rows += bench_hyperv.rows(ref, repeats, row)
     rows += bench_guests(max(repeats // 2, 2), row, best)
-    # the PC machine (benchmarks/bench_pc.py)
-    from bench_pc import bench_boot_smp
     rows.append(bench_boot_smp(max(repeats // 4, 2), row))
+    rows += (bench_fleet.rows(repeats, Row) if importlib.util.find_spec("ray")   # with Ray only
+             else bench_fleet.skipped(Row))
     print(table(rows))
     print(exit_breakdown(rows, shares))
     print(f"after the run: {load()}")

@@ -1,4 +1,5 @@
-"""The ``pyhv`` command: ``doctor``, ``demo``, ``run`` (in :mod:`pyhv.tools.run`) and ``stress``."""
+"""The ``pyhv`` command: ``doctor``, ``demo``, ``run`` (in :mod:`pyhv.tools.run`), ``stress`` and
+``fleet`` (in :mod:`pyhv.fleet.command`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import sys
 import time
 
 from ..errors import HypervisorError, HypervisorUnavailable
+from ..fleet import command as fleet_command
 from ..gdb.probe import debug_support
 from ..version import __version__
 from . import run as run_command
+from .progress import Progress
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -96,7 +99,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _stress(args: argparse.Namespace) -> int:
     from . import stress
-    from .progress import Progress
 
     if args.what == "fuzz":
         with Progress(args.count, "fuzz") as step:
@@ -190,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     stress.add_argument("--timeout", type=_positive_float, default=0.25,
                         help="fuzz: seconds a random guest may run (default 0.25)")
     stress.set_defaults(func=_stress)
+    fleet = sub.add_parser("fleet", help="run an image once per input on a fleet (Ray)",
+                           description=fleet_command.SUMMARY)
+    fleet_command.add_arguments(fleet)
+    fleet.set_defaults(func=lambda args: fleet_command.main(args, progress=Progress))
     return parser
 
 

@@ -24,6 +24,7 @@ LAYERS = [
     ("facade", ["pyhv.partition"]),
     ("composites", ["pyhv.pool", "pyhv.gdb", "pyhv.hyperv"]),
     ("machines", ["pyhv.machines"]),
+    ("distributed", ["pyhv.fleet"]),
     ("testing", ["pyhv.testing"]),
     ("tools", ["pyhv.tools"]),
     ("package", ["pyhv", "pyhv.__main__"]),
