@@ -58,14 +58,16 @@ def _detect(data: bytes) -> tuple[str, ElfImage | None]:
 
 def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: str = "auto", *,
          cmdline: str = "", initrd: str | os.PathLike[str] | bytes | None = None,
-         address: int | None = None, mode: str = "long", name: str | None = None) -> BootImage:
+         address: int | None = None, mode: str | None = None,
+         name: str | None = None) -> BootImage:
     """Load ``image`` (a path, or the image's bytes) into ``partition``'s memory.
 
     ``cmdline`` and ``initrd`` go to multiboot (the command line is the image path followed by
     ``cmdline``, the initrd the first module, as QEMU does) and Linux images; flat and ELF
     images have nowhere to put them, and refuse them (:class:`pyhv.InvalidArgument`).
-    ``address`` and ``mode`` are for flat binaries (default 0x100000, long mode).  ``name``
-    names the image in errors and multiboot command lines (default: its path).
+    ``address`` and ``mode`` are for flat binaries (default 0x100000, long mode); the other
+    formats say where they load and how they start, and refuse them.  ``name`` names the
+    image in errors and multiboot command lines (default: its path).
     """
     from . import elf, flat, linux, multiboot
     if format not in FORMATS:
@@ -81,9 +83,14 @@ def load(partition: Partition, image: str | os.PathLike[str] | bytes, format: st
         article = "an" if chosen[0] in "aeiou" else "a"
         raise InvalidArgument(f"{name}: {article} {chosen} image takes no command line or initrd "
                               "(only multiboot and Linux kernels do)")
+    if chosen != "flat" and (address is not None or mode is not None):
+        article = "an" if chosen[0] in "aeiou" else "a"
+        raise InvalidArgument(f"{name}: address and mode are for flat images only ({article} "
+                              f"{chosen} image says where it loads and how it starts)")
     ramdisk = None if initrd is None else read_image(initrd)
     if chosen == "flat":
-        return flat.load(partition, data, 0x100000 if address is None else address, mode)
+        return flat.load(partition, data, 0x100000 if address is None else address,
+                         "long" if mode is None else mode)
     if chosen == "elf":
         return elf.load(partition, data, name, parsed)
     if chosen == "multiboot":

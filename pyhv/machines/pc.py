@@ -215,7 +215,7 @@ class PC:
 
     def load(self, image: str | os.PathLike[str] | bytes, format: str = "auto", *,
              cmdline: str = "", initrd: str | os.PathLike[str] | bytes | None = None,
-             address: int | None = None, mode: str = "long") -> BootImage:
+             address: int | None = None, mode: str | None = None) -> BootImage:
         """Load ``image`` (see :func:`pyhv.loaders.load`) and make the vCPUs: the boot
         processor as the format says, the others waiting for INIT/SIPI.  Once per PC."""
         if self.image is not None:

@@ -101,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="isa-debug-exit port (default 0xf4; 0 for none)")
     parser.add_argument("--address", type=_int, default=None,
                         help="flat images: load and entry address (default 0x100000)")
-    parser.add_argument("--mode", choices=("real", "protected", "long", "user"), default="long",
+    parser.add_argument("--mode", choices=("real", "protected", "long", "user"), default=None,
                         help="flat images: the mode to enter them in (default long)")
     chip = parser.add_mutually_exclusive_group()
     chip.add_argument("--irqchip", dest="irqchip", action="store_true", default=True,

@@ -278,6 +278,14 @@ def test_flat_and_elf_images_refuse_a_command_line_or_initrd(part, fmt, detected
     assert part.memory.read(0x100000, 1) == b"\0" and part.memory.read(0x200000, 1) == b"\0"
 
 
+@pytest.mark.parametrize("fmt", ["elf", "multiboot", "linux"])
+def test_address_and_mode_are_refused_where_the_image_says_them(part, fmt):
+    for extra in ({"address": 0x7C00}, {"mode": "real"}, {"mode": "long"}):
+        with pytest.raises(pyhv.InvalidArgument, match="address and mode are for flat images"):
+            loaders.load(part, sample_images()[fmt], **extra)
+    assert not part.vcpus and part.memory.read(0x100000, 1) == b"\0"     # nothing loaded
+
+
 def test_loaders_parse_check_and_map_once(kvm, monkeypatch):
     # auto-detection hands its parsed ELF on; segments are checked once; multiboot builds its
     # memory map once

@@ -50,6 +50,13 @@ def test_the_guests_failure_code_is_odd_and_distinct_from_pyhvs(kvm, kernel):
     assert proc.returncode == 81 and "failed=40" in proc.stdout
 
 
+def test_flat_only_flags_are_refused_for_a_kernel(kvm, kernel):
+    for flag in (["--address", "0x200000"], ["--mode", "real"]):
+        proc = pyhv_run("-kernel", kernel, *flag, "--timeout", "60")
+        assert proc.returncode == 126, proc.stderr
+        assert "address and mode are for flat images only (a multiboot image" in proc.stderr
+
+
 def test_memory_without_a_suffix_is_mib(kvm, tmp_path):
     kernel = build_multiboot(tmp_path)
     proc = pyhv_run(str(kernel), "-m", "48", "--timeout", "60")
