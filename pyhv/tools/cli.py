@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -155,10 +156,22 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def log_to_stderr(level: int) -> None:
+    """Show the ``pyhv`` logger's records at ``level`` and above on stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pyhv: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("pyhv")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyhv", description="Hyper-V style partitions and vCPUs for Python, on Linux KVM.")
     parser.add_argument("--version", action="version", version=f"pyhv {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what pyhv does to stderr: -v decisions (INFO), -vv every "
+                        "partition and vCPU (DEBUG)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = sub.add_parser("doctor", help="check KVM: backend, API version, capabilities",
                             description="Report the KVM backend (hardware or kvm_pvm), the API "
@@ -179,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=run_command.DESCRIPTION, epilog=run_command.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     run_command.add_arguments(run)
+    run.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                     help="as pyhv -v: log to stderr (-vv for DEBUG)")
     run.set_defaults(func=run_command.main)
     stress = sub.add_parser(
         "stress", help="long checks: guest-code fuzzing, leak soaks, cancel races, bad images",
@@ -210,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.verbose:
+        log_to_stderr(logging.INFO if args.verbose == 1 else logging.DEBUG)
     try:
         code = int(args.func(args))
         sys.stdout.flush()      # a closed pipe shows here, not as noise at interpreter exit

@@ -162,3 +162,18 @@ def test_doctor_of_a_named_device_runs_its_guests_on_that_device(kvm, capsys):
     out = capsys.readouterr().out
     assert "smoke test: ok" in out and "CPL0 compute: " in out and "port IO at CPL3" in out
     assert fd_count() == fds                         # its own handle is closed again
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_logs_loader_decisions_and_vv_the_lifecycle(kvm, tmp_path, where):
+    from pyhv.loaders.samples import sample_images
+    image = tmp_path / "mb.bin"
+    image.write_bytes(sample_images()["multiboot"])
+    quiet = pyhv_cli("run", str(image), "--timeout", "60")
+    assert "pyhv: INFO" not in quiet.stderr and "pyhv: DEBUG" not in quiet.stderr
+    for flag, levels in (("-v", {"INFO"}), ("-vv", {"INFO", "DEBUG"})):
+        argv = [flag, "run", str(image)] if where == "before" else ["run", str(image), flag]
+        proc = pyhv_cli(*argv, "--timeout", "60")
+        assert proc.returncode == quiet.returncode, proc.stderr
+        assert f"pyhv: INFO: {image}: loading 37 bytes as multiboot (detected)" in proc.stderr
+        assert {m for m in ("INFO", "DEBUG") if f"pyhv: {m}:" in proc.stderr} == levels
