@@ -383,7 +383,12 @@ int64_t pyhv_pages_drop_zero(const uint8_t *addr, uint64_t *pages, uint64_t npag
 /* running: -errno, or a summary of the exit: its reason | the PYHV_RUN_* flags that apply */
 enum pyhv_run_flags {
     PYHV_RUN_BULK = 0x100,        /* output_pending or coalesced_pending is set */
-    PYHV_RUN_SINGLE_OUT = 0x200   /* an IO exit: an OUT of one element (io_count == 1) */
+    PYHV_RUN_SINGLE_OUT = 0x200,  /* an IO exit: an OUT of one element (io_count == 1) */
+    /* with PYHV_RUN_SINGLE_OUT (and then only), the summary also carries the OUT itself, so
+       Python's hottest path reads two fields of the record (rip, io_value) instead of six */
+    PYHV_RUN_RIP_VALID = 0x400,   /* rip_valid */
+    PYHV_RUN_SIZE_SHIFT = 11,     /* log2(io_size): 2 bits */
+    PYHV_RUN_PORT_SHIFT = 13      /* io_port: 16 bits, to bit 28 (the summary stays positive) */
 };
 /* run until an exit Python must see; deadline_ns: absolute CLOCK_MONOTONIC time past which the
    run returns PYHV_EXIT_TIMEOUT (0 = none), enforced by pyhv's watchdog thread */

@@ -154,8 +154,12 @@ out:
     int summary = (int)ex->reason;
     if (ex->output_pending | ex->coalesced_pending)
         summary |= PYHV_RUN_BULK;
-    if (ex->reason == PYHV_EXIT_IO && !ex->io_in && ex->io_count == 1)
-        summary |= PYHV_RUN_SINGLE_OUT;
+    if (ex->reason == PYHV_EXIT_IO && !ex->io_in && ex->io_count == 1) {
+        summary |= PYHV_RUN_SINGLE_OUT | (int)ex->io_port << PYHV_RUN_PORT_SHIFT |
+                   (ex->io_size == 4 ? 2 : ex->io_size == 2 ? 1 : 0) << PYHV_RUN_SIZE_SHIFT;
+        if (ex->rip_valid)
+            summary |= PYHV_RUN_RIP_VALID;
+    }
     return summary;
 }
 

@@ -46,6 +46,13 @@ EXIT_OUTPUT_FULL = lib.PYHV_EXIT_OUTPUT_FULL
 EXIT_MSR = lib.PYHV_EXIT_MSR
 RUN_BULK = lib.PYHV_RUN_BULK
 RUN_SINGLE_OUT = lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT
+# a summary is a single OUT with nothing pending when summary & RUN_SINGLE_MASK == RUN_SINGLE_OUT;
+# then it carries the OUT's port, size and whether rip is valid (pyhv_core.h); an -errno
+# summary never matches (errno values are below 0x200)
+RUN_SINGLE_MASK = 0xFF | lib.PYHV_RUN_BULK | lib.PYHV_RUN_SINGLE_OUT
+RUN_RIP_VALID = lib.PYHV_RUN_RIP_VALID
+RUN_SIZE_SHIFT = lib.PYHV_RUN_SIZE_SHIFT
+RUN_PORT_SHIFT = lib.PYHV_RUN_PORT_SHIFT
 
 # what an exit may still wait for (pyhv_vcpu_pending)
 PENDING_NONE, PENDING_IN, PENDING_MMIO_READ, PENDING_MSR = 0, 1, 2, 3

@@ -33,7 +33,11 @@ from .._native.vcpu import (
     EXIT_OUTPUT_FULL,
     EXIT_TIMEOUT,
     RUN_BULK,
+    RUN_PORT_SHIFT,
+    RUN_RIP_VALID,
+    RUN_SINGLE_MASK,
     RUN_SINGLE_OUT,
+    RUN_SIZE_SHIFT,
 )
 from ..errors import (
     ClosedError,
@@ -118,6 +122,7 @@ def validate_timeout(timeout: float | None) -> float | None:
 _new_io_out = new_io_out
 _MISSING = object()
 _LIMITS = {1: 1 << 8, 2: 1 << 16, 4: 1 << 32}
+_BYTE = [bytes([i]) for i in range(256)]          # a one-byte OUT's data, made once
 _SERVED, _ENDED = object(), object()
 
 
@@ -253,10 +258,13 @@ class VcpuRunner:
             enter = self.fd.enter
             while True:
                 rc = enter(deadline)
-                if rc == RUN_SINGLE_OUT:
-                    out: Exit = _new_io_out(c.rip if c.rip_valid else None, c.io_port,
-                                            c.io_size, c.io_value.to_bytes(c.io_size, "little"),
-                                            1)
+                if rc & RUN_SINGLE_MASK == RUN_SINGLE_OUT:     # port and size in the summary
+                    size = 1 << (rc >> RUN_SIZE_SHIFT & 3)
+                    value = c.io_value
+                    out: Exit = _new_io_out(c.rip if rc & RUN_RIP_VALID else None,
+                                            rc >> RUN_PORT_SHIFT, size,
+                                            _BYTE[value] if size == 1 else
+                                            value.to_bytes(size, "little"), 1)
                     self.last_exit = out
                     return out
                 if rc < 0:
@@ -322,21 +330,22 @@ class VcpuRunner:
             enter = fd.enter
             port_cache = machine.io.port_cache
             find_port, find_mmio = machine.io.find, machine.mmio.find
-            single_out, missing = RUN_SINGLE_OUT, _MISSING
+            single_out, single_mask, missing = RUN_SINGLE_OUT, RUN_SINGLE_MASK, _MISSING
             h: Any
             answer = fd.answer
             limits = _LIMITS
             while True:
                 rc = enter(deadline)
                 handling = True
-                if rc == single_out:
-                    # the hot path, kept inline: one OUT, nothing else pending
-                    port = c.io_port
+                if rc & single_mask == single_out:
+                    # the hot path, kept inline: one OUT, nothing else pending (its port and
+                    # size are in the summary)
+                    port = rc >> RUN_PORT_SHIFT
                     h = port_cache.get(port, missing)
                     if h is missing:
                         h = find_port(port)
                     if h is not None and h.write is not None:
-                        h.write(port, c.io_size, c.io_value)
+                        h.write(port, 1 << (rc >> RUN_SIZE_SHIFT & 3), c.io_value)
                         handled += 1
                         handling = False
                         continue

@@ -171,6 +171,27 @@ def test_an_application_processor_started_by_init_and_sipi_runs(kvm):
         assert ex.reason == lib.PYHV_EXIT_IO and ex.io_port == 0x80
 
 
+def test_a_single_outs_summary_carries_its_port_size_and_rip(kvm):
+    """The run's summary of a one-element OUT says the record's port, size and rip_valid (what
+    the run loop's hot paths read instead of the record); other exits carry none of it."""
+    outs = [(0x80, 1, "%al"), (0xFFFF, 2, "%ax"), (0x3F8, 4, "%eax"), (0, 1, "%al")]
+    code = "".join(f"mov ${port:#x}, %dx\nmov $0x12345678, %eax\nout {reg}, %dx\n"
+                   for port, _, reg in outs) + "mov $0x60, %dx\nin %dx, %al\nhlt"
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, assemble(code))
+        cpu = part.create_vcpu(mode="long", entry=0x1000)
+        ex = ffi.new("struct pyhv_exit *")
+        for port, size, _ in outs:
+            rc = lib.pyhv_vcpu_run(handle(cpu), ex, 0)
+            assert rc & 0x3FF == lib.PYHV_EXIT_IO | lib.PYHV_RUN_SINGLE_OUT, hex(rc)
+            assert (ex.io_port, ex.io_size) == (port, size)
+            assert rc >> lib.PYHV_RUN_PORT_SHIFT == port
+            assert 1 << (rc >> lib.PYHV_RUN_SIZE_SHIFT & 3) == size
+            assert bool(rc & lib.PYHV_RUN_RIP_VALID) == bool(ex.rip_valid)
+        rc = lib.pyhv_vcpu_run(handle(cpu), ex, 0)          # the IN: a reason, no more
+        assert rc == lib.PYHV_EXIT_IO and ex.io_in
+
+
 # -- the MSR filter and MSR exits ------------------------------------------------------------
 SYNTHETIC = 0x40000000
 STAR = 0xC0000081
