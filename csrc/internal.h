@@ -120,6 +120,7 @@ int pyhv_ring_pending(const struct pyhv_vcpu *v);     /* the coalesced ring hold
 #define PYHV_TLS __thread __attribute__((tls_model("initial-exec")))
 extern PYHV_TLS struct kvm_run *volatile pyhv_tls_run;   /* the run area of this thread's vCPU */
 extern PYHV_TLS volatile sig_atomic_t pyhv_tls_kicked;  /* our signal arrived during the run */
+extern PYHV_TLS volatile sig_atomic_t pyhv_tls_interrupted;  /* SIGINT arrived (kick.c) */
 pid_t pyhv_current_tid(void);
 void pyhv_watchdog_add(struct pyhv_vcpu *v);       /* at creation */
 void pyhv_watchdog_remove(struct pyhv_vcpu *v);    /* at destruction, before the free */

@@ -50,6 +50,44 @@ static void kick_handler(int sig)
     }
 }
 
+/* Ctrl-C.  Python's own SIGINT handler only notes the signal for its eval loop, so one that
+   lands after Python last looked and before KVM_RUN enters the guest would wait for the next
+   exit, and a guest that never exits would never see it.  This handler, in front of the one it
+   found (Python's), also leaves a mark the run loop looks at before each entry and stops an
+   entry under way (immediate_exit); the run then returns PYHV_EXIT_INTERRUPTED. */
+PYHV_TLS volatile sig_atomic_t pyhv_tls_interrupted;
+static struct sigaction chained_sigint;
+
+static void sigint_handler(int sig, siginfo_t *info, void *context)
+{
+    pyhv_tls_interrupted = 1;
+    struct kvm_run *run = pyhv_tls_run;
+    if (run)
+        run->immediate_exit = 1;
+    if (chained_sigint.sa_flags & SA_SIGINFO)
+        chained_sigint.sa_sigaction(sig, info, context);
+    else
+        chained_sigint.sa_handler(sig);
+}
+
+/* Put sigint_handler in front of the process's SIGINT handler when that is a function (not
+   the default action or ignored); Python installing another one later replaces it, and
+   then only the window above is back. */
+static void chain_sigint(void)
+{
+    struct sigaction old, sa;
+    if (sigaction(SIGINT, NULL, &old) < 0)
+        return;
+    if (old.sa_flags & SA_SIGINFO ? old.sa_sigaction == sigint_handler || !old.sa_sigaction
+                                  : old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN)
+        return;
+    chained_sigint = old;
+    sa = old;
+    sa.sa_flags |= SA_SIGINFO;
+    sa.sa_sigaction = sigint_handler;
+    sigaction(SIGINT, &sa, NULL);
+}
+
 uint64_t pyhv_monotonic_ns(void)
 {
     struct timespec ts;
@@ -266,6 +304,7 @@ int pyhv_init(void)
         } else {
             kick_signal = sig;
             pthread_atfork(wd_before_fork, wd_after_fork_parent, wd_after_fork_child);
+            chain_sigint();
         }
     }
     pthread_mutex_unlock(&once);

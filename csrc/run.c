@@ -46,6 +46,13 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
     for (;;) {
         pyhv_tls_kicked = 0;
         __atomic_store_n(&run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+        if (pyhv_tls_interrupted) {
+            /* a Ctrl-C since the last look (before this call, too): Python's handler is to
+               run before the guest goes on; a later one stops KVM_RUN (immediate_exit) */
+            pyhv_tls_interrupted = 0;
+            ex->reason = PYHV_EXIT_INTERRUPTED;
+            break;
+        }
         if (atomic_load(&v->cancel_requested) && atomic_exchange(&v->cancel_requested, 0)) {
             ex->reason = PYHV_EXIT_CANCELED;
             break;
@@ -126,7 +133,8 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
         }
         entered = stored = resumed = 1;
         v->needs_flush = 0;     /* an interrupted entry completed what was pending */
-        if (!pyhv_tls_kicked && !atomic_load(&v->cancel_requested)) {
+        if (pyhv_tls_interrupted || (!pyhv_tls_kicked && !atomic_load(&v->cancel_requested))) {
+            pyhv_tls_interrupted = 0;
             /* somebody else's signal (Ctrl-C...): Python must get to run its handler */
             ex->reason = PYHV_EXIT_INTERRUPTED;
             break;

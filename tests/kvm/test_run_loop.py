@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -193,6 +195,44 @@ def test_ctrl_c_reaches_python_during_a_guest_run(part):
     with pytest.raises(KeyboardInterrupt):
         part.run(timeout=30)
     timer.join()
+
+
+CTRL_C_CHILD = """
+import sys
+import pyhv
+from pyhv.testing import assemble
+with pyhv.Partition(memory="16M") as part:
+    part.memory.write(0x1000, assemble("1: in $0x61, %al\\njmp 1b"))
+    part.create_vcpu(mode="long", entry=0x1000)
+    part.add_constant_port(0x61, 0)       # answered in C: the run never comes back to Python
+    try:
+        part.run(timeout=0.3)             # it runs: in C, between KVM_RUNs, most of the time
+    except pyhv.Timeout as exc:
+        assert exc.vcpu.stats.exits_in_c > 100, exc.vcpu.stats
+    print("running", flush=True)
+    try:
+        part.run()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_between_two_guest_entries_is_not_lost():
+    """A Ctrl-C that lands in the C run loop between KVM_RUNs (exits completed in C, no Python
+    in between) still stops the run: it used to wait for an exit Python sees, here never."""
+    for _ in range(6):
+        child = subprocess.Popen([sys.executable, "-c", CTRL_C_CHILD], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline() == "running\n", child.stderr.read()
+            time.sleep(0.2)
+            child.send_signal(signal.SIGINT)
+            out, err = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert out == "interrupted\n" and child.returncode == 0, err
 
 
 def test_one_thread_at_a_time_per_vcpu(part):
