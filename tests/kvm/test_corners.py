@@ -205,8 +205,13 @@ def test_ctrl_c_during_a_long_command_exits_130_without_a_traceback(kvm):
     proc = subprocess.Popen([sys.executable, "-m", "pyhv", "stress", "fuzz", "--count",
                              "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(3)                                  # well into the fuzz loop
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        time.sleep(3)                              # well into the fuzz loop
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:                    # left running, it would fuzz for hours
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, (proc.returncode, err)
     assert "Traceback" not in err and "interrupted" in err

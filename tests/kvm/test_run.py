@@ -108,9 +108,14 @@ def test_ctrl_c_exits_130(kvm, tmp_path):
     image.write_bytes(b"\xeb\xfe")
     child = subprocess.Popen([sys.executable, "-m", "pyhv", "run", str(image)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=60)
+    try:
+        time.sleep(2)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:           # a lost Ctrl-C: the guest would spin on for good
+            child.kill()
+            child.wait()
     assert child.returncode == 130 and "interrupted" in err
 
 
