@@ -37,6 +37,9 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from .errors import HandlerError, StaleExitError
 
 __all__ = [
+    "STATUS_HALT",
+    "STATUS_TRIPLE_FAULT",
+    "STATUS_UNHANDLED",
     "Canceled",
     "Completer",
     "Debug",
@@ -59,6 +62,7 @@ __all__ = [
     "Syscall",
     "SystemEvent",
     "Unknown",
+    "run_status",
     "encode_answer",
     "fast_constructor",
     "kvm_exit_name",
@@ -578,3 +582,29 @@ def fast_constructor(cls: type[E]) -> Callable[..., E]:
     exec("\n".join(lines), namespace)       # noqa: S102 - code built from field names above
     make: Callable[..., E] = namespace["make"]
     return make
+
+
+# -- what pyhv's commands exit with -------------------------------------------------------------
+STATUS_HALT, STATUS_TRIPLE_FAULT, STATUS_UNHANDLED = 0, 2, 4
+
+
+def run_status(final: Exit) -> int:
+    """The exit status ``pyhv run`` (and ``pyhv fleet run`` per input) gives a run that ended
+    on ``final``: ``(V << 1) | 1`` (its low 8 bits) for a debug-exit write of V, as QEMU's
+    isa-debug-exit; 0 for a halt, a reset, a power-off or an S3 suspend; 2 for a triple fault;
+    4 for anything else (an exit pyhv could not handle).
+
+    >>> run_status(DebugExit(code=3, value=1, port=0xF4)), run_status(Halt())
+    (3, 0)
+    >>> run_status(Shutdown()), run_status(Canceled())
+    (2, 4)
+    """
+    if isinstance(final, DebugExit):
+        return final.code & 0xFF
+    if isinstance(final, (Halt, Reset)):
+        return STATUS_HALT
+    if isinstance(final, SystemEvent) and final.kind in ("shutdown", "suspend", "reset"):
+        return STATUS_HALT
+    if isinstance(final, Shutdown):
+        return STATUS_TRIPLE_FAULT
+    return STATUS_UNHANDLED

@@ -57,7 +57,7 @@ EPILOG = """inputs:
 each result line: {"input", "status", "exit", "serial", "seconds", "attempts", "worker"}
 (+ "serial_base64" when the output is not UTF-8, "serial_truncated"); "status" is
 pyhv run's exit status: (V << 1) | 1 for debug-exit V, 0 halt or reset, 2 triple fault,
-3 an exit pyhv could not handle, 124 timeout.  An input that could not run has "status"
+4 an exit pyhv could not handle, 124 timeout.  An input that could not run has "status"
 null and "error": {"kind", "message", "detail"}.
 
 exit status:
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "fw_cfg: fw_cfg only (no reload of the image per input)")
     run.add_argument("--load-address", type=_int, default=None, metavar="ADDR",
                      help="flat images: load and entry address (default 0x100000)")
-    run.add_argument("--mode", choices=("real", "protected", "long", "user"), default="long",
+    run.add_argument("--mode", choices=("real", "protected", "long", "user"), default=None,
                      help="flat images: the mode to enter them in (default long)")
     run.add_argument("--debug-exit", type=_int, default=0xF4, metavar="PORT",
                      help="isa-debug-exit port (default 0xf4; 0 for none)")
@@ -221,7 +221,7 @@ class Machine:
     cmdline: str
     initrd: bool             # also give each input as the initrd / first module
     load_address: int | None
-    mode: str
+    mode: str | None
     debug_exit: int
     run_timeout: float
     max_serial: int
@@ -279,14 +279,8 @@ def setup(machine: Machine, part: Partition) -> None:
 
 
 def status_of(final: exits.Exit) -> int:
-    """``pyhv run``'s exit status for how a run ended."""
-    if isinstance(final, exits.DebugExit):
-        return final.code & 0xFF
-    if isinstance(final, (exits.Halt, exits.Reset)):
-        return 0
-    if isinstance(final, exits.Shutdown):
-        return 2
-    return 3
+    """``pyhv run``'s exit status for how a run ended (:func:`pyhv.exits.run_status`)."""
+    return exits.run_status(final)
 
 
 def run_input(machine: Machine, part: Partition, item: tuple[str, bytes]) -> dict[str, Any]:
@@ -302,7 +296,7 @@ def run_input(machine: Machine, part: Partition, item: tuple[str, bytes]) -> dic
         _load(machine, part, data)          # the image again, with this input as its initrd
     try:
         final: exits.Exit | None = part.run(timeout=machine.run_timeout).exit
-        status = status_of(final) if final is not None else 3
+        status = status_of(final) if final is not None else exits.STATUS_UNHANDLED
     except Timeout:
         final, status = None, 124
     return {"status": status, "exit": "Timeout" if final is None else repr(final),

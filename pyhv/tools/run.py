@@ -62,7 +62,8 @@ QEMU flags accepted for compatibility: -nodefaults, -display none, -nographic,
 -device help and -cpu help list what pyhv provides.
 """
 
-HALT, TRIPLE_FAULT, UNHANDLED, TIMEOUT, CANNOT_RUN, INTERRUPTED = 0, 2, 4, 124, 126, 130
+HALT, TRIPLE_FAULT, UNHANDLED = exits.STATUS_HALT, exits.STATUS_TRIPLE_FAULT, exits.STATUS_UNHANDLED
+TIMEOUT, CANNOT_RUN, INTERRUPTED = 124, 126, 130
 
 
 def _int(text: str) -> int:
@@ -315,17 +316,13 @@ def _run(args: argparse.Namespace, opened: list[IO[bytes]]) -> int:
 
 
 def exit_status(final: exits.Exit) -> int:
-    """The status ``pyhv run`` gives the machine's final exit (see :data:`EPILOG`)."""
-    if isinstance(final, exits.DebugExit):
-        return final.code & 0xFF
-    if isinstance(final, (exits.Halt, exits.Reset)):
-        return HALT
-    if isinstance(final, exits.SystemEvent) and final.kind in ("shutdown", "suspend"):
-        if final.kind == "suspend":
-            print("pyhv run: the guest suspended to S3 with no wake-up armed", file=sys.stderr)
-        return HALT
-    if isinstance(final, exits.Shutdown):
+    """The status ``pyhv run`` gives the machine's final exit (see :data:`EPILOG` and
+    :func:`pyhv.exits.run_status`), saying on stderr what is not a plain ending."""
+    status = exits.run_status(final)
+    if isinstance(final, exits.SystemEvent) and final.kind == "suspend":
+        print("pyhv run: the guest suspended to S3 with no wake-up armed", file=sys.stderr)
+    elif status == TRIPLE_FAULT:
         print("pyhv run: the guest triple-faulted", file=sys.stderr)
-        return TRIPLE_FAULT
-    print(f"pyhv run: the guest stopped on {final!r}", file=sys.stderr)
-    return UNHANDLED
+    elif status == UNHANDLED:
+        print(f"pyhv run: the guest stopped on {final!r}", file=sys.stderr)
+    return status
