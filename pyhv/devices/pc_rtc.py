@@ -51,7 +51,7 @@ class PcRtc(Rtc):
         self._closed = False
 
     def _now(self) -> float:
-        return self.clock() + self.offset
+        return float(self.clock() + self.offset)
 
     def now(self) -> float:
         """The guest's time, seconds since the epoch (the host's plus what the guest set)."""

@@ -216,7 +216,7 @@ class PciDevice(Device):
             self.bus.intx_changed()               # interrupt disable may have changed
 
     def bar_address(self, index: int) -> int:
-        raw = struct.unpack_from("<I", self.config, BAR0 + 4 * index)[0]
+        raw: int = struct.unpack_from("<I", self.config, BAR0 + 4 * index)[0]
         return raw & (~0x3 if self.bars[index].kind == "io" else ~0xF) & 0xFFFFFFFF
 
     def set_bar_address(self, index: int, address: int) -> None:

@@ -103,6 +103,7 @@ class _RayWorker:
         import ray
         from ray import cloudpickle
 
+        dumps: Callable[[Any], bytes] = cloudpickle.dumps     # (Ray ships no types for it)
         started = time.perf_counter()
         job_ref = job_box[0]           # boxed, so that Ray hands over the reference itself
         key = job_ref.hex()
@@ -111,7 +112,7 @@ class _RayWorker:
             try:
                 job = ray.get(job_ref)
             except Exception as exc:     # its module is not on this host, most likely
-                return bytes(cloudpickle.dumps({"error": (
+                return bytes(dumps({"error": (
                     f"the job cannot be loaded on {socket.gethostname()}: "
                     f"{type(exc).__name__}: {str(exc).splitlines()[0]}")}))
             self.jobs = {key: job}     # one map at a time: the last job is the one
@@ -119,9 +120,9 @@ class _RayWorker:
         outcomes = self.worker.run_batch(job, items, timeout)
         busy = time.perf_counter() - started
         try:
-            return bytes(cloudpickle.dumps({"busy": busy, "outcomes": outcomes}))
+            return bytes(dumps({"busy": busy, "outcomes": outcomes}))
         except Exception:
-            return bytes(cloudpickle.dumps({"busy": busy,
+            return bytes(dumps({"busy": busy,
                                             "outcomes": [_picklable(o) for o in outcomes]}))
 
     def close(self) -> None:
@@ -131,8 +132,9 @@ class _RayWorker:
 
 def _picklable_value(value: Any) -> bool:
     from ray import cloudpickle
+    dumps: Callable[[Any], bytes] = cloudpickle.dumps
     try:
-        cloudpickle.dumps(value)
+        dumps(value)
     except Exception:
         return False
     return True
@@ -140,9 +142,10 @@ def _picklable_value(value: Any) -> bool:
 
 def _picklable(outcome: Outcome) -> Outcome:
     from ray import cloudpickle
+    dumps: Callable[[Any], bytes] = cloudpickle.dumps
     index, failure, value, seconds = outcome
     try:
-        cloudpickle.dumps(value)
+        dumps(value)
     except Exception as exc:
         return index, JobError(f"the job's value cannot be pickled: {type(exc).__name__}: "
                                f"{exc}"), None, seconds
@@ -686,6 +689,7 @@ def _template_to_ship(template: Any) -> bytes | Callable[[], Any]:
         snapshot_from_bytes(data)
         return data
     if callable(template):
-        return template
+        build: Callable[[], Any] = template
+        return build
     raise InvalidArgument(f"a fleet template is a pyhv.Snapshot, a snapshot file, or a function "
                           f"that builds the template partition, not {template!r}")

@@ -87,7 +87,7 @@ def linear_pc(vcpu: Any) -> int:
     rip = vcpu.read_register("rip")
     if s.efer & (1 << 10) and s.cs.l:
         return int(rip)
-    return (s.cs.base + rip) & 0xFFFFFFFF
+    return int(s.cs.base + rip) & 0xFFFFFFFF
 
 
 def exits_after_step(code: bytes) -> tuple[int, bool] | None:

@@ -73,7 +73,7 @@ class ExceptionEntry:
         the stub's stack (pyhv.x86.setup): saved in it by a 64-bit frame; just above it in
         a 32-bit frame of the same privilege."""
         width = self.image.pointer_size
-        frame = vcpu.read_register("rsp") + (width if exit.error_code is not None else 0)
+        frame: int = vcpu.read_register("rsp") + (width if exit.error_code is not None else 0)
         if width == 4:
             return frame + 3 * width
         try:
