@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from threading import get_ident
-from time import monotonic_ns, perf_counter
+from time import monotonic_ns
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._native import VcpuFd
@@ -250,7 +250,6 @@ class VcpuRunner:
             raise
         life.ever_ran = True
         self.thread = get_ident()
-        started = perf_counter()
         deadline = 0 if timeout is None else monotonic_ns() + int(timeout * 1e9)
         ending: Exit | None = None     # told to the debugger once the vCPU is released
         try:
@@ -294,7 +293,6 @@ class VcpuRunner:
             self.last_exit = exit
             return exit
         finally:
-            self.run_seconds += perf_counter() - started
             self.thread = None
             slot.active = False
             if life.paused:

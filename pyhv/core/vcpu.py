@@ -49,7 +49,8 @@ class VCpuStats:
     ``exits_in_c`` were completed by the C core (buffered and constant ports, debug-exit)
     without reaching Python; ``exits_to_python`` were handed to Python.  ``guest_seconds`` is
     the time in the C run loop (the guest, and exits completed in C); ``host_seconds`` the
-    rest of the time inside ``run`` calls (Python's handling, handlers included).
+    rest of the time inside handler-driven runs (Python's handling, handlers included; a
+    typed ``run()`` hands each exit to its caller, and its own few steps are not timed).
     """
 
     runs: int
@@ -118,7 +119,10 @@ class VCpu:
         the vCPU's registers.  :meth:`cancel` from another thread makes the run return
         :class:`pyhv.exits.Canceled`.
         """
-        return self._runner.typed(validate_timeout(timeout))
+        if timeout is not None and not ((type(timeout) is float or type(timeout) is int)
+                                        and timeout > 0):
+            timeout = validate_timeout(timeout)       # raises (the check above is the fast one)
+        return self._runner.typed(timeout)
 
     def serve(self, timeout: float | None = None) -> RunResult:
         """Run serving exits with the partition's handlers until halt, an exit nobody
