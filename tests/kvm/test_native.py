@@ -5,6 +5,7 @@ memory slots, the MSR filter and MSR exits, guest debugging, address translation
 from __future__ import annotations
 
 import errno
+import signal
 import struct
 import threading
 import time
@@ -190,6 +191,23 @@ def test_a_single_outs_summary_carries_its_port_size_and_rip(kvm):
             assert bool(rc & lib.PYHV_RUN_RIP_VALID) == bool(ex.rip_valid)
         rc = lib.pyhv_vcpu_run(handle(cpu), ex, 0)          # the IN: a reason, no more
         assert rc == lib.PYHV_EXIT_IO and ex.io_in
+
+
+def test_a_ctrl_c_python_saw_before_the_run_still_stops_it_first(kvm):
+    """pyhv's SIGINT handler, in front of Python's, leaves a mark the C run loop reads before
+    it enters the guest: a Ctrl-C that lands after Python last looked (here: before the call)
+    ends the run at once instead of waiting for an exit that may never come."""
+    with pyhv.Partition(memory="16M") as part:
+        part.memory.write(0x1000, assemble("1: jmp 1b"))
+        cpu = part.create_vcpu(mode="long", entry=0x1000)
+        ex = ffi.new("struct pyhv_exit *")
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)        # Python's handler runs too
+        later = lib.pyhv_monotonic_ns() + 5 * 10**9
+        assert lib.pyhv_vcpu_run(handle(cpu), ex, later) & 0xFF == lib.PYHV_EXIT_INTERRUPTED
+        assert lib.pyhv_monotonic_ns() < later        # at once, not when the deadline kicked
+        soon = lib.pyhv_monotonic_ns() + 2 * 10**8
+        assert lib.pyhv_vcpu_run(handle(cpu), ex, soon) & 0xFF == lib.PYHV_EXIT_TIMEOUT  # once
 
 
 # -- the MSR filter and MSR exits ------------------------------------------------------------

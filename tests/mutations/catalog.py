@@ -261,6 +261,31 @@ MUTATIONS: tuple[Mutation, ...] = (
         "doctor-verdict-fixed", "the doctor's CPL0 verdict follows the measured numbers",
         "pyhv/tools/doctor.py", "        if slower >= EMULATED_PAST:", "        if True:",
         ("tests/unit/test_doctor.py",)),
+    # -- the C core: Ctrl-C and the run summary -------------------------------------------
+    Mutation(
+        "sigint-mark-unread", "a Ctrl-C that lands between two guest entries stops the run",
+        "csrc/run.c", "        if (pyhv_tls_interrupted) {\n", "        if (0) {\n",
+        (f"{NATIVE}::test_a_ctrl_c_python_saw_before_the_run_still_stops_it_first",)),
+    Mutation(
+        "sigint-not-chained", "pyhv's SIGINT handler stands in front of Python's",
+        "csrc/kick.c", "            chain_sigint();\n", "",
+        (f"{NATIVE}::test_a_ctrl_c_python_saw_before_the_run_still_stops_it_first",)),
+    Mutation(
+        "single-out-port-shift", "a single OUT's summary carries its port",
+        "csrc/run.c", "(int)ex->io_port << PYHV_RUN_PORT_SHIFT",
+        "(int)ex->io_port << (PYHV_RUN_PORT_SHIFT + 1)",
+        (f"{NATIVE}::test_a_single_outs_summary_carries_its_port_size_and_rip", EXITS)),
+    # -- Python: statuses and loaders -------------------------------------------------------
+    Mutation(
+        "unhandled-status-is-halt", "an exit pyhv could not handle gives status 4, not 0",
+        "pyhv/exits.py", "    return STATUS_UNHANDLED\n", "    return STATUS_HALT\n",
+        ("pyhv/exits.py",)),
+    Mutation(
+        "address-for-any-format", "address and mode are refused for images that say them",
+        "pyhv/loaders/__init__.py", 'if chosen != "flat" and (address is not None',
+        'if False and (address is not None',
+        ("tests/kvm/test_loaders.py::test_address_and_mode_are_refused_where_the_image_"
+         "says_them",)),
     # -- Python: stress tools -----------------------------------------------------------------
     Mutation(
         "fuzz-ignores-seed", "the fuzzer's cases follow its seed",
