@@ -130,9 +130,19 @@ def test_run_all_stops_a_vcpu_that_starts_after_another_poisoned_the_partition(k
     """Regression (a flake of the suite): vCPU 0 poisons the partition on an exit nobody
     handles; vCPU 1, starting in the moment before vCPU 0's run could tell the others, met
     the poison and run_all raised PoisonedError instead of stopping it.  The moment is
-    widened here: poisoning logs, and the log call sleeps."""
+    widened here and vCPU 1 starts inside it: poisoning logs, the log call sleeps, and vCPU
+    1's run begins a little after vCPU 0's."""
     import pyhv.core.lifecycle
-    monkeypatch.setattr(pyhv.core.lifecycle.log, "warning", lambda *args: time.sleep(0.05))
+    import pyhv.core.vcpu
+    monkeypatch.setattr(pyhv.core.lifecycle.log, "warning", lambda *args: time.sleep(0.1))
+    serve = pyhv.core.vcpu.VCpu.serve
+
+    def late_second(vcpu, timeout=None):
+        if vcpu.id == 1:
+            time.sleep(0.03)
+        return serve(vcpu, timeout)
+
+    monkeypatch.setattr(pyhv.core.vcpu.VCpu, "serve", late_second)
     with pyhv.Partition(memory="16M", resettable=True) as part:
         part.memory.write(0x1000, assemble("mov $0x77, %dx\nout %al, %dx\nhlt", origin=0x1000))
         part.memory.write(0x2000, guest_code("spin", origin=0x2000))
