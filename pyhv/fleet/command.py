@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .. import devices, exits, loaders
+from ..argtypes import integer, positive_float, positive_int
 from ..core.memory import parse_size
 from ..errors import HypervisorError, InvalidArgument, Timeout
 from ..partition import Partition
@@ -80,12 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("image", help="the guest image (flat, ELF, multiboot, Linux)")
     run.add_argument("--inputs", required=True, metavar="DIR|FILE.jsonl",
                      help="a directory of input files, or a JSON-lines file")
-    run.add_argument("--workers", type=_positive_int, default=2, help="workers (default 2)")
+    run.add_argument("--workers", type=positive_int, default=2, help="workers (default 2)")
     run.add_argument("--address", default=None,
                      help="Ray cluster: auto, ray://HOST:PORT or HOST:PORT (default: a local "
                      "Ray for this run)")
     run.add_argument("--output", "-o", default="-", help="results file (default: stdout)")
-    run.add_argument("--timeout", type=_positive_float, default=60.0,
+    run.add_argument("--timeout", type=positive_float, default=60.0,
                      help="seconds per input before its run counts as a timeout (default 60)")
     run.add_argument("--ordered", action="store_true", help="results in input order")
     run.add_argument("--format", choices=loaders.FORMATS, default="auto",
@@ -95,42 +96,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--input-via", choices=("auto", "fw_cfg"), default="auto",
                      help="auto: fw_cfg, and the initrd/module for multiboot and Linux images; "
                      "fw_cfg: fw_cfg only (no reload of the image per input)")
-    run.add_argument("--load-address", type=_int, default=None, metavar="ADDR",
+    run.add_argument("--load-address", type=integer, default=None, metavar="ADDR",
                      help="flat images: load and entry address (default 0x100000)")
     run.add_argument("--mode", choices=("real", "protected", "long", "user"), default=None,
                      help="flat images: the mode to enter them in (default long)")
-    run.add_argument("--debug-exit", type=_int, default=0xF4, metavar="PORT",
+    run.add_argument("--debug-exit", type=integer, default=0xF4, metavar="PORT",
                      help="isa-debug-exit port (default 0xf4; 0 for none)")
     run.add_argument("--max-serial", type=_size, default=1 << 20, metavar="BYTES",
                      help="serial output kept per input (default 1M)")
-    run.add_argument("--cpus-per-worker", type=_positive_float, default=1.0, metavar="N",
+    run.add_argument("--cpus-per-worker", type=positive_float, default=1.0, metavar="N",
                      help="CPUs each worker asks of Ray (default 1)")
     run.add_argument("--memory-per-worker", type=_size, default=None, metavar="BYTES",
                      help="memory each worker asks of Ray (default: none asked)")
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not > 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds > 0")
-    return value
 
 
 def _size(text: str) -> int:

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from ..argtypes import positive_float, positive_int
 from ..errors import HypervisorError, HypervisorUnavailable
 from ..fleet import command as fleet_command
 from ..gdb.probe import debug_support
@@ -136,26 +137,6 @@ def _stress(args: argparse.Namespace) -> int:
     return 0 if images.fds[0] == images.fds[1] else 1
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not > 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not > 0")
-    return value
-
-
 def log_to_stderr(level: int) -> None:
     """Show the ``pyhv`` logger's records at ``level`` and above on stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
@@ -200,11 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The full-size versions of the hostile-input checks the test suite runs "
         "small. Exit status 0 when nothing leaked or broke.")
     stress.add_argument("what", choices=("fuzz", "soak", "races", "images"))
-    stress.add_argument("--count", type=_positive_int, default=None,
+    stress.add_argument("--count", type=positive_int, default=None,
                         help="cases / cycles (defaults: fuzz 10000, soak 10000, races 1000, "
                         "images 2000 per format)")
     stress.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    stress.add_argument("--timeout", type=_positive_float, default=0.25,
+    stress.add_argument("--timeout", type=positive_float, default=0.25,
                         help="fuzz: seconds a random guest may run (default 0.25)")
     stress.set_defaults(func=_stress)
     fleet = sub.add_parser("fleet", help="run an image once per input on a fleet (Ray)",

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import IO, NoReturn, Protocol
 
 from .. import exits
+from ..argtypes import integer
 from ..core.memory import parse_size
 from ..devices import registry
 from ..errors import HypervisorError, ImageFormatError, InvalidArgument, Timeout
@@ -66,10 +67,6 @@ HALT, TRIPLE_FAULT, UNHANDLED = exits.STATUS_HALT, exits.STATUS_TRIPLE_FAULT, ex
 TIMEOUT, CANNOT_RUN, INTERRUPTED = 124, 126, 130
 
 
-def _int(text: str) -> int:
-    return int(text, 0)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.allow_abbrev = False              # -m is not -machine, -s is not -smp
 
@@ -98,9 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     parser.add_argument("--format", choices=("auto", "flat", "elf", "multiboot", "linux"),
                         default="auto", help="image format (default: detect, like QEMU -kernel)")
-    parser.add_argument("--debug-exit", type=_int, default=0xF4, metavar="PORT",
+    parser.add_argument("--debug-exit", type=integer, default=0xF4, metavar="PORT",
                         help="isa-debug-exit port (default 0xf4; 0 for none)")
-    parser.add_argument("--address", type=_int, default=None,
+    parser.add_argument("--address", type=integer, default=None,
                         help="flat images: load and entry address (default 0x100000)")
     parser.add_argument("--mode", choices=("real", "protected", "long", "user"), default=None,
                         help="flat images: the mode to enter them in (default long)")

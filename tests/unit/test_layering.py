@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pyhv"
 # bottom to top; a module belongs to the first entry its name starts with
 LAYERS = [
     ("generated", ["pyhv._version"]),
-    ("base", ["pyhv.errors", "pyhv.version"]),
+    ("base", ["pyhv.errors", "pyhv.version", "pyhv.argtypes"]),
     ("types", ["pyhv.exits", "pyhv.x86"]),
     ("native", ["pyhv._native"]),
     ("core", ["pyhv.core"]),

@@ -45,7 +45,7 @@ def test_defaults_are_qemus():
     (["k", "--format", "exe"], "argument --format: invalid choice: 'exe'"),
     (["k", "--mode", "virtual86"], "argument --mode: invalid choice: 'virtual86'"),
     (["k", "--timeout", "soon"], "argument --timeout: invalid float value: 'soon'"),
-    (["k", "--debug-exit", "zz"], "argument --debug-exit: invalid _int value: 'zz'"),
+    (["k", "--debug-exit", "zz"], "argument --debug-exit: 'zz' is not a whole number"),
     (["k", "--irqchip", "--no-irqchip"], "not allowed with argument --irqchip"),
     (["k", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["k", "-display", "sdl"], "argument -display/--display: invalid choice: 'sdl'"),
