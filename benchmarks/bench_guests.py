@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import ctypes
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import c_loops  # benchmarks/c_loops.py, beside this script
+
 import pyhv
 from pyhv.testing import GuestVM, assemble, build_guest
 
 HERE = Path(__file__).resolve().parent
-BUILD = HERE / "build"
 PAYLOAD = 0x100000
 SYNCS = 2000
 LOOP = """
@@ -58,13 +58,7 @@ void guest_main(int cpu)
 
 def build_reference() -> ctypes.CDLL:
     """Compile benchmarks/c/guests_reference.c (the raw C doorbell loop) and load it."""
-    BUILD.mkdir(exist_ok=True)
-    source = HERE / "c" / "guests_reference.c"
-    library = BUILD / "libguests_reference.so"
-    if not library.exists() or library.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", str(library),
-                        str(source)], check=True)
-    lib = ctypes.CDLL(str(library))
+    lib = c_loops.load("guests_reference")
     lib.ref_doorbells_to_halt.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.ref_doorbells_to_halt.restype = ctypes.c_long
     return lib
@@ -184,7 +178,7 @@ def main(argv: list[str]) -> int:
     import run  # benchmarks/run.py: Row, row, best, table
 
     repeats = 2 if "--quick" in argv else 11
-    print(run.describe_host(), flush=True)
+    print(run.describe_host(run.build_reference()), flush=True)
     print(run.table(bench_guests(repeats, run.row, run.best)))
     return 0
 

@@ -21,7 +21,6 @@ import json
 import mmap
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from pathlib import Path
 import bench_fleet  # the fleet's rows (benchmarks/bench_fleet.py: they need Ray)
 import bench_gdb  # benchmarks/bench_gdb.py, beside this script
 import bench_hyperv  # the Hyper-V rows (benchmarks/bench_hyperv.py)
+import c_loops  # the raw C reference loops, compiled on first use
 from bench_guests import bench_guests  # pyhv.testing's rows (guests written in C)
 from bench_pc import bench_boot_smp  # the PC machine's row
 
@@ -38,7 +38,6 @@ import pyhv
 from pyhv.testing import assemble
 
 HERE = Path(__file__).resolve().parent
-BUILD = HERE / "build"
 
 EXIT_PORT = 0x510
 CODE = 0x1000
@@ -71,13 +70,7 @@ class Row:
 
 def build_reference() -> ctypes.CDLL:
     """Compile the raw C loops (benchmarks/c/reference.c) and load them."""
-    BUILD.mkdir(exist_ok=True)
-    source = HERE / "c" / "reference.c"
-    library = BUILD / "libreference.so"
-    if not library.exists() or library.stat().st_mtime < source.stat().st_mtime:
-        subprocess.run(["gcc", "-O2", "-Wall", "-shared", "-fPIC", "-o", str(library),
-                        str(source)], check=True)
-    lib = ctypes.CDLL(str(library))
+    lib = c_loops.load("reference")
     lib.ref_run_to_halt.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.ref_run_to_halt.restype = ctypes.c_long
     lib.ref_create_run_destroy.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64,
