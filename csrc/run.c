@@ -133,14 +133,13 @@ int pyhv_vcpu_run(struct pyhv_vcpu *v, struct pyhv_exit *ex, uint64_t deadline_n
         }
         entered = stored = resumed = 1;
         v->needs_flush = 0;     /* an interrupted entry completed what was pending */
-        if (pyhv_tls_interrupted || (!pyhv_tls_kicked && !atomic_load(&v->cancel_requested))) {
-            pyhv_tls_interrupted = 0;
-            /* somebody else's signal (Ctrl-C...): Python must get to run its handler */
+        if (!pyhv_tls_kicked && !pyhv_tls_interrupted && !atomic_load(&v->cancel_requested)) {
+            /* somebody else's signal: Python must get to run its handler */
             ex->reason = PYHV_EXIT_INTERRUPTED;
             break;
         }
-        /* our kick (or a cancel that set immediate_exit before its signal came): the checks
-           at the top decide whether it meant anything */
+        /* our kick, a Ctrl-C (its mark), or a cancel that set immediate_exit before its
+           signal came: the checks at the top decide what it meant */
     }
 
 out:
